@@ -1,0 +1,1 @@
+"""DataGate: stops the run before Transform when ExampleValidator found anomalies."""

@@ -1,0 +1,46 @@
+"""Executor of VocExampleGen: runs the shared Beam job and records it on the artifacts."""
+import json
+import logging
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+
+from components.voc_example_gen import beam_ingest, spec
+from pipeline import features
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """TFX calls ``Do``; the work is in ``beam_ingest.run``, shared with the CLI."""
+
+    def Do(self,  # noqa: N802 - TFX calls this name. input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(output_dict[spec.EXAMPLES_KEY])
+        rejected = artifact_utils.get_single_instance(output_dict[spec.REJECTED_KEY])
+        examples.split_names = artifact_utils.encode_split_names(list(features.SPLITS))
+
+        summary = beam_ingest.run(
+            self._make_beam_pipeline,
+            voc_root=exec_properties[spec.VOC_ROOT_KEY],
+            sbd_root=exec_properties.get(spec.SBD_ROOT_KEY) or None,
+            examples_uri=examples.uri,
+            rejected_dir=rejected.uri,
+            max_rejected_fraction=exec_properties[spec.MAX_REJECTED_FRACTION_KEY],
+            num_shards=exec_properties[spec.NUM_SHARDS_KEY],
+        )
+
+        examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, "tfrecords_gzip")
+        fingerprint = exec_properties.get(spec.INPUT_FINGERPRINT_KEY)
+        if fingerprint:
+            examples.set_string_custom_property(spec.INPUT_FINGERPRINT_KEY, fingerprint)
+        for split, count in summary.splits.items():
+            examples.set_int_custom_property(f"num_examples_{split}", count)
+        rejected.set_int_custom_property("num_rejected", len(summary.rejected))
+        rejected.set_string_custom_property("rejected_fraction", f"{summary.rejected_fraction:.6f}")
+        logging.info("VocExampleGen summary: %s", json.dumps({k: v for k, v in summary.to_json().items()
+                                                             if k != "rejected"}))

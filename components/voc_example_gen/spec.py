@@ -1,0 +1,34 @@
+"""Keys, artifact type and ComponentSpec of VocExampleGen (shared by component, driver, executor)."""
+from tfx import types
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+EXAMPLES_KEY = "examples"
+REJECTED_KEY = "rejected"
+VOC_ROOT_KEY = "voc_root"
+SBD_ROOT_KEY = "sbd_root"
+MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
+NUM_SHARDS_KEY = "num_shards"
+# Set by the driver at run time, so that caching follows the files on disk.
+INPUT_FINGERPRINT_KEY = "input_fingerprint"
+
+
+class RejectedRecords(types.Artifact):
+    """Dead-letter output: rejected.jsonl (id, source, split, kind, reason), summary.json, report.md."""
+
+    TYPE_NAME = "RejectedRecords"
+
+
+class VocExampleGenSpec(types.ComponentSpec):
+    PARAMETERS = {
+        VOC_ROOT_KEY: ExecutionParameter(type=str),
+        SBD_ROOT_KEY: ExecutionParameter(type=str, optional=True),
+        MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
+        NUM_SHARDS_KEY: ExecutionParameter(type=int),
+        INPUT_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {}
+    OUTPUTS = {
+        EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        REJECTED_KEY: ChannelParameter(type=RejectedRecords),
+    }

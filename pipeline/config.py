@@ -1,0 +1,191 @@
+"""One config object for the whole pipeline.
+
+``PipelineConfig`` is a frozen tree of dataclasses, so a config can be hashed, compared and
+passed to the pure ``create_pipeline`` without anyone mutating it on the way. It loads from
+YAML (named configs live in ``pipeline/configs/``) and takes ``section.key=value`` overrides
+from the command line; every key is checked, so a typo fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Iterable, Mapping, Optional
+
+import yaml
+
+# Directory holding the `pipeline` package; relative paths in configs are resolved against it
+# so that a named config works from any working directory (and inside a container).
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(PROJECT_ROOT, "pipeline", "configs")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the raw datasets are. Either root may be the archive's top directory."""
+
+    voc_root: str = ""  # holds VOCdevkit/VOC2012 (or is VOC2012 itself)
+    sbd_root: str = ""  # holds benchmark_RELEASE/dataset; empty: VOC only
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """VocExampleGen settings."""
+
+    # The run fails when more than this fraction of listed ids is rejected (dead-lettered).
+    max_rejected_fraction: float = 0.01
+    # TFRecord shards per split; 0 lets the runner choose (good for Dataflow autoscaling).
+    num_shards: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """Schema and data-gate settings."""
+
+    # Curated schema imported by ImportSchemaGen; empty: SchemaGen infers one.
+    schema_path: str = "pipeline/schema/schema.pbtxt"
+    # TFX trains even when ExampleValidator finds anomalies; our gate stops the run unless
+    # this is set.
+    allow_anomalies: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    """Beam settings shared by every Beam-powered component."""
+
+    runner: str = "DirectRunner"
+    # in_memory | multi_threading | multi_processing (DirectRunner only).
+    direct_running_mode: str = "multi_processing"
+    # 0: one worker per core.
+    direct_num_workers: int = 0
+    # Passed through as they are, e.g. ("--project=p", "--region=r", "--temp_location=gs://...").
+    extra_args: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``create_pipeline`` and the runners need."""
+
+    pipeline_name: str = "deeplab-tfx"
+    pipeline_root: str = "runs/deeplab-tfx"
+    # SQLite ML Metadata file; empty: <pipeline_root>/metadata.sqlite.
+    metadata_path: str = ""
+    enable_cache: bool = True
+    data: DataConfig = DataConfig()
+    ingest: IngestConfig = IngestConfig()
+    validation: ValidationConfig = ValidationConfig()
+    beam: BeamConfig = BeamConfig()
+
+    def beam_pipeline_args(self) -> list:
+        """The ``beam_pipeline_args`` every Beam component of the pipeline gets."""
+        args = [f"--runner={self.beam.runner}"]
+        if self.beam.runner == "DirectRunner":
+            workers = self.beam.direct_num_workers or (os.cpu_count() or 1)
+            args += [
+                f"--direct_running_mode={self.beam.direct_running_mode}",
+                f"--direct_num_workers={workers}",
+            ]
+        return args + list(self.beam.extra_args)
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+def resolve_path(path: str) -> str:
+    """Resolves a config path: absolute and URI paths stay, relative ones join PROJECT_ROOT."""
+    if not path or "://" in path or os.path.isabs(path):
+        return path
+    return os.path.join(PROJECT_ROOT, path)
+
+
+def named_configs() -> list:
+    """Names of the configs shipped in ``pipeline/configs`` (``voc``, ``tiny``, ...)."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+
+
+def load_config(path_or_name: Optional[str] = None, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Loads a YAML file (or a named config) and applies ``section.key=value`` overrides."""
+    config = PipelineConfig()
+    if path_or_name:
+        path = path_or_name
+        if not os.path.exists(path) and path_or_name in named_configs():
+            path = os.path.join(CONFIG_DIR, f"{path_or_name}.yaml")
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from e
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"config {path!r} must be a mapping at the top level")
+        config = _build(PipelineConfig, raw, where=path)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> PipelineConfig:
+    """Applies ``a.b=value`` overrides; values are parsed as YAML scalars, then type-checked."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override {override!r} is not of the form section.key=value")
+        config = _set(config, key.strip().split("."), yaml.safe_load(text), where=key)
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain data (for logging, YAML dumps and tests)."""
+    return dataclasses.asdict(config)
+
+
+def _set(node: Any, path: list, value: Any, where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    if path[0] not in fields:
+        raise ConfigError(f"unknown config key {where!r} (known: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(type(node))
+    current = getattr(node, path[0])
+    if len(path) == 1:
+        new = _coerce(hints[path[0]], value, where)
+    elif dataclasses.is_dataclass(current):
+        new = _set(current, path[1:], value, where)
+    else:
+        raise ConfigError(f"config key {where!r}: {path[0]!r} is not a section")
+    return dataclasses.replace(node, **{path[0]: new})
+
+
+def _build(cls: type, raw: Mapping, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown config key(s) {unknown} in {cls.__name__}")
+    values = {}
+    for name, value in raw.items():
+        if dataclasses.is_dataclass(hints[name]):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: section {name!r} must be a mapping")
+            values[name] = _build(hints[name], value, where)
+        else:
+            values[name] = _coerce(hints[name], value, f"{where}: {name}")
+    return cls(**values)
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        raise ConfigError(f"{where} is a section; set its keys one by one")
+    if kind is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and value is None:
+        return ""
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value

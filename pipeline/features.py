@@ -1,0 +1,57 @@
+"""Names shared by every stage: feature keys, class list, label conventions.
+
+Defined once and imported everywhere (ExampleGen, schema, Transform, trainer, serving,
+EvalConfig) so that no key is ever spelled twice as a string literal. The raw keys follow
+TF Model Garden's segmentation convention, so its loaders read our TFRecords unchanged.
+"""
+
+# Raw tf.Example keys written by VocExampleGen (the data contract in DESIGN.md).
+IMAGE_KEY = "image/encoded"
+IMAGE_FORMAT_KEY = "image/format"
+FILENAME_KEY = "image/filename"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+SOURCE_KEY = "image/source"
+MASK_KEY = "image/segmentation/class/encoded"
+MASK_FORMAT_KEY = "image/segmentation/class/format"
+CLASSES_PRESENT_KEY = "image/segmentation/class/present"
+
+# Values of the enumerated string features.
+IMAGE_FORMAT = b"jpeg"
+MASK_FORMAT = b"png"
+SOURCE_VOC = "voc"
+SOURCE_SBD = "sbd"
+SOURCES = (SOURCE_VOC, SOURCE_SBD)
+
+# Split names of the Examples artifact.
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+SPLITS = (TRAIN_SPLIT, EVAL_SPLIT)
+
+# Label conventions of Pascal VOC: 0 is background, 255 is "void" (object borders and
+# ambiguous regions), ignored by the loss and by every metric.
+IGNORE_LABEL = 255
+CLASS_NAMES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+NUM_CLASSES = len(CLASS_NAMES)
