@@ -4,6 +4,7 @@ Beam ships this package to remote workers with ``--setup_file=./setup.py``, so e
 a worker imports by dotted path (the ExampleGen executor, ``transform.preprocessing``,
 ``trainer.run_fn``) must be listed in ``packages`` below.
 """
+
 import setuptools
 
 _CORE = [

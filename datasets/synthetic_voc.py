@@ -16,6 +16,7 @@ Ids overlap as in the real data: most VOC ids are also in SBD, some VOC val ids 
 Every class has its own colour, shape and texture, so a small model can learn them; images
 are VOC-sized (about 500x375, both orientations) unless ``max_side`` scales them down.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -39,8 +40,18 @@ from transform import palette
 
 # (width, height) of typical VOC images; portrait and landscape.
 _VOC_SIZES = ((500, 375), (500, 333), (500, 400), (500, 281), (375, 500), (333, 500), (400, 500))
-_SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "pentagon", "hexagon", "star", "cross",
-           "ring", "trapezoid")
+_SHAPES = (
+    "ellipse",
+    "rectangle",
+    "triangle",
+    "diamond",
+    "pentagon",
+    "hexagon",
+    "star",
+    "cross",
+    "ring",
+    "trapezoid",
+)
 _TEXTURES = ("solid", "hstripes", "vstripes", "checker", "dots")
 _YEARS = (2007, 2008, 2009, 2010, 2011)
 
@@ -121,7 +132,7 @@ def make_layout(num_images: int, seed: int) -> Layout:
 
     num_voc = max(4, int(round(0.3 * num_images)))
     voc = order[:num_voc]
-    voc_train, voc_val = voc[: num_voc // 2], voc[num_voc // 2:]
+    voc_train, voc_val = voc[: num_voc // 2], voc[num_voc // 2 :]
     rest = order[num_voc:]
 
     # Guaranteed overlap cases first, then the rest at random.
@@ -159,8 +170,12 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list:
     elif shape == "star":
         radii, n = [r, 0.45 * r], 10
     elif shape == "trapezoid":
-        return [(cx - r, cy + 0.6 * r), (cx + r, cy + 0.6 * r), (cx + 0.5 * r, cy - 0.6 * r),
-                (cx - 0.5 * r, cy - 0.6 * r)]
+        return [
+            (cx - r, cy + 0.6 * r),
+            (cx + r, cy + 0.6 * r),
+            (cx + 0.5 * r, cy - 0.6 * r),
+            (cx - 0.5 * r, cy - 0.6 * r),
+        ]
     else:
         raise ValueError(shape)
     points = []
@@ -294,8 +309,12 @@ def _annotation_xml(image_id: str, scene: Scene) -> bytes:
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "0"
         box = ET.SubElement(obj, "bndbox")
-        for tag, value in (("xmin", xs.min() + 1), ("ymin", ys.min() + 1), ("xmax", xs.max() + 1),
-                           ("ymax", ys.max() + 1)):
+        for tag, value in (
+            ("xmin", xs.min() + 1),
+            ("ymin", ys.min() + 1),
+            ("xmax", xs.max() + 1),
+            ("ymax", ys.max() + 1),
+        ):
             ET.SubElement(box, tag).text = str(int(value))
     return ET.tostring(root)
 
@@ -322,10 +341,12 @@ def _write_sbd_mats(dataset_dir: str, image_id: str, scene: Scene) -> None:
         "Boundaries": _boundaries(scene.instances, range(1, len(scene.instance_classes) + 1)),
         "Categories": np.asarray(scene.instance_classes, np.uint8).reshape(-1, 1),
     }
-    scipy.io.savemat(os.path.join(dataset_dir, "cls", f"{image_id}.mat"), {"GTcls": gt_cls},
-                     do_compression=True)
-    scipy.io.savemat(os.path.join(dataset_dir, "inst", f"{image_id}.mat"), {"GTinst": gt_inst},
-                     do_compression=True)
+    scipy.io.savemat(
+        os.path.join(dataset_dir, "cls", f"{image_id}.mat"), {"GTcls": gt_cls}, do_compression=True
+    )
+    scipy.io.savemat(
+        os.path.join(dataset_dir, "inst", f"{image_id}.mat"), {"GTinst": gt_inst}, do_compression=True
+    )
 
 
 def voc_dir(out: str) -> str:
@@ -367,20 +388,25 @@ def _write_list(path: str, ids: Sequence[str]) -> None:
         f.write("".join(f"{i}\n" for i in ids))
 
 
-def make_dataset(out: str, num_images: int, seed: int = 0, max_side: int = 500,
-                 workers: Optional[int] = None) -> Layout:
+def make_dataset(
+    out: str, num_images: int, seed: int = 0, max_side: int = 500, workers: Optional[int] = None
+) -> Layout:
     """Writes the VOC and SBD trees under ``out`` and returns the id layout."""
     layout = make_layout(num_images, seed)
     voc, sbd = voc_dir(out), sbd_dir(out)
-    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
-              os.path.join("ImageSets", "Segmentation")):
+    for d in (
+        "JPEGImages",
+        "Annotations",
+        "SegmentationClass",
+        "SegmentationObject",
+        os.path.join("ImageSets", "Segmentation"),
+    ):
         os.makedirs(os.path.join(voc, d), exist_ok=True)
     for d in ("img", "cls", "inst"):
         os.makedirs(os.path.join(sbd, d), exist_ok=True)
 
     voc_ids, sbd_ids = set(layout.voc_ids), set(layout.sbd_ids)
-    jobs = [(out, i, n, seed, max_side, i in voc_ids, i in sbd_ids)
-            for n, i in enumerate(layout.all_ids)]
+    jobs = [(out, i, n, seed, max_side, i in voc_ids, i in sbd_ids) for n, i in enumerate(layout.all_ids)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     log = logging.getLogger(__name__)
     if workers == 1:
@@ -401,8 +427,17 @@ def make_dataset(out: str, num_images: int, seed: int = 0, max_side: int = 500,
     _write_list(os.path.join(sbd, "train.txt"), layout.sbd_train)
     _write_list(os.path.join(sbd, "val.txt"), layout.sbd_val)
     with open(os.path.join(out, "manifest.json"), "w") as f:
-        json.dump({"generator": "deeplab-tfx make-dataset", "num_images": num_images,
-                   "seed": seed, "max_side": max_side, **dataclasses.asdict(layout)}, f, indent=1)
+        json.dump(
+            {
+                "generator": "deeplab-tfx make-dataset",
+                "num_images": num_images,
+                "seed": seed,
+                "max_side": max_side,
+                **dataclasses.asdict(layout),
+            },
+            f,
+            indent=1,
+        )
     return layout
 
 

@@ -4,6 +4,7 @@ Subcommands take the same config object as the pipeline (``--config NAME|FILE``,
 section.key=value``); their own flags are shorthands for config keys, so a setting means the
 same thing whichever way it is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,17 @@ from pipeline import config as config_lib
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None,
-                        help=f"YAML file or named config ({', '.join(config_lib.named_configs())})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set ingest.max_rejected_fraction=0.05")
+    parser.add_argument(
+        "--config", default=None, help=f"YAML file or named config ({', '.join(config_lib.named_configs())})"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set ingest.max_rejected_fraction=0.05",
+    )
 
 
 def _load(args: argparse.Namespace, shorthands: dict) -> config_lib.PipelineConfig:
@@ -35,14 +43,21 @@ def _load(args: argparse.Namespace, shorthands: dict) -> config_lib.PipelineConf
 def _make_dataset(args: argparse.Namespace) -> int:
     from datasets import synthetic_voc
 
-    layout = synthetic_voc.make_dataset(args.out, args.num_images, seed=args.seed,
-                                        max_side=args.max_side, workers=args.workers)
-    print(json.dumps({
-        "out": os.path.abspath(args.out),
-        "voc_train": len(layout.voc_train), "voc_val": len(layout.voc_val),
-        "sbd_train": len(layout.sbd_train), "sbd_val": len(layout.sbd_val),
-        "images": len(layout.all_ids),
-    }))
+    layout = synthetic_voc.make_dataset(
+        args.out, args.num_images, seed=args.seed, max_side=args.max_side, workers=args.workers
+    )
+    print(
+        json.dumps(
+            {
+                "out": os.path.abspath(args.out),
+                "voc_train": len(layout.voc_train),
+                "voc_val": len(layout.voc_val),
+                "sbd_train": len(layout.sbd_train),
+                "sbd_val": len(layout.sbd_val),
+                "images": len(layout.all_ids),
+            }
+        )
+    )
     return 0
 
 
@@ -52,10 +67,16 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from components.voc_example_gen import beam_ingest, sources
 
-    cfg = _load(args, {"voc_root": "data.voc_root", "sbd_root": "data.sbd_root",
-                       "max_rejected_fraction": "ingest.max_rejected_fraction",
-                       "num_shards": "ingest.num_shards",
-                       "direct_running_mode": "beam.direct_running_mode"})
+    cfg = _load(
+        args,
+        {
+            "voc_root": "data.voc_root",
+            "sbd_root": "data.sbd_root",
+            "max_rejected_fraction": "ingest.max_rejected_fraction",
+            "num_shards": "ingest.num_shards",
+            "direct_running_mode": "beam.direct_running_mode",
+        },
+    )
     if not cfg.data.voc_root:
         print("deeplab-tfx ingest: --voc-root (or data.voc_root) is required", file=sys.stderr)
         return 2
@@ -78,9 +99,16 @@ def _ingest(args: argparse.Namespace) -> int:
     except beam_ingest.TooManyRejectedError as e:
         print(f"deeplab-tfx ingest: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({"splits": summary.splits, "rejected": len(summary.rejected),
-                      "seconds": summary.seconds,
-                      "summary": os.path.join(args.output, beam_ingest.SUMMARY_FILE)}))
+    print(
+        json.dumps(
+            {
+                "splits": summary.splits,
+                "rejected": len(summary.rejected),
+                "seconds": summary.seconds,
+                "summary": os.path.join(args.output, beam_ingest.SUMMARY_FILE),
+            }
+        )
+    )
     return 0
 
 
@@ -106,12 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="run VocExampleGen's Beam job alone, no orchestrator")
     p.add_argument("--voc-root", dest="voc_root", help="directory holding VOCdevkit/VOC2012")
     p.add_argument("--sbd-root", dest="sbd_root", help="directory holding benchmark_RELEASE/dataset")
-    p.add_argument("--output", required=True,
-                   help="writes examples/, rejected.jsonl, summary.json and report.md there")
+    p.add_argument(
+        "--output", required=True, help="writes examples/, rejected.jsonl, summary.json and report.md there"
+    )
     p.add_argument("--max-rejected-fraction", dest="max_rejected_fraction", type=float)
     p.add_argument("--num-shards", dest="num_shards", type=int)
-    p.add_argument("--direct-running-mode", dest="direct_running_mode",
-                   choices=["in_memory", "multi_threading", "multi_processing"])
+    p.add_argument(
+        "--direct-running-mode",
+        dest="direct_running_mode",
+        choices=["in_memory", "multi_threading", "multi_processing"],
+    )
     _add_config_args(p)
     p.set_defaults(func=_ingest)
 
@@ -123,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except config_lib.ConfigError as e:

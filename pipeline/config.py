@@ -5,6 +5,7 @@ passed to the pure ``create_pipeline`` without anyone mutating it on the way. It
 YAML (named configs live in ``pipeline/configs/``) and takes ``section.key=value`` overrides
 from the command line; every key is checked, so a typo fails loudly instead of being ignored.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,10 +81,10 @@ class PipelineConfig:
         """The ``beam_pipeline_args`` every Beam component of the pipeline gets."""
         args = [f"--runner={self.beam.runner}"]
         if self.beam.runner == "DirectRunner":
-            workers = self.beam.direct_num_workers or (os.cpu_count() or 1)
+            # Beam itself reads 0 as "one worker per core", so the args stay machine-independent.
             args += [
                 f"--direct_running_mode={self.beam.direct_running_mode}",
-                f"--direct_num_workers={workers}",
+                f"--direct_num_workers={self.beam.direct_num_workers}",
             ]
         return args + list(self.beam.extra_args)
 

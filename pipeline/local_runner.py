@@ -4,6 +4,7 @@ Thin by design: it resolves paths against the working directory, picks the metad
 reports the outcome; the DAG itself comes from ``create_pipeline``. For a shared metadata
 store use MySQL (``tfx.orchestration.metadata.mysql_metadata_connection_config``).
 """
+
 import dataclasses
 import logging
 import os
@@ -18,6 +19,7 @@ from pipeline.pipeline import create_pipeline
 
 def resolve_local_paths(config: config_lib.PipelineConfig) -> config_lib.PipelineConfig:
     """Makes the run's data and output paths absolute (relative to the working directory)."""
+
     def absolute(path: str) -> str:
         return path if not path or "://" in path else os.path.abspath(path)
 
@@ -26,8 +28,9 @@ def resolve_local_paths(config: config_lib.PipelineConfig) -> config_lib.Pipelin
         config,
         pipeline_root=root,
         metadata_path=absolute(config.metadata_path) or os.path.join(root, "metadata.sqlite"),
-        data=dataclasses.replace(config.data, voc_root=absolute(config.data.voc_root),
-                                 sbd_root=absolute(config.data.sbd_root)),
+        data=dataclasses.replace(
+            config.data, voc_root=absolute(config.data.voc_root), sbd_root=absolute(config.data.sbd_root)
+        ),
     )
 
 
@@ -46,9 +49,13 @@ def run(config: config_lib.PipelineConfig) -> int:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # noqa: BLE001 - the trace for debugging, then one plain line.
         logging.exception("pipeline run failed")
-        print(f"deeplab-tfx run: FAILED after {time.time() - start:.0f} s: "
-              f"{type(e).__name__}: {e}", file=sys.stderr)
+        print(
+            f"deeplab-tfx run: FAILED after {time.time() - start:.0f} s: " f"{type(e).__name__}: {e}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s; "
-          f"outputs under {config.pipeline_root}, metadata in {config.metadata_path}")
+    print(
+        f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s; "
+        f"outputs under {config.pipeline_root}, metadata in {config.metadata_path}"
+    )
     return 0

@@ -6,6 +6,7 @@ pick the metadata store; nothing here depends on where the pipeline runs.
 
     VocExampleGen ─► StatisticsGen ─► ImportSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
 """
+
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -29,12 +30,15 @@ def create_components(config: PipelineConfig) -> list:
         # A curated schema is the contract; inferring one would accept whatever arrived.
         schema_gen = tfx.components.ImportSchemaGen(schema_file=resolve_path(config.validation.schema_path))
     else:
-        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                              infer_feature_shape=True)
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
+        )
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"],
-                         allow_anomalies=config.validation.allow_anomalies)
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    data_gate = DataGate(
+        anomalies=example_validator.outputs["anomalies"], allow_anomalies=config.validation.allow_anomalies
+    )
     return [example_gen, statistics_gen, schema_gen, example_validator, data_gate]
 
 

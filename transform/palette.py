@@ -7,6 +7,7 @@ between an 8-bit index and a colour, the inverse needs no 256^3 lookup table: ga
 back (``colors_to_indices``). Both directions are plain integer arithmetic, so they run the same
 in numpy (ingestion, tests) and in TensorFlow (Transform, serving).
 """
+
 import numpy as np
 
 from pipeline import features

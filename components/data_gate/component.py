@@ -6,6 +6,7 @@ the config allows anomalies, in which case it records them and lets the run go o
 it writes its decision (``decision.json``) for the run report. ``create_pipeline`` makes
 Transform depend on it, so nothing downstream starts before the gate has passed.
 """
+
 import json
 import logging
 import os
@@ -41,16 +42,22 @@ def read_anomalies(anomalies_artifact: types.Artifact) -> dict:
         with tf.io.gfile.GFile(path, "rb") as f:
             anomalies.ParseFromString(f.read())
         rows = [
-            {"feature": feature,
-             "severity": anomalies_pb2.AnomalyInfo.Severity.Name(info.severity),
-             "description": info.description or info.short_description}
+            {
+                "feature": feature,
+                "severity": anomalies_pb2.AnomalyInfo.Severity.Name(info.severity),
+                "description": info.description or info.short_description,
+            }
             for feature, info in sorted(anomalies.anomaly_info.items())
         ]
         if anomalies.HasField("dataset_anomaly_info"):
             info = anomalies.dataset_anomaly_info
-            rows.append({"feature": "(dataset)",
-                         "severity": anomalies_pb2.AnomalyInfo.Severity.Name(info.severity),
-                         "description": info.description or info.short_description})
+            rows.append(
+                {
+                    "feature": "(dataset)",
+                    "severity": anomalies_pb2.AnomalyInfo.Severity.Name(info.severity),
+                    "description": info.description or info.short_description,
+                }
+            )
         if rows:
             found[split] = rows
     return found
@@ -73,16 +80,22 @@ def DataGate(  # noqa: N802 - TFX component names are classes.
     found = read_anomalies(anomalies)
     passed = not found or allow_anomalies
     with tf.io.gfile.GFile(os.path.join(decision.uri, DECISION_FILE), "w") as f:
-        json.dump({"passed": passed, "allow_anomalies": allow_anomalies, "anomalies": found}, f,
-                  indent=1, sort_keys=True)
+        json.dump(
+            {"passed": passed, "allow_anomalies": allow_anomalies, "anomalies": found},
+            f,
+            indent=1,
+            sort_keys=True,
+        )
     decision.set_int_custom_property("passed", int(passed))
     decision.set_int_custom_property("num_anomalies", sum(len(r) for r in found.values()))
     if not found:
         logging.info("DataGate: no anomalies in any split; the run goes on.")
         return
     if allow_anomalies:
-        logging.warning("DataGate: anomalies found, but validation.allow_anomalies is set; the "
-                        "run goes on:\n%s", explain(found))
+        logging.warning(
+            "DataGate: anomalies found, but validation.allow_anomalies is set; the " "run goes on:\n%s",
+            explain(found),
+        )
         return
     raise DataGateError(
         "DataGate stopped the run before Transform: ExampleValidator found anomalies in the "

@@ -6,6 +6,7 @@ with their id, source, split, kind and reason, and bump a Beam counter per kind.
 the job has finished does the driver judge the rejected fraction: it counts the dead-letter
 file, which every runner writes, rather than relying on metrics some runners do not report.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,10 +57,12 @@ class _ToExample(beam.DoFn):
     """Builds one tf.Example per id; failures leave through the ``rejected`` tag."""
 
     def __init__(self):
-        self._written = {split: beam.metrics.Metrics.counter(NAMESPACE, f"examples_{split}")
-                         for split in features.SPLITS}
-        self._rejected = {kind: beam.metrics.Metrics.counter(NAMESPACE, f"rejected_{kind}")
-                          for kind in records.KINDS}
+        self._written = {
+            split: beam.metrics.Metrics.counter(NAMESPACE, f"examples_{split}") for split in features.SPLITS
+        }
+        self._rejected = {
+            kind: beam.metrics.Metrics.counter(NAMESPACE, f"rejected_{kind}") for kind in records.KINDS
+        }
         self._seen = 0
 
     def process(self, item: sources.WorkItem):
@@ -69,7 +72,9 @@ class _ToExample(beam.DoFn):
             yield self._reject(item, e.kind, e.reason)
             return
         except Exception as e:  # noqa: BLE001 - a bad record must never take the job down.
-            yield self._reject(item, records.UNEXPECTED, f"{item.image_path}: {type(e).__name__}: {e}")
+            yield self._reject(
+                item, records.UNEXPECTED, f"{item.image_path} + {item.mask_path}: " f"{type(e).__name__}: {e}"
+            )
             return
         finally:
             self._seen += 1
@@ -81,10 +86,19 @@ class _ToExample(beam.DoFn):
     def _reject(self, item: sources.WorkItem, kind: str, reason: str):
         self._rejected[kind].inc()
         _log.warning("rejected %s (%s): %s", item.image_id, item.source, reason)
-        return beam.pvalue.TaggedOutput(REJECTED_TAG, json.dumps({
-            "id": item.image_id, "source": item.source, "split": item.split, "kind": kind,
-            "reason": reason,
-        }, sort_keys=True))
+        return beam.pvalue.TaggedOutput(
+            REJECTED_TAG,
+            json.dumps(
+                {
+                    "id": item.image_id,
+                    "source": item.source,
+                    "split": item.split,
+                    "kind": kind,
+                    "reason": reason,
+                },
+                sort_keys=True,
+            ),
+        )
 
 
 def split_dir(examples_uri: str, split: str) -> str:
@@ -92,8 +106,9 @@ def split_dir(examples_uri: str, split: str) -> str:
     return os.path.join(examples_uri, f"Split-{split}")
 
 
-def build(pipeline: beam.Pipeline, items: list, examples_uri: str, rejected_dir: str,
-          num_shards: int = 0) -> None:
+def build(
+    pipeline: beam.Pipeline, items: list, examples_uri: str, rejected_dir: str, num_shards: int = 0
+) -> None:
     """Adds the ingestion transforms to ``pipeline``."""
     outputs = (
         pipeline
@@ -109,7 +124,10 @@ def build(pipeline: beam.Pipeline, items: list, examples_uri: str, rejected_dir:
         )
     name, ext = os.path.splitext(REJECTED_FILE)
     _ = outputs[REJECTED_TAG] | "WriteDeadLetter" >> beam.io.WriteToText(
-        os.path.join(rejected_dir, name), file_name_suffix=ext, num_shards=1, shard_name_template="",
+        os.path.join(rejected_dir, name),
+        file_name_suffix=ext,
+        num_shards=1,
+        shard_name_template="",
     )
 
 
@@ -121,8 +139,9 @@ def _counters(result) -> dict:
     totals = {}
     for counter in query["counters"]:
         name = counter.key.metric.name
-        totals[name] = totals.get(name, 0) + (counter.committed if counter.committed is not None
-                                              else counter.attempted)
+        totals[name] = totals.get(name, 0) + (
+            counter.committed if counter.committed is not None else counter.attempted
+        )
     return dict(sorted(totals.items()))
 
 
@@ -135,9 +154,15 @@ def read_rejected(rejected_dir: str) -> list:
     return sorted(rows, key=lambda r: (r["split"], r["id"]))
 
 
-def run(make_pipeline: Callable[[], beam.Pipeline], voc_root: str, sbd_root: Optional[str],
-        examples_uri: str, rejected_dir: str, max_rejected_fraction: float = 0.01,
-        num_shards: int = 0) -> IngestSummary:
+def run(
+    make_pipeline: Callable[[], beam.Pipeline],
+    voc_root: str,
+    sbd_root: Optional[str],
+    examples_uri: str,
+    rejected_dir: str,
+    max_rejected_fraction: float = 0.01,
+    num_shards: int = 0,
+) -> IngestSummary:
     """Lists, runs the Beam job, writes the report and enforces ``max_rejected_fraction``.
 
     Raises ``sources.ListFileError`` when a split list is unreadable (before any work), and
@@ -146,8 +171,9 @@ def run(make_pipeline: Callable[[], beam.Pipeline], voc_root: str, sbd_root: Opt
     """
     items = sources.plan_items(voc_root, sbd_root)
     planned = sources.count_by_split(items)
-    _log.info("VocExampleGen: %d ids listed (%s)", len(items),
-              ", ".join(f"{k} {v}" for k, v in planned.items()))
+    _log.info(
+        "VocExampleGen: %d ids listed (%s)", len(items), ", ".join(f"{k} {v}" for k, v in planned.items())
+    )
     if not items:
         raise sources.ListFileError(f"the split lists under {voc_root} name no ids")
     tf.io.gfile.makedirs(rejected_dir)
@@ -163,13 +189,23 @@ def run(make_pipeline: Callable[[], beam.Pipeline], voc_root: str, sbd_root: Opt
     for row in rejected:
         written[row["split"]] -= 1
     summary = IngestSummary(
-        splits=written, rejected=rejected, seconds=round(seconds, 3), listed=len(items),
-        rejected_fraction=len(rejected) / len(items), max_rejected_fraction=max_rejected_fraction,
+        splits=written,
+        rejected=rejected,
+        seconds=round(seconds, 3),
+        listed=len(items),
+        rejected_fraction=len(rejected) / len(items),
+        max_rejected_fraction=max_rejected_fraction,
         counters=_counters(result),
     )
     write_report(summary, rejected_dir)
-    _log.info("VocExampleGen: wrote %s, rejected %d (%.2f%%) in %.1f s (%.1f ids/s)",
-              written, len(rejected), 100 * summary.rejected_fraction, seconds, len(items) / seconds)
+    _log.info(
+        "VocExampleGen: wrote %s, rejected %d (%.2f%%) in %.1f s (%.1f ids/s)",
+        written,
+        len(rejected),
+        100 * summary.rejected_fraction,
+        seconds,
+        len(items) / seconds,
+    )
     if summary.rejected_fraction > max_rejected_fraction:
         raise TooManyRejectedError(
             f"VocExampleGen rejected {len(rejected)} of {len(items)} ids "
@@ -203,8 +239,10 @@ def write_report(summary: IngestSummary, rejected_dir: str) -> None:
     ]
     if summary.rejected:
         lines += ["| id | source | split | kind | reason |", "|---|---|---|---|---|"]
-        lines += [f"| {r['id']} | {r['source']} | {r['split']} | {r['kind']} | {r['reason']} |"
-                  for r in summary.rejected]
+        lines += [
+            f"| {r['id']} | {r['source']} | {r['split']} | {r['kind']} | {r['reason']} |"
+            for r in summary.rejected
+        ]
     else:
         lines.append("No record was rejected.")
     with tf.io.gfile.GFile(os.path.join(rejected_dir, REPORT_FILE), "w") as f:

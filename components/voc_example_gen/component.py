@@ -4,6 +4,7 @@ Outputs an ``Examples`` artifact with splits ``train`` (the train_aug rule) and 
 val) as gzipped TFRecords of tf.Examples in the data contract of ``pipeline.features``, and a
 ``RejectedRecords`` artifact: the dead-letter file, a summary and a readable report.
 """
+
 from typing import Optional
 
 from tfx import types
@@ -25,8 +26,13 @@ class VocExampleGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
     DRIVER_CLASS = driver.Driver
 
-    def __init__(self, voc_root: str, sbd_root: Optional[str] = None,
-                 max_rejected_fraction: float = 0.01, num_shards: int = 0):
+    def __init__(
+        self,
+        voc_root: str,
+        sbd_root: Optional[str] = None,
+        max_rejected_fraction: float = 0.01,
+        num_shards: int = 0,
+    ):
         spec = VocExampleGenSpec(
             voc_root=voc_root,
             sbd_root=sbd_root or "",

@@ -4,6 +4,7 @@ The portable launcher runs a component's driver before computing the cache key a
 exec properties the driver returns to it. Without this, a component with no input artifacts
 would be served from cache after the dataset on disk changed.
 """
+
 from tfx.dsl.components.base import base_driver
 from tfx.orchestration import data_types_utils
 from tfx.orchestration.portable import base_driver as ir_base_driver
@@ -22,8 +23,6 @@ class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
     def run(self, execution_info) -> driver_output_pb2.DriverOutput:
         props = execution_info.exec_properties
         result = driver_output_pb2.DriverOutput()
-        fingerprint = sources.fingerprint(props[spec.VOC_ROOT_KEY],
-                                          props.get(spec.SBD_ROOT_KEY) or None)
-        data_types_utils.set_metadata_value(
-            result.exec_properties[spec.INPUT_FINGERPRINT_KEY], fingerprint)
+        fingerprint = sources.fingerprint(props[spec.VOC_ROOT_KEY], props.get(spec.SBD_ROOT_KEY) or None)
+        data_types_utils.set_metadata_value(result.exec_properties[spec.INPUT_FINGERPRINT_KEY], fingerprint)
         return result

@@ -1,4 +1,5 @@
 """Executor of VocExampleGen: runs the shared Beam job and records it on the artifacts."""
+
 import json
 import logging
 from typing import Any, Dict, List
@@ -16,8 +17,12 @@ from pipeline import features
 class Executor(base_beam_executor.BaseBeamExecutor):
     """TFX calls ``Do``; the work is in ``beam_ingest.run``, shared with the CLI."""
 
-    def Do(self,  # noqa: N802 - TFX calls this name. input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    def Do(  # noqa: N802 - TFX calls this name.
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
         examples = artifact_utils.get_single_instance(output_dict[spec.EXAMPLES_KEY])
         rejected = artifact_utils.get_single_instance(output_dict[spec.REJECTED_KEY])
@@ -42,5 +47,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             examples.set_int_custom_property(f"num_examples_{split}", count)
         rejected.set_int_custom_property("num_rejected", len(summary.rejected))
         rejected.set_string_custom_property("rejected_fraction", f"{summary.rejected_fraction:.6f}")
-        logging.info("VocExampleGen summary: %s", json.dumps({k: v for k, v in summary.to_json().items()
-                                                             if k != "rejected"}))
+        logging.info(
+            "VocExampleGen summary: %s",
+            json.dumps({k: v for k, v in summary.to_json().items() if k != "rejected"}),
+        )

@@ -6,11 +6,15 @@ VOC val (1,449). An id annotated by both sources is written once, with the VOC a
 which has the void band SBD lacks. No eval id may reach train: SBD train contains VOC val
 images, so the subtraction is what keeps the benchmark honest.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Iterable, Optional
+
+import tensorflow as tf
 
 from pipeline import features
 
@@ -43,7 +47,7 @@ class SourceLists:
 def resolve_voc_root(root: str) -> str:
     """Accepts the extraction dir (holding VOCdevkit/), VOCdevkit/ itself, or VOC2012/."""
     for candidate in (os.path.join(root, "VOCdevkit", "VOC2012"), os.path.join(root, "VOC2012"), root):
-        if os.path.isdir(os.path.join(candidate, "ImageSets", "Segmentation")):
+        if tf.io.gfile.isdir(os.path.join(candidate, "ImageSets", "Segmentation")):
             return candidate
     raise ListFileError(
         f"{root!r} is not a VOC 2012 root: no ImageSets/Segmentation under it, "
@@ -55,7 +59,7 @@ def resolve_sbd_root(root: str) -> str:
     """Accepts the extraction dir (holding benchmark_RELEASE/), benchmark_RELEASE/, or dataset/."""
     candidates = (os.path.join(root, "benchmark_RELEASE", "dataset"), os.path.join(root, "dataset"), root)
     for candidate in candidates:
-        if os.path.isdir(os.path.join(candidate, "cls")):
+        if tf.io.gfile.isdir(os.path.join(candidate, "cls")):
             return candidate
     raise ListFileError(
         f"{root!r} is not an SBD root: no cls/ under it, benchmark_RELEASE/dataset/ or "
@@ -66,10 +70,10 @@ def resolve_sbd_root(root: str) -> str:
 def read_id_list(path: str) -> tuple:
     """Reads one id per line; blank lines are skipped, duplicates kept once."""
     try:
-        with open(path, "rb") as f:
+        with tf.io.gfile.GFile(path, "rb") as f:
             raw = f.read()
-    except OSError as e:
-        raise ListFileError(f"cannot read split list {path}: {e.strerror or e}") from e
+    except tf.errors.OpError as e:
+        raise ListFileError(f"cannot read split list {path}: {e.message}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -148,22 +152,14 @@ def fingerprint(voc_root: str, sbd_root: Optional[str] = None) -> str:
     removing any listed file changes it and reruns ingestion; an unchanged tree is cached.
     Stat only, no reads: cheap even for the 12,031 files of VOC + SBD.
     """
-    import hashlib
-
     digest = hashlib.sha256()
     items = plan_items(voc_root, sbd_root)
     for item in items:
         digest.update(f"{item.image_id}|{item.split}|{item.source}".encode())
         for path in (item.image_path, item.mask_path):
             try:
-                stat = os.stat(path) if "://" not in path else None
-                if stat is None:
-                    import tensorflow as tf  # only for remote file systems
-
-                    gstat = tf.io.gfile.stat(path)
-                    digest.update(f"|{gstat.length}|{gstat.mtime_nsec}".encode())
-                else:
-                    digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
-            except (OSError, Exception):  # noqa: BLE001 - a missing file is part of the state.
+                stat = tf.io.gfile.stat(path)
+                digest.update(f"|{stat.length}|{stat.mtime_nsec}".encode())
+            except tf.errors.NotFoundError:  # a missing file is part of the state
                 digest.update(b"|missing")
     return f"ids:{len(items)},sha256:{digest.hexdigest()}"

@@ -1,4 +1,5 @@
 """Keys, artifact type and ComponentSpec of VocExampleGen (shared by component, driver, executor)."""
+
 from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter

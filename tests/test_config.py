@@ -1,0 +1,87 @@
+"""The one config object: YAML, overrides, named configs, and the pipeline each one builds."""
+
+import dataclasses
+
+import pytest
+
+from pipeline import config as config_lib
+from pipeline.pipeline import create_pipeline
+
+COMPONENTS = ["VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate"]
+
+
+def test_defaults():
+    cfg = config_lib.PipelineConfig()
+    assert cfg.ingest.max_rejected_fraction == 0.01
+    assert cfg.validation.allow_anomalies is False
+    assert cfg.beam_pipeline_args() == [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=0",
+    ]
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("pipeline_name: p\ningest:\n  max_rejected_fraction: 0.2\nbeam:\n  extra_args: [--a=1]\n")
+    cfg = config_lib.load_config(
+        str(path),
+        [
+            "ingest.max_rejected_fraction=1",
+            "validation.allow_anomalies=true",
+            "data.voc_root=/d",
+            "ingest.num_shards=4",
+        ],
+    )
+    assert cfg.pipeline_name == "p"
+    assert cfg.ingest == config_lib.IngestConfig(max_rejected_fraction=1.0, num_shards=4)
+    assert cfg.validation.allow_anomalies is True and cfg.data.voc_root == "/d"
+    assert cfg.beam_pipeline_args()[-1] == "--a=1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.pipeline_name = "q"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ingest.max_rejected_fraktion=0.1", "unknown config key 'ingest.max_rejected_fraktion'"),
+        ("ingest.num_shards=many", "expected int"),
+        ("validation.allow_anomalies=1", "expected true/false"),
+        ("ingest=3", "is a section"),
+        ("pipeline_name", "not of the form"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load_config(None, [override])
+
+
+def test_unknown_yaml_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ingest:\n  shards: 3\n")
+    with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) \['shards'\] in IngestConfig"):
+        config_lib.load_config(str(path))
+
+
+@pytest.mark.parametrize("name", config_lib.named_configs())
+def test_every_named_config_builds_the_pipeline(name):
+    cfg = config_lib.load_config(name, ["data.voc_root=/nonexistent/voc", "data.sbd_root=/nonexistent/sbd"])
+    pipeline = create_pipeline(cfg)  # pure: nothing is read, so missing data is fine here
+    nodes = {c.id: c for c in pipeline.components}
+    assert sorted(nodes) == sorted(COMPONENTS)
+    assert pipeline.beam_pipeline_args == cfg.beam_pipeline_args()
+    assert nodes["DataGate"].exec_properties["allow_anomalies"] is False
+    assert nodes["DataGate"].upstream_nodes == {nodes["ExampleValidator"]}
+    assert nodes["ExampleValidator"].upstream_nodes == {nodes["StatisticsGen"], nodes["ImportSchemaGen"]}
+    assert nodes["StatisticsGen"].upstream_nodes == {nodes["VocExampleGen"]}
+    assert nodes["VocExampleGen"].exec_properties["voc_root"] == "/nonexistent/voc"
+
+
+def test_named_configs_exist():
+    assert {"tiny", "voc"} <= set(config_lib.named_configs())
+
+
+def test_without_a_schema_file_schema_is_inferred():
+    cfg = config_lib.load_config("tiny", ["data.voc_root=/v", "validation.schema_path="])
+    ids = {c.id for c in create_pipeline(cfg).components}
+    assert "SchemaGen" in ids and "ImportSchemaGen" not in ids

@@ -1,0 +1,213 @@
+"""VocExampleGen's Beam job on DirectRunner: exact splits, pixel-exact masks, dead letter."""
+
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import scipy.io
+from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
+
+from components.voc_example_gen import beam_ingest, records, sources
+from pipeline import features
+from tests.conftest import feature, png_indices, read_examples, read_list, sbd_path, voc_path
+
+pytestmark = pytest.mark.slow
+
+
+def _pipeline(mode="in_memory"):
+    args = ["--runner=DirectRunner", f"--direct_running_mode={mode}"]
+    if mode == "multi_processing":
+        args.append("--direct_num_workers=2")
+    return lambda: beam.Pipeline(options=PipelineOptions(args))
+
+
+def _ingest(root, out, mode="in_memory", **kwargs):
+    return beam_ingest.run(
+        _pipeline(mode), root, root, os.path.join(out, "examples"), os.path.join(out, "rejected"), **kwargs
+    )
+
+
+def expected_splits(root):
+    """The train_aug rule written out again from the list files, independently of sources.py."""
+    seg = voc_path(root, "ImageSets", "Segmentation")
+    voc_train, voc_val = set(read_list(f"{seg}/train.txt")), set(read_list(f"{seg}/val.txt"))
+    sbd = set(read_list(sbd_path(root, "train.txt"))) | set(read_list(sbd_path(root, "val.txt")))
+    train = (voc_train | sbd) - voc_val
+    source = {i: "voc" if i in voc_train else "sbd" for i in train}
+    source.update({i: "voc" for i in voc_val})
+    return train, voc_val, source
+
+
+@pytest.fixture(scope="module")
+def ingested(dataset_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ingest"))
+    return out, _ingest(dataset_dir, out)
+
+
+def test_split_membership_and_counts_are_exact(dataset_dir, ingested):
+    out, summary = ingested
+    train, val, _ = expected_splits(dataset_dir)
+    got = {
+        split: [
+            feature(e, features.FILENAME_KEY)[0].decode()
+            for e in read_examples(os.path.join(out, "examples"), split)
+        ]
+        for split in features.SPLITS
+    }
+    assert sorted(got["train"]) == sorted(train) and len(got["train"]) == len(set(got["train"]))
+    assert sorted(got["eval"]) == sorted(val) and len(got["eval"]) == len(set(got["eval"]))
+    assert not set(got["train"]) & set(got["eval"])
+    assert summary.splits == {"train": len(train), "eval": len(val)}
+    assert summary.rejected == [] and summary.listed == len(train) + len(val)
+    assert summary.counters == {"examples_eval": len(val), "examples_train": len(train)}
+    # The overlap case that makes train_aug necessary is present and handled.
+    sbd_train = set(read_list(sbd_path(dataset_dir, "train.txt")))
+    assert sbd_train & val and not sbd_train & val & set(got["train"])
+
+
+def test_every_mask_round_trips_pixel_exact(dataset_dir, ingested):
+    out, _ = ingested
+    _, _, source = expected_splits(dataset_dir)
+    seen_void = seen_voc_overlap = 0
+    sbd_ids = set(read_list(sbd_path(dataset_dir, "train.txt")) + read_list(sbd_path(dataset_dir, "val.txt")))
+    for split in features.SPLITS:
+        for example in read_examples(os.path.join(out, "examples"), split):
+            image_id = feature(example, features.FILENAME_KEY)[0].decode()
+            src = feature(example, features.SOURCE_KEY)[0].decode()
+            assert src == source[image_id]
+            ids = png_indices(feature(example, features.MASK_KEY)[0])
+            if src == "voc":
+                expected = np.asarray(
+                    Image.open(voc_path(dataset_dir, "SegmentationClass", f"{image_id}.png"))
+                )
+                jpeg_path = voc_path(dataset_dir, "JPEGImages", f"{image_id}.jpg")
+                seen_void += int((ids == features.IGNORE_LABEL).any())
+                seen_voc_overlap += image_id in sbd_ids
+            else:
+                mat = scipy.io.loadmat(sbd_path(dataset_dir, "cls", f"{image_id}.mat"))
+                expected = mat["GTcls"]["Segmentation"][0, 0]
+                jpeg_path = sbd_path(dataset_dir, "img", f"{image_id}.jpg")
+            np.testing.assert_array_equal(ids, expected, err_msg=image_id)
+            with open(jpeg_path, "rb") as f:
+                assert feature(example, features.IMAGE_KEY) == [f.read()]
+            h, w = expected.shape
+            assert feature(example, features.HEIGHT_KEY) == [h] and feature(example, features.WIDTH_KEY) == [
+                w
+            ]
+            assert feature(example, features.CLASSES_PRESENT_KEY) == sorted(
+                int(c) for c in np.unique(expected) if 0 < c < features.NUM_CLASSES
+            )
+    assert seen_void > 0, "255 must be kept"
+    assert seen_voc_overlap > 0, "ids in both sources must come from VOC"
+
+
+def test_report_files(ingested):
+    out, summary = ingested
+    with open(os.path.join(out, "rejected", "summary.json")) as f:
+        assert json.load(f) == summary.to_json()
+    assert os.path.getsize(os.path.join(out, "rejected", "rejected.jsonl")) == 0
+    assert "No record was rejected." in open(os.path.join(out, "rejected", "report.md")).read()
+
+
+def _damage(root):
+    """Breaks one id per kind of bad input; returns {id: kind}."""
+    items = {i.image_id: i for i in sources.plan_items(root, root)}
+    voc = sorted(i for i, it in items.items() if it.source == "voc")
+    sbd = sorted(i for i, it in items.items() if it.source == "sbd")
+    broken = {}
+
+    def take(pool, kind):
+        image_id = pool.pop(0)
+        broken[image_id] = kind
+        return items[image_id]
+
+    it = take(voc, records.CORRUPT_IMAGE)
+    data = open(it.image_path, "rb").read()
+    open(it.image_path, "wb").write(data[: len(data) // 3])
+    it = take(voc, records.CORRUPT_MASK)
+    open(it.mask_path, "wb").write(b"\x89PNG\r\n\x1a\n" + bytes(50))
+    it = take(voc, records.SIZE_MISMATCH)
+    mask = Image.open(it.mask_path)
+    mask.crop((0, 0, mask.size[0] - 2, mask.size[1])).save(it.mask_path)
+    it = take(voc, records.OUT_OF_PALETTE)
+    mask = np.asarray(Image.open(it.mask_path).convert("RGB")).copy()
+    mask[0, 0] = (200, 10, 10)
+    Image.fromarray(mask).save(it.mask_path)
+    it = take(sbd, records.MISSING_FILE)
+    os.remove(it.image_path)
+    it = take(sbd, records.INVALID_LABEL)
+    seg = scipy.io.loadmat(it.mask_path)["GTcls"]["Segmentation"][0, 0].copy()
+    seg[-1, -1] = 99
+    scipy.io.savemat(it.mask_path, {"GTcls": {"Segmentation": seg}})
+    it = take(sbd, records.CORRUPT_MASK + "/mat")
+    open(it.mask_path, "wb").write(b"not a mat file at all")
+    return broken, items
+
+
+def test_bad_records_go_to_the_dead_letter_with_reasons_and_counters(dataset_copy, tmp_path):
+    broken, items = _damage(dataset_copy)
+    summary = _ingest(dataset_copy, str(tmp_path), max_rejected_fraction=0.5)
+    got = {row["id"]: row for row in summary.rejected}
+    assert {i: r["kind"] for i, r in got.items()} == {i: k.split("/")[0] for i, k in broken.items()}
+    for image_id, row in got.items():
+        item = items[image_id]
+        assert row["source"] == item.source and row["split"] == item.split
+        assert item.image_path in row["reason"] or item.mask_path in row["reason"], row
+    assert summary.counters["rejected_corrupt_mask"] == 2
+    for kind in (
+        records.CORRUPT_IMAGE,
+        records.SIZE_MISMATCH,
+        records.OUT_OF_PALETTE,
+        records.MISSING_FILE,
+        records.INVALID_LABEL,
+    ):
+        assert summary.counters[f"rejected_{kind}"] == 1, kind
+    # Nothing is lost: every listed id is either written or dead-lettered.
+    written = sum(summary.splits.values())
+    assert written + len(broken) == len(items) == summary.listed
+    for split in features.SPLITS:
+        assert len(read_examples(str(tmp_path / "examples"), split)) == summary.splits[split]
+    lines = open(tmp_path / "rejected" / "rejected.jsonl").read().splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(broken)
+    report = open(tmp_path / "rejected" / "report.md").read()
+    assert all(f"| {i} |" in report for i in broken)
+
+
+def test_too_many_rejected_fails_the_run_but_keeps_the_report(dataset_copy, tmp_path):
+    broken, items = _damage(dataset_copy)
+    with pytest.raises(beam_ingest.TooManyRejectedError) as err:
+        _ingest(dataset_copy, str(tmp_path), max_rejected_fraction=0.01)
+    message = str(err.value)
+    assert f"rejected {len(broken)} of {len(items)} ids" in message
+    assert "corrupt_mask x2" in message and str(tmp_path / "rejected" / "report.md") in message
+    assert len(json.load(open(tmp_path / "rejected" / "summary.json"))["rejected"]) == len(broken)
+
+
+def test_unreadable_list_file_is_fatal_before_any_work(dataset_copy, tmp_path):
+    val = sbd_path(dataset_copy, "val.txt")
+    os.remove(val)
+    os.mkdir(val)  # a directory where the list should be
+    with pytest.raises(sources.ListFileError, match="cannot read split list .*val.txt"):
+        _ingest(dataset_copy, str(tmp_path))
+    assert not (tmp_path / "examples").exists()
+
+
+def test_multi_processing_gives_the_same_records(dataset_dir, ingested, tmp_path):
+    out, summary = ingested
+    multi = _ingest(dataset_dir, str(tmp_path), mode="multi_processing", num_shards=3)
+    assert multi.splits == summary.splits and multi.rejected == []
+    assert len(os.listdir(tmp_path / "examples" / "Split-train")) == 3
+    for split in features.SPLITS:
+        a = _by_id(read_examples(os.path.join(out, "examples"), split))
+        b = _by_id(read_examples(str(tmp_path / "examples"), split))
+        assert a == b
+
+
+def _by_id(examples):
+    # Proto maps serialise in no fixed order across processes: compare contents, not bytes.
+    return {
+        feature(e, features.FILENAME_KEY)[0]: {k: feature(e, k) for k in e.features.feature} for e in examples
+    }

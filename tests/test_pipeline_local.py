@@ -1,0 +1,103 @@
+"""The pipeline on LocalDagRunner with SQLite ML Metadata and Beam DirectRunner (multi_processing)."""
+
+import json
+import os
+import shutil
+
+import pytest
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from PIL import Image
+
+from components.voc_example_gen import sources
+from pipeline import config as config_lib
+from pipeline import features, local_runner
+from tests.conftest import feature, read_examples
+
+pytestmark = pytest.mark.slow
+NODES = ["VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate"]
+
+
+def _store(cfg):
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = cfg.metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(connection)
+
+
+def states_by_node(cfg):
+    """{node: [state of each execution, oldest first]} read back from ML Metadata."""
+    store = _store(cfg)
+    out = {}
+    for ctx in store.get_contexts_by_type("node"):
+        executions = sorted(store.get_executions_by_context(ctx.id), key=lambda e: e.id)
+        out[ctx.name.split(".")[-1]] = [
+            metadata_store_pb2.Execution.State.Name(e.last_known_state) for e in executions
+        ]
+    return out
+
+
+def latest_output_uri(cfg, type_name):
+    store = _store(cfg)
+    return max(store.get_artifacts_by_type(type_name), key=lambda a: a.id).uri
+
+
+@pytest.fixture(scope="module")
+def run_config(dataset_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data = str(root / "data")
+    shutil.copytree(dataset_dir, data)
+    cfg = config_lib.load_config(
+        "tiny", [f"data.voc_root={data}", f"data.sbd_root={data}", f"pipeline_root={root / 'run'}"]
+    )
+    return local_runner.resolve_local_paths(cfg)
+
+
+def test_first_run_executes_every_component_once(run_config):
+    assert local_runner.run(run_config) == 0
+    assert states_by_node(run_config) == {n: ["COMPLETE"] for n in NODES}
+    examples_uri = latest_output_uri(run_config, "Examples")
+    planned = sources.count_by_split(sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root))
+    for split, n in planned.items():
+        assert len(read_examples(examples_uri, split)) == n
+    decision = json.load(
+        open(os.path.join(latest_output_uri(run_config, "DataGateDecision"), "decision.json"))
+    )
+    assert decision == {"passed": True, "allow_anomalies": False, "anomalies": {}}
+
+
+def test_rerun_with_unchanged_inputs_is_cached(run_config):
+    assert local_runner.run(run_config) == 0
+    assert states_by_node(run_config) == {n: ["COMPLETE", "CACHED"] for n in NODES}
+
+
+def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, tmp_path, capsys):
+    # A schema that admits only VOC-sourced images: the SBD records in train are anomalies.
+    schema = open(config_lib.resolve_path(run_config.validation.schema_path)).read()
+    strict = tmp_path / "schema.pbtxt"
+    strict.write_text(schema.replace('  value: "sbd"\n', ""))
+    cfg = config_lib.apply_overrides(run_config, [f"validation.schema_path={strict}"])
+
+    assert local_runner.run(cfg) == 1
+    err = capsys.readouterr().err
+    assert "DataGate stopped the run before Transform" in err
+    assert "split train: feature 'image/source'" in err and "split eval" not in err
+    states = states_by_node(cfg)
+    assert states["VocExampleGen"][-1] == "CACHED" and states["DataGate"][-1] == "FAILED"
+
+    allowed = config_lib.apply_overrides(cfg, ["validation.allow_anomalies=true"])
+    assert local_runner.run(allowed) == 0
+    decision = json.load(open(os.path.join(latest_output_uri(cfg, "DataGateDecision"), "decision.json")))
+    assert decision["passed"] is True and list(decision["anomalies"]) == ["train"]
+    assert decision["anomalies"]["train"][0]["feature"] == "image/source"
+
+
+def test_changed_files_are_ingested_again(run_config):
+    item = sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root)[0]
+    Image.open(item.image_path).save(item.image_path, format="JPEG", quality=60)
+    assert local_runner.run(run_config) == 0
+    states = states_by_node(run_config)
+    assert states["VocExampleGen"][-1] == "COMPLETE", "the fingerprint changed, so no cache"
+    examples = read_examples(latest_output_uri(run_config, "Examples"), item.split)
+    [example] = [e for e in examples if feature(e, features.FILENAME_KEY) == [item.image_id.encode()]]
+    assert feature(example, features.IMAGE_KEY) == [open(item.image_path, "rb").read()]

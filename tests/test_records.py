@@ -1,0 +1,201 @@
+"""One id's files to one tf.Example, or a rejection that names the file and the reason."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from components.voc_example_gen import records, sources
+from pipeline import features
+from tests.conftest import feature, png_indices, sbd_segmentation
+from transform import palette
+
+
+def _item(root, source, split=features.TRAIN_SPLIT):
+    """The first planned item of ``source``."""
+    items = sources.plan_items(root, root)
+    return next(i for i in items if i.source == source and i.split == split)
+
+
+def _write_png(path, ids, pal=None, mode="P"):
+    if mode == "P":
+        img = Image.fromarray(ids.astype(np.uint8), "P")
+        img.putpalette(pal if pal is not None else palette.flat_palette())
+    elif mode == "RGB":
+        img = Image.fromarray(ids.astype(np.uint8), "RGB")
+    else:
+        img = Image.fromarray(ids.astype(np.uint8), "L")
+    img.save(path)
+
+
+def test_voc_record_holds_the_contract(dataset_dir):
+    item = _item(dataset_dir, features.SOURCE_VOC)
+    example = records.build_example(item)
+    with open(item.image_path, "rb") as f:
+        jpeg = f.read()
+    with open(item.mask_path, "rb") as f:
+        png = f.read()
+    width, height = Image.open(item.image_path).size
+    assert feature(example, features.IMAGE_KEY) == [jpeg]
+    assert feature(example, features.IMAGE_FORMAT_KEY) == [b"jpeg"]
+    assert feature(example, features.FILENAME_KEY) == [item.image_id.encode()]
+    assert feature(example, features.HEIGHT_KEY) == [height]
+    assert feature(example, features.WIDTH_KEY) == [width]
+    assert feature(example, features.SOURCE_KEY) == [b"voc"]
+    assert feature(example, features.MASK_KEY) == [png], "a valid VOC PNG goes in untouched"
+    assert feature(example, features.MASK_FORMAT_KEY) == [b"png"]
+    ids = png_indices(png)
+    assert feature(example, features.CLASSES_PRESENT_KEY) == [c for c in np.unique(ids) if 0 < c < 255]
+    assert set(example.features.feature) == {
+        features.IMAGE_KEY,
+        features.IMAGE_FORMAT_KEY,
+        features.FILENAME_KEY,
+        features.HEIGHT_KEY,
+        features.WIDTH_KEY,
+        features.SOURCE_KEY,
+        features.MASK_KEY,
+        features.MASK_FORMAT_KEY,
+        features.CLASSES_PRESENT_KEY,
+    }
+
+
+def test_sbd_mat_becomes_a_voc_palette_png(dataset_dir):
+    item = _item(dataset_dir, features.SOURCE_SBD)
+    example = records.build_example(item)
+    png = feature(example, features.MASK_KEY)[0]
+    assert Image.open(io.BytesIO(png)).getpalette()[: 3 * 21] == palette.flat_palette()[: 3 * 21]
+    np.testing.assert_array_equal(png_indices(png), sbd_segmentation(item.mask_path))
+    assert feature(example, features.SOURCE_KEY) == [b"sbd"]
+
+
+def test_rgb_and_grey_masks_are_read_by_colour_and_by_id(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    ids = png_indices(open(item.mask_path, "rb").read())
+    for mode, pixels in (("RGB", palette.VOC_COLORMAP[ids]), ("L", ids)):
+        _write_png(item.mask_path, pixels, mode=mode)
+        example = records.build_example(item)
+        np.testing.assert_array_equal(png_indices(feature(example, features.MASK_KEY)[0]), ids)
+
+
+def test_grayscale_jpeg_is_accepted(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    Image.open(item.image_path).convert("L").save(item.image_path, format="JPEG")
+    assert feature(records.build_example(item), features.IMAGE_KEY) == [open(item.image_path, "rb").read()]
+
+
+def _reject(item):
+    with pytest.raises(records.Rejected) as err:
+        records.build_example(item)
+    return err.value
+
+
+def test_missing_image(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    os.remove(item.image_path)
+    e = _reject(item)
+    assert e.kind == records.MISSING_FILE and item.image_path in e.reason
+
+
+def test_corrupt_jpeg(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    with open(item.image_path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not a jpeg body" * 10)
+    e = _reject(item)
+    assert e.kind == records.CORRUPT_IMAGE and item.image_path in e.reason
+
+
+def test_truncated_jpeg(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    data = open(item.image_path, "rb").read()
+    with open(item.image_path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    e = _reject(item)
+    assert e.kind == records.CORRUPT_IMAGE and "truncated" in e.reason and item.image_path in e.reason
+
+
+def test_png_named_jpg(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    Image.open(item.image_path).save(item.image_path, format="PNG")
+    e = _reject(item)
+    assert e.kind == records.CORRUPT_IMAGE and "is PNG, not a JPEG" in e.reason
+
+
+def test_truncated_png(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    data = open(item.mask_path, "rb").read()
+    with open(item.mask_path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    e = _reject(item)
+    assert e.kind == records.CORRUPT_MASK and item.mask_path in e.reason
+
+
+def test_mask_and_image_of_different_sizes(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    ids = png_indices(open(item.mask_path, "rb").read())
+    _write_png(item.mask_path, ids[:-3])
+    e = _reject(item)
+    assert e.kind == records.SIZE_MISMATCH
+    h, w = ids.shape
+    assert f"mask is {w}x{h - 3}" in e.reason and f"is {w}x{h}" in e.reason
+    assert item.mask_path in e.reason and item.image_path in e.reason
+
+
+def test_palette_index_that_is_no_class(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    ids = png_indices(open(item.mask_path, "rb").read()).copy()
+    ids[:2, :2] = 37
+    _write_png(item.mask_path, ids)
+    e = _reject(item)
+    r, g, b = palette.VOC_COLORMAP[37]
+    assert e.kind == records.OUT_OF_PALETTE
+    assert f"4 pixels are not a VOC class or void: RGB({r}, {g}, {b})" in e.reason
+
+
+def test_palette_entry_recoloured(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    ids = png_indices(open(item.mask_path, "rb").read())
+    pal = palette.flat_palette()
+    pal[0:3] = [10, 20, 30]  # background drawn in a foreign colour
+    _write_png(item.mask_path, ids, pal=pal)
+    e = _reject(item)
+    assert e.kind == records.OUT_OF_PALETTE and "RGB(10, 20, 30)" in e.reason
+    assert f"{int((ids == 0).sum())} pixels" in e.reason
+
+
+def test_rgb_colour_outside_the_palette(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    rgb = palette.VOC_COLORMAP[png_indices(open(item.mask_path, "rb").read())].copy()
+    rgb[0, 0] = (1, 2, 3)
+    _write_png(item.mask_path, rgb, mode="RGB")
+    e = _reject(item)
+    assert (
+        e.kind == records.OUT_OF_PALETTE
+        and "1 pixels have colours outside the VOC palette: RGB(1, 2, 3)" in e.reason
+    )
+
+
+def test_corrupt_mat(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_SBD)
+    with open(item.mask_path, "wb") as f:
+        f.write(b"MATLAB 5.0 MAT-file, garbage" + bytes(200))
+    e = _reject(item)
+    assert e.kind == records.CORRUPT_MASK and item.mask_path in e.reason
+
+
+def test_mat_without_gtcls(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_SBD)
+    scipy.io.savemat(item.mask_path, {"GTinst": {"Segmentation": np.zeros((4, 4), np.uint8)}})
+    e = _reject(item)
+    assert e.kind == records.CORRUPT_MASK and "no GTcls struct" in e.reason
+
+
+def test_mat_with_class_ids_out_of_range(dataset_copy):
+    item = _item(dataset_copy, features.SOURCE_SBD)
+    seg = sbd_segmentation(item.mask_path).copy()
+    seg[0, :3] = 30
+    scipy.io.savemat(item.mask_path, {"GTcls": {"Segmentation": seg}})
+    e = _reject(item)
+    assert e.kind == records.INVALID_LABEL and "3 pixels are not a VOC class or void: class id 30" in e.reason
