@@ -159,6 +159,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # Beam relays every worker's INFO lines (harness start/stop); progress comes from ours.
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except config_lib.ConfigError as e:

@@ -51,6 +51,14 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TransformConfig:
+    """Transform settings (passed to ``preprocessing_fn`` as ``custom_config``)."""
+
+    # Longer image side after the aspect-preserving resize; images are padded to a square.
+    image_size: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """Beam settings shared by every Beam-powered component."""
 
@@ -59,6 +67,10 @@ class BeamConfig:
     direct_running_mode: str = "multi_processing"
     # 0: one worker per core.
     direct_num_workers: int = 0
+    # Ships this project's packages to remote workers (Dataflow, Flink, Spark). Also keeps TFX
+    # from building and attaching a TFX sdist to every Beam job, which it does when no
+    # dependency flag is given.
+    setup_file: str = "setup.py"
     # Passed through as they are, e.g. ("--project=p", "--region=r", "--temp_location=gs://...").
     extra_args: tuple = ()
 
@@ -75,11 +87,14 @@ class PipelineConfig:
     data: DataConfig = DataConfig()
     ingest: IngestConfig = IngestConfig()
     validation: ValidationConfig = ValidationConfig()
+    transform: TransformConfig = TransformConfig()
     beam: BeamConfig = BeamConfig()
 
     def beam_pipeline_args(self) -> list:
         """The ``beam_pipeline_args`` every Beam component of the pipeline gets."""
         args = [f"--runner={self.beam.runner}"]
+        if self.beam.setup_file:
+            args.append(f"--setup_file={resolve_path(self.beam.setup_file)}")
         if self.beam.runner == "DirectRunner":
             # Beam itself reads 0 as "one worker per core", so the args stay machine-independent.
             args += [

@@ -55,3 +55,12 @@ CLASS_NAMES = (
     "tvmonitor",
 )
 NUM_CLASSES = len(CLASS_NAMES)
+
+# Transformed feature names (outputs of transform.preprocessing.preprocessing_fn).
+IMAGE = "image"  # float32 [S, S, 3], resized keeping aspect ratio, padded bottom/right
+LABEL = "label"  # int64 [S, S] class ids, 255 where void, padded or out of palette
+ORIGINAL_HEIGHT = "original_height"  # int64 [], to map predictions back
+ORIGINAL_WIDTH = "original_width"  # int64 []
+# Name of the Transform vocabulary holding per-class pixel counts of the train split.
+CLASS_COUNTS_VOCABULARY = "class_pixel_counts"
+OUT_OF_PALETTE_TOKEN = "out_of_palette"

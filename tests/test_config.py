@@ -1,13 +1,21 @@
 """The one config object: YAML, overrides, named configs, and the pipeline each one builds."""
 
 import dataclasses
+import json
 
 import pytest
 
 from pipeline import config as config_lib
 from pipeline.pipeline import create_pipeline
 
-COMPONENTS = ["VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate"]
+COMPONENTS = [
+    "VocExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "DataGate",
+    "Transform",
+]
 
 
 def test_defaults():
@@ -16,6 +24,7 @@ def test_defaults():
     assert cfg.validation.allow_anomalies is False
     assert cfg.beam_pipeline_args() == [
         "--runner=DirectRunner",
+        f"--setup_file={config_lib.PROJECT_ROOT}/setup.py",
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=0",
     ]
@@ -75,6 +84,10 @@ def test_every_named_config_builds_the_pipeline(name):
     assert nodes["ExampleValidator"].upstream_nodes == {nodes["StatisticsGen"], nodes["ImportSchemaGen"]}
     assert nodes["StatisticsGen"].upstream_nodes == {nodes["VocExampleGen"]}
     assert nodes["VocExampleGen"].exec_properties["voc_root"] == "/nonexistent/voc"
+    transform = nodes["Transform"]
+    assert transform.upstream_nodes == {nodes["VocExampleGen"], nodes["ImportSchemaGen"], nodes["DataGate"]}
+    assert transform.exec_properties["preprocessing_fn"] == "transform.preprocessing.preprocessing_fn"
+    assert json.loads(transform.exec_properties["custom_config"]) == {"image_size": cfg.transform.image_size}
 
 
 def test_named_configs_exist():

@@ -4,7 +4,9 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
+import tensorflow_transform as tft
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
@@ -12,10 +14,11 @@ from PIL import Image
 from components.voc_example_gen import sources
 from pipeline import config as config_lib
 from pipeline import features, local_runner
-from tests.conftest import feature, read_examples
+from tests.conftest import feature, png_indices, read_examples
+from transform import preprocessing
 
 pytestmark = pytest.mark.slow
-NODES = ["VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate"]
+NODES = ["VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform"]
 
 
 def _store(cfg):
@@ -64,6 +67,14 @@ def test_first_run_executes_every_component_once(run_config):
         open(os.path.join(latest_output_uri(run_config, "DataGateDecision"), "decision.json"))
     )
     assert decision == {"passed": True, "allow_anomalies": False, "anomalies": {}}
+    # Transform's analyzers counted the train split's pixels, class by class.
+    expected = np.zeros(256, np.int64)
+    for example in read_examples(examples_uri, features.TRAIN_SPLIT):
+        ids = png_indices(feature(example, features.MASK_KEY)[0])
+        expected += np.bincount(ids.ravel(), minlength=256)
+    graph = tft.TFTransformOutput(latest_output_uri(run_config, "TransformGraph"))
+    counts = preprocessing.read_class_counts(graph)
+    assert {t: n for t, n in counts.items() if n} == {str(c): int(n) for c, n in enumerate(expected) if n}
 
 
 def test_rerun_with_unchanged_inputs_is_cached(run_config):
@@ -84,6 +95,7 @@ def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, tmp_path, ca
     assert "split train: feature 'image/source'" in err and "split eval" not in err
     states = states_by_node(cfg)
     assert states["VocExampleGen"][-1] == "CACHED" and states["DataGate"][-1] == "FAILED"
+    assert len(states["Transform"]) == 2, "Transform must not start after the gate failed"
 
     allowed = config_lib.apply_overrides(cfg, ["validation.allow_anomalies=true"])
     assert local_runner.run(allowed) == 0

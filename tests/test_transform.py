@@ -1,0 +1,162 @@
+"""preprocessing_fn: palette decoding, resize + pad, class statistics, serving on image bytes alone."""
+
+import io
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from PIL import Image
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+from tfx.utils import io_utils
+from tfx_bsl.public import tfxio
+
+from components.voc_example_gen import beam_ingest
+from pipeline import config as config_lib
+from pipeline import features
+from tests.conftest import MAX_SIDE, feature, png_indices, read_examples, voc_path
+from transform import palette, preprocessing
+
+
+def _png(pixels, mode):
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_palette_decode_equals_pil_on_every_mask_eagerly_and_in_tf_data(dataset_dir):
+    folder = voc_path(dataset_dir, "SegmentationClass")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    references = [png_indices(open(p, "rb").read()) for p in paths]
+    assert any((r == features.IGNORE_LABEL).any() for r in references), "the void band is covered"
+    for path, ref in zip(paths, references, strict=False):
+        ids, off = preprocessing.decode_mask(tf.io.read_file(path))
+        np.testing.assert_array_equal(ids.numpy(), ref, err_msg=path)
+        assert int(off) == 0
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: preprocessing.decode_mask(tf.io.read_file(p))
+    )
+    for (ids, off), ref in zip(dataset, references, strict=False):
+        np.testing.assert_array_equal(ids.numpy(), ref)
+        assert int(off) == 0
+
+
+def test_every_class_colour_and_void_decode_to_their_index():
+    ids = np.array(list(palette.VALID_INDICES), np.uint8).reshape(1, -1)
+    decoded, off = preprocessing.decode_mask(_png(palette.VOC_COLORMAP[ids], "RGB"))
+    np.testing.assert_array_equal(decoded.numpy(), ids)
+    assert int(off) == 0
+
+
+def test_out_of_palette_colours_become_255_and_are_counted():
+    rgb = palette.VOC_COLORMAP[np.array([[0, 1, 15, 255]])].copy()
+    rgb[0, 1] = (129, 0, 0)  # a low bit set: no VOC colour
+    rgb[0, 2] = palette.VOC_COLORMAP[37]  # a VOC-map colour that is no class
+    ids, off = preprocessing.decode_mask(_png(rgb, "RGB"))
+    np.testing.assert_array_equal(ids.numpy(), [[0, 255, 255, 255]])
+    assert int(off) == 2
+    counts = preprocessing.class_histogram(ids, off).numpy()
+    assert counts[0] == 1 and counts[features.NUM_CLASSES] == 1 and counts[-1] == 2
+
+
+@pytest.mark.parametrize("height, width", [(375, 500), (500, 333), (64, 64), (20, 100)])
+def test_resize_and_pad_keeps_the_aspect_ratio_and_pads_labels_with_255(height, width):
+    size = 128
+    rng = np.random.default_rng(height)
+    ids = rng.integers(0, 21, (height, width)).astype(np.int32)
+    label = preprocessing.resize_and_pad_label(tf.constant(ids), size).numpy()
+    image = preprocessing.resize_and_pad_image(tf.zeros((height, width, 3), tf.uint8), size).numpy()
+    h, w = round(height * size / max(height, width)), round(width * size / max(height, width))
+    assert abs(h / w - height / width) < 2 / min(h, w), "aspect ratio kept to a pixel"
+    assert max(h, w) == size
+    assert (label[h:, :] == 255).all() and (label[:, w:] == 255).all()
+    assert (label[:h, :w] != 255).all() and set(np.unique(label[:h, :w])) <= set(np.unique(ids))
+    assert (image[h:, :] == preprocessing.IMAGE_PAD_VALUE).all() and (image[:h, :w] == 0).all()
+    assert label.shape == (size, size) and image.shape == (size, size, 3)
+
+
+def test_grayscale_and_cmyk_jpegs_decode_to_rgb():
+    rgb = np.full((8, 8, 3), 200, np.uint8)
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).convert(mode).save(buf, format="JPEG")
+        assert preprocessing.decode_image(buf.getvalue()).shape == (8, 8, 3)
+
+
+@pytest.fixture(scope="module")
+def analyzed(dataset_dir, tmp_path_factory):
+    """Ingest, then run preprocessing_fn through tft_beam on the train split (as Transform does)."""
+    out = str(tmp_path_factory.mktemp("transform"))
+    examples = os.path.join(out, "examples")
+    beam_ingest.run(lambda: beam.Pipeline(), dataset_dir, dataset_dir, examples, os.path.join(out, "rej"))
+    schema = io_utils.parse_pbtxt_file(
+        config_lib.resolve_path("pipeline/schema/schema.pbtxt"), schema_pb2.Schema()
+    )
+    source = tfxio.TFExampleRecord(
+        file_pattern=os.path.join(examples, "Split-train", "*"), telemetry_descriptors=["test"], schema=schema
+    )
+    transform_dir = os.path.join(out, "transform_graph")
+    with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out, "tmp"), force_tf_compat_v1=False):
+        raw = p | source.BeamSource()
+        transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing.preprocessing_fn(inputs, {"image_size": MAX_SIDE})
+        )
+        _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+    # The raw metadata, as the Transform component writes it beside the transform graph.
+    metadata_io.write_metadata(
+        dataset_metadata.DatasetMetadata(schema), os.path.join(transform_dir, "metadata")
+    )
+    return examples, tft.TFTransformOutput(transform_dir)
+
+
+def _transform(tft_output, examples, split, keys=None):
+    spec = tft_output.raw_feature_spec()
+    serialized = [e.SerializeToString() for e in examples]
+    raw = tf.io.parse_example(serialized, spec)
+    if keys is not None:
+        raw = {k: raw[k] for k in keys}
+    return tft_output.transform_features_layer()(raw)
+
+
+def test_class_pixel_counts_equal_a_numpy_count(analyzed):
+    examples_uri, tft_output = analyzed
+    expected = np.zeros(256, np.int64)
+    for example in read_examples(examples_uri, features.TRAIN_SPLIT):
+        expected += np.bincount(png_indices(feature(example, features.MASK_KEY)[0]).ravel(), minlength=256)
+    counts = preprocessing.read_class_counts(tft_output)
+    assert {int(t): n for t, n in counts.items() if t.isdigit()} == {
+        c: int(expected[c]) for c in (*range(features.NUM_CLASSES), features.IGNORE_LABEL)
+    }
+    assert counts[features.OUT_OF_PALETTE_TOKEN] == 0
+
+
+def test_training_outputs_are_pixel_exact_and_static(analyzed):
+    examples_uri, tft_output = analyzed
+    examples = read_examples(examples_uri, features.TRAIN_SPLIT)
+    out = _transform(tft_output, examples, features.TRAIN_SPLIT)
+    assert out[features.IMAGE].shape[1:] == (MAX_SIDE, MAX_SIDE, 3)
+    assert out[features.LABEL].shape[1:] == (MAX_SIDE, MAX_SIDE)
+    for i, example in enumerate(examples):
+        ids = png_indices(feature(example, features.MASK_KEY)[0])
+        h, w = ids.shape
+        assert (out[features.ORIGINAL_HEIGHT][i], out[features.ORIGINAL_WIDTH][i]) == (h, w)
+        # The generated images' longer side is MAX_SIDE: no resampling, so labels are exact.
+        label = out[features.LABEL][i].numpy()
+        np.testing.assert_array_equal(label[:h, :w], ids)
+        assert (label[h:] == 255).all() and (label[:, w:] == 255).all()
+
+
+def test_image_bytes_alone_give_the_training_image(analyzed):
+    examples_uri, tft_output = analyzed
+    examples = read_examples(examples_uri, features.TRAIN_SPLIT)[:6]
+    training = _transform(tft_output, examples, features.TRAIN_SPLIT)
+    serving = _transform(tft_output, examples, features.TRAIN_SPLIT, keys=[features.IMAGE_KEY])
+    assert features.LABEL not in serving
+    np.testing.assert_array_equal(serving[features.IMAGE].numpy(), training[features.IMAGE].numpy())
+    np.testing.assert_array_equal(
+        serving[features.ORIGINAL_HEIGHT].numpy(), training[features.ORIGINAL_HEIGHT].numpy()
+    )
