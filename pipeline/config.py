@@ -56,6 +56,9 @@ class TransformConfig:
 
     # Longer image side after the aspect-preserving resize; images are padded to a square.
     image_size: int = 512
+    # Scale images by the train split's per-channel mean/std (Transform analyzers); off, the
+    # image stays in 0-255 and the model's own preprocessing scales it.
+    normalize_image: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ pick the metadata store; nothing here depends on where the pipeline runs.
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
 """
 
+import dataclasses
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -45,7 +46,7 @@ def create_components(config: PipelineConfig) -> list:
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="transform.preprocessing.preprocessing_fn",
-        custom_config={"image_size": config.transform.image_size},
+        custom_config=dataclasses.asdict(config.transform),
         # Analyzers (class pixel counts) see the train split only. Not materialized: a
         # transformed 512 px example is ~5 MB against ~0.1 MB raw, so the trainer applies the
         # transform graph in its tf.data pipeline instead (figures in the README).

@@ -87,7 +87,10 @@ def test_every_named_config_builds_the_pipeline(name):
     transform = nodes["Transform"]
     assert transform.upstream_nodes == {nodes["VocExampleGen"], nodes["ImportSchemaGen"], nodes["DataGate"]}
     assert transform.exec_properties["preprocessing_fn"] == "transform.preprocessing.preprocessing_fn"
-    assert json.loads(transform.exec_properties["custom_config"]) == {"image_size": cfg.transform.image_size}
+    assert json.loads(transform.exec_properties["custom_config"]) == {
+        "image_size": cfg.transform.image_size,
+        "normalize_image": False,
+    }
 
 
 def test_named_configs_exist():

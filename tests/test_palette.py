@@ -30,15 +30,29 @@ def test_colormap_is_a_bijection_on_256_indices():
     assert len({tuple(c) for c in palette.VOC_COLORMAP}) == 256
 
 
-def test_inverse_recovers_every_index():
-    np.testing.assert_array_equal(palette.colors_to_indices(palette.VOC_COLORMAP), np.arange(256))
-    assert palette.is_palette_color(palette.VOC_COLORMAP, np.arange(256)).all()
+def test_inverse_recovers_every_class_and_void():
+    valid = np.array(palette.VALID_INDICES)
+    ids, ok = palette.colors_to_ids(palette.VOC_COLORMAP[valid])
+    np.testing.assert_array_equal(ids, valid)
+    assert ok.all()
+    assert palette.COLOR_MODULUS == 260 and palette.COLOR_TABLE.nbytes == 1040
 
 
 def test_colours_off_the_map_are_detected():
     off = np.array([[1, 0, 0], [128, 0, 1], [127, 0, 0], [255, 255, 255]], np.uint8)
-    indices = palette.colors_to_indices(off)
-    assert not palette.is_palette_color(off, indices).any()
+    others = palette.VOC_COLORMAP[21:255]  # in the VOC map, but no class
+    for colors in (off, others):
+        ids, ok = palette.colors_to_ids(colors)
+        assert not ok.any() and (ids == 255).all()
+
+
+def test_every_24_bit_colour_is_classified_right():
+    # Exhaustive: all 16.7M colours, so no off-palette colour can alias a class.
+    r, g, b = np.meshgrid(np.arange(256), np.arange(256), np.arange(256), indexing="ij")
+    rgb = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=-1).astype(np.uint8)
+    ids, ok = palette.colors_to_ids(rgb)
+    assert ok.sum() == len(palette.VALID_INDICES)
+    np.testing.assert_array_equal(np.sort(ids[ok]), np.array(palette.VALID_INDICES))
 
 
 def test_palette_png_round_trip():

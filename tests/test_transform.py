@@ -59,7 +59,7 @@ def test_out_of_palette_colours_become_255_and_are_counted():
     ids, off = preprocessing.decode_mask(_png(rgb, "RGB"))
     np.testing.assert_array_equal(ids.numpy(), [[0, 255, 255, 255]])
     assert int(off) == 2
-    counts = preprocessing.class_histogram(ids, off).numpy()
+    counts = preprocessing.class_histogram(preprocessing.mask_codes(_png(rgb, "RGB"))).numpy()
     assert counts[0] == 1 and counts[features.NUM_CLASSES] == 1 and counts[-1] == 2
 
 
@@ -87,15 +87,10 @@ def test_grayscale_and_cmyk_jpegs_decode_to_rgb():
         assert preprocessing.decode_image(buf.getvalue()).shape == (8, 8, 3)
 
 
-@pytest.fixture(scope="module")
-def analyzed(dataset_dir, tmp_path_factory):
-    """Ingest, then run preprocessing_fn through tft_beam on the train split (as Transform does)."""
-    out = str(tmp_path_factory.mktemp("transform"))
-    examples = os.path.join(out, "examples")
-    beam_ingest.run(lambda: beam.Pipeline(), dataset_dir, dataset_dir, examples, os.path.join(out, "rej"))
-    schema = io_utils.parse_pbtxt_file(
-        config_lib.resolve_path("pipeline/schema/schema.pbtxt"), schema_pb2.Schema()
-    )
+def _analyze(examples, out, custom_config):
+    """Runs preprocessing_fn through tft_beam on the train split, as the Transform component does."""
+    schema_path = config_lib.resolve_path("pipeline/schema/schema.pbtxt")
+    schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
     source = tfxio.TFExampleRecord(
         file_pattern=os.path.join(examples, "Split-train", "*"), telemetry_descriptors=["test"], schema=schema
     )
@@ -103,14 +98,22 @@ def analyzed(dataset_dir, tmp_path_factory):
     with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out, "tmp"), force_tf_compat_v1=False):
         raw = p | source.BeamSource()
         transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing.preprocessing_fn(inputs, {"image_size": MAX_SIDE})
+            lambda inputs: preprocessing.preprocessing_fn(inputs, custom_config)
         )
         _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
     # The raw metadata, as the Transform component writes it beside the transform graph.
     metadata_io.write_metadata(
         dataset_metadata.DatasetMetadata(schema), os.path.join(transform_dir, "metadata")
     )
-    return examples, tft.TFTransformOutput(transform_dir)
+    return tft.TFTransformOutput(transform_dir)
+
+
+@pytest.fixture(scope="module")
+def analyzed(dataset_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("transform"))
+    examples = os.path.join(out, "examples")
+    beam_ingest.run(lambda: beam.Pipeline(), dataset_dir, dataset_dir, examples, os.path.join(out, "rej"))
+    return examples, _analyze(examples, out, {"image_size": MAX_SIDE})
 
 
 def _transform(tft_output, examples, split, keys=None):
@@ -160,3 +163,22 @@ def test_image_bytes_alone_give_the_training_image(analyzed):
     np.testing.assert_array_equal(
         serving[features.ORIGINAL_HEIGHT].numpy(), training[features.ORIGINAL_HEIGHT].numpy()
     )
+
+
+def test_optional_normalization_uses_the_train_split_mean_and_std(analyzed, tmp_path):
+    examples_uri, plain = analyzed
+    normalized = _analyze(examples_uri, str(tmp_path), {"image_size": MAX_SIDE, "normalize_image": True})
+    examples = read_examples(examples_uri, features.TRAIN_SPLIT)
+    pixels = np.concatenate(
+        [
+            tf.io.decode_jpeg(feature(e, features.IMAGE_KEY)[0], channels=3).numpy().reshape(-1, 3)
+            for e in examples
+        ]
+    ).astype(np.float64)
+    mean, std = pixels.mean(0), pixels.std(0)
+    before = _transform(plain, examples, features.TRAIN_SPLIT)[features.IMAGE].numpy()
+    after = _transform(normalized, examples, features.TRAIN_SPLIT)[features.IMAGE].numpy()
+    for i, example in enumerate(examples):
+        h, w = feature(example, features.HEIGHT_KEY)[0], feature(example, features.WIDTH_KEY)[0]
+        np.testing.assert_allclose(after[i, :h, :w], (before[i, :h, :w] - mean) / std, atol=2e-3)
+        assert (after[i, h:] == 0).all() and (after[i, :, w:] == 0).all()

@@ -1,11 +1,10 @@
 """The Pascal VOC colour map and its inverse.
 
 VOC stores segmentation masks as palette PNGs whose colour for class ``c`` is built by spreading
-the bits of ``c`` over the high bits of R, G and B (bit 0 -> R, bit 1 -> G, bit 2 -> B, then
-the next three bits one position lower, and so on). Because that construction is a bijection
-between an 8-bit index and a colour, the inverse needs no 256^3 lookup table: gather the bits
-back (``colors_to_indices``). Both directions are plain integer arithmetic, so they run the same
-in numpy (ingestion, tests) and in TensorFlow (Transform, serving).
+the bits of ``c`` over the high bits of R, G and B (bit 0 -> R, bit 1 -> G, bit 2 -> B, then the
+next three bits one position lower, and so on). The inverse is a 41-entry hash table
+(``COLOR_TABLE``) shared by ingestion (numpy, for RGB masks) and the Transform graph (TF), so
+both read colours the same way.
 """
 
 import numpy as np
@@ -42,27 +41,51 @@ def flat_palette() -> list:
     return VOC_COLORMAP.reshape(-1).tolist()
 
 
-def colors_to_indices(rgb: np.ndarray) -> np.ndarray:
-    """Inverts the colour map: ``[..., 3]`` uint8 colours -> ``[...]`` palette indices.
+def pack_rgba(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` uint8 colours -> ``[...]`` int32, as a little-endian ``bitcast`` of opaque RGBA.
 
-    Reads bit ``7 - k`` of R, G and B back into bits ``3k``, ``3k + 1``, ``3k + 2`` of the
-    index. Every colour maps to *some* index in 0..511; a colour that is not in the VOC map
-    (e.g. a low bit set) gives an index whose colour differs from the input, which is how
-    ``is_palette_color`` detects it.
+    ``r | g << 8 | b << 16 | 0xFF << 24``: what TF gets for free by decoding a PNG to RGBA and
+    bitcasting each pixel's 4 bytes to one int32 (x86 and ARM are little-endian).
     """
-    rgb = rgb.astype(np.int32)
-    index = np.zeros(rgb.shape[:-1], dtype=np.int32)
-    for k in range(8):
-        for channel in range(3):
-            index |= ((rgb[..., channel] >> (7 - k)) & 1) << (3 * k + channel)
-    return index
+    rgb = rgb.astype(np.uint32)
+    return (rgb[..., 0] | rgb[..., 1] << 8 | rgb[..., 2] << 16 | np.uint32(0xFF) << 24).view(np.int32)
 
 
-def is_palette_color(rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """True where ``rgb`` is exactly the VOC colour of ``indices`` (both from the same mask)."""
-    in_range = indices < 256
-    expected = VOC_COLORMAP[np.where(in_range, indices, 0)]
-    return in_range & np.all(expected == rgb, axis=-1)
+def _color_table() -> tuple:
+    """``(modulus, table)``: the inverse colour map as a 1 KB hash table.
+
+    A packed pixel ``v`` (``pack_rgba``) is looked up at ``v mod modulus``; a valid colour's slot
+    holds ``colour ^ index``, so ``table[v mod modulus] ^ v`` *is* the index (0-20 or 255) for
+    the 22 valid colours and above 255 for every other colour. ``modulus`` is the smallest
+    above 255 that gives the valid colours distinct slots: above 255, no colour that shares a
+    valid colour's G and B can land in its slot, which is the only way an XOR could come out
+    below 256 (checked over all 2^24 colours in the tests). Empty slots hold 0, giving
+    ``x = v >= 2^24``. Replaces the 64 MB 256^3 table of the seed tutorials.
+    """
+    colors = pack_rgba(VOC_COLORMAP[list(VALID_INDICES)])
+    modulus = next(m for m in range(256, 1 << 16) if len(set(np.mod(colors, m).tolist())) == len(colors))
+    table = np.zeros(modulus, np.int32)
+    for index, color in zip(VALID_INDICES, colors, strict=False):
+        table[np.mod(color, modulus)] = color ^ np.int32(index)
+    return modulus, table
+
+
+COLOR_MODULUS, COLOR_TABLE = _color_table()
+# Codes of ``color_codes``: the index for valid colours, OFF_PALETTE for any other colour.
+OFF_PALETTE = 256
+
+
+def color_codes(packed: np.ndarray) -> np.ndarray:
+    """Packed colours (``pack_rgba``) -> uint32 codes: 0-20, 255 (void) or ``OFF_PALETTE``."""
+    x = (COLOR_TABLE[np.mod(packed, COLOR_MODULUS)] ^ packed).view(np.uint32)
+    return np.minimum(x, OFF_PALETTE)
+
+
+def colors_to_ids(rgb: np.ndarray) -> tuple:
+    """Inverts the colour map: ``(ids [...] uint8, is_valid [...] bool)``; ids are 255 where invalid."""
+    codes = color_codes(pack_rgba(rgb))
+    valid = codes != OFF_PALETTE
+    return np.minimum(codes, 255).astype(np.uint8), valid
 
 
 def encode_palette_png(ids: np.ndarray) -> bytes:

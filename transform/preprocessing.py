@@ -12,7 +12,6 @@ Every function here is plain TensorFlow on one example, so it runs the same eage
 
 from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -24,39 +23,29 @@ DEFAULT_IMAGE_SIZE = 512
 IMAGE_PAD_VALUE = 127.5
 
 
-def _palette_table() -> tuple:
-    """512-entry tables keyed by the top 3 bits of R, G and B: class id, and "is a VOC colour".
+def mask_codes(png: tf.Tensor) -> tf.Tensor:
+    """Palette PNG bytes -> ``[H, W]`` int32 codes: class 0-20, 255 void, 256 off-palette.
 
-    A VOC colour uses only the top 3 bits of each channel, so those 9 bits identify it; the
-    low 5 bits must be zero. 1 KB instead of the 64 MB 256^3 table of the seed tutorials.
+    Four ops after the decode, because on CPU each pass over a mask costs about as much as a
+    third of the decode: ``decode_png`` to RGBA, a free ``bitcast`` of each pixel's 4 bytes to
+    one int32, one ``floormod`` + gather into ``palette.COLOR_TABLE`` (1 KB), one XOR and one
+    ``minimum`` (see ``palette._color_table`` for why the XOR is the class id).
     """
-    ids = np.full(512, features.IGNORE_LABEL, np.int32)
-    valid = np.zeros(512, bool)
-    for index in palette.VALID_INDICES:
-        r, g, b = (int(v) >> 5 for v in palette.VOC_COLORMAP[index])
-        key = (r << 6) | (g << 3) | b
-        ids[key], valid[key] = index, True
-    return ids, valid
+    packed = tf.bitcast(tf.io.decode_png(png, channels=4), tf.int32)
+    entry = tf.gather(tf.constant(palette.COLOR_TABLE), tf.math.floormod(packed, palette.COLOR_MODULUS))
+    x = tf.bitcast(tf.bitwise.bitwise_xor(entry, packed), tf.uint32)
+    return tf.cast(tf.minimum(x, palette.OFF_PALETTE), tf.int32)
 
 
-_KEY_TO_ID, _KEY_IS_VOC = _palette_table()
+def codes_to_ids(codes: tf.Tensor) -> tf.Tensor:
+    """Codes -> class ids: an off-palette colour becomes 255 (ignored), never background."""
+    return tf.minimum(codes, features.IGNORE_LABEL)
 
 
 def decode_mask(png: tf.Tensor) -> tuple:
-    """Palette PNG bytes -> (class ids ``[H, W]`` int32 in 0-20 or 255, out-of-palette pixel count).
-
-    ``decode_png`` expands the palette to RGB; the colour is then inverted arithmetically. A
-    colour that is not a class or void becomes 255 and is counted, never silently background.
-    """
-    rgb = tf.cast(tf.io.decode_png(png, channels=3), tf.int32)
-    # key = (r >> 5) << 6 | (g >> 5) << 3 | (b >> 5), in one multiply-add over the channels.
-    key = tf.reduce_sum(tf.bitwise.right_shift(rgb, 5) * tf.constant([64, 8, 1]), axis=-1)
-    low_bits = tf.reduce_max(tf.bitwise.bitwise_and(rgb, 0x1F), axis=-1)
-    off_palette = tf.logical_or(
-        tf.not_equal(low_bits, 0), tf.logical_not(tf.gather(tf.constant(_KEY_IS_VOC), key))
-    )
-    ids = tf.where(off_palette, features.IGNORE_LABEL, tf.gather(tf.constant(_KEY_TO_ID), key))
-    return ids, tf.reduce_sum(tf.cast(off_palette, tf.int32))
+    """Palette PNG bytes -> (class ids ``[H, W]`` int32 in 0-20 or 255, off-palette pixel count)."""
+    codes = mask_codes(png)
+    return codes_to_ids(codes), tf.reduce_sum(tf.cast(tf.equal(codes, palette.OFF_PALETTE), tf.int32))
 
 
 def decode_image(jpeg: tf.Tensor) -> tf.Tensor:
@@ -90,15 +79,15 @@ def resize_and_pad_label(ids: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(padded, [size, size])
 
 
-def class_histogram(ids: tf.Tensor, off_palette: tf.Tensor) -> tf.Tensor:
-    """Pixel counts ``[NUM_CLASSES + 2]``: classes 0-20, void (255), then out-of-palette pixels.
-
-    Out-of-palette pixels are also 255 in ``ids``; they are taken out of the void count so the
-    two are reported apart.
-    """
-    counts = tf.math.bincount(tf.reshape(ids, [-1]), minlength=256, maxlength=256, dtype=tf.int64)
-    void = counts[features.IGNORE_LABEL] - tf.cast(off_palette, tf.int64)
-    return tf.concat([counts[: features.NUM_CLASSES], [void, tf.cast(off_palette, tf.int64)]], axis=0)
+def class_histogram(codes: tf.Tensor) -> tf.Tensor:
+    """Pixel counts ``[NUM_CLASSES + 2]`` from mask codes: classes 0-20, void, off-palette."""
+    counts = tf.math.bincount(
+        tf.reshape(codes, [-1]),
+        minlength=palette.OFF_PALETTE + 1,
+        maxlength=palette.OFF_PALETTE + 1,
+        dtype=tf.int64,
+    )
+    return tf.concat([counts[: features.NUM_CLASSES], counts[features.IGNORE_LABEL :]], axis=0)
 
 
 HISTOGRAM_TOKENS = tuple(str(c) for c in range(features.NUM_CLASSES)) + (
@@ -116,37 +105,54 @@ def _flat(tensor: tf.Tensor) -> tf.Tensor:
 def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict:
     """Raw features -> ``image``, ``label``, ``original_height``, ``original_width``.
 
-    ``custom_config``: ``image_size`` (default 512). Without mask features (serving), only the
-    image outputs are produced.
+    ``custom_config``: ``image_size`` (default 512); ``normalize_image`` (default False): scale
+    the image by the per-channel pixel mean and std of the analyzed split, padding with 0.
+    Without mask features (serving), only the image outputs are produced.
     """
-    size = int((custom_config or {}).get("image_size", DEFAULT_IMAGE_SIZE))
+    config = custom_config or {}
+    size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
     jpeg = _flat(inputs[features.IMAGE_KEY])
-    outputs = {
-        features.IMAGE: tf.map_fn(
-            lambda b: resize_and_pad_image(decode_image(b), size),
-            jpeg,
-            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+
+    def image_and_moments(b):
+        decoded = tf.cast(decode_image(b), tf.float32)
+        pixels = tf.reshape(decoded, [-1, 3])
+        moments = tf.stack([tf.reduce_sum(pixels, 0), tf.reduce_sum(tf.square(pixels), 0)])
+        return resize_and_pad_image(decoded, size), moments, tf.cast(tf.shape(pixels)[0], tf.float32)
+
+    image, moments, pixel_count = tf.map_fn(
+        image_and_moments,
+        jpeg,
+        fn_output_signature=(
+            tf.TensorSpec([size, size, 3], tf.float32),
+            tf.TensorSpec([2, 3], tf.float32),
+            tf.TensorSpec([], tf.float32),
         ),
-    }
+    )
     original = tf.map_fn(
         lambda b: tf.cast(tf.image.extract_jpeg_shape(b)[:2], tf.int64),
         jpeg,
         fn_output_signature=tf.TensorSpec([2], tf.int64),
     )
-    outputs[features.ORIGINAL_HEIGHT] = original[:, 0]
-    outputs[features.ORIGINAL_WIDTH] = original[:, 1]
+    if config.get("normalize_image", False):
+        image = normalize_image(image, original, moments, pixel_count, size)
+    outputs = {
+        features.IMAGE: image,
+        features.ORIGINAL_HEIGHT: original[:, 0],
+        features.ORIGINAL_WIDTH: original[:, 1],
+    }
     if features.MASK_KEY not in inputs:
         return outputs
 
     def label_and_counts(png):
         # At serving time TFT runs this whole graph with the unfed mask set to b"" and then
         # drops the label: answer an all-void 1x1 mask instead of failing to decode nothing.
-        ids, off_palette = tf.cond(
+        codes = tf.cond(
             tf.equal(tf.strings.length(png), 0),
-            lambda: (tf.fill([1, 1], features.IGNORE_LABEL), tf.constant(0)),
-            lambda: decode_mask(png),
+            lambda: tf.fill([1, 1], features.IGNORE_LABEL),
+            lambda: mask_codes(png),
         )
-        return tf.cast(resize_and_pad_label(ids, size), tf.int64), class_histogram(ids, off_palette)
+        label = resize_and_pad_label(codes_to_ids(codes), size)
+        return tf.cast(label, tf.int64), class_histogram(codes)
 
     label, counts = tf.map_fn(
         label_and_counts,
@@ -168,6 +174,23 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
         vocab_filename=features.CLASS_COUNTS_VOCABULARY,
     )
     return outputs
+
+
+def normalize_image(image, original, moments, pixel_count, size: int) -> tf.Tensor:
+    """``(image - mean) / std`` per channel over every pixel of the analyzed split; padding -> 0.
+
+    Full-pass analyzers on the images at their original resolution, so resizing does not
+    weight small images up. The padded area is set to 0 (the new neutral value) afterwards.
+    """
+    total = tft.sum(moments, reduce_instance_dims=False)  # [2, 3]: sums and sums of squares
+    count = tft.sum(pixel_count)
+    mean = total[0] / count
+    std = tf.sqrt(tf.maximum(total[1] / count - tf.square(mean), 1e-6))
+    h, w = resized_shape(original[:, 0], original[:, 1], size)
+    rows = tf.range(size)[None, :, None] < tf.cast(h, tf.int32)[:, None, None]
+    cols = tf.range(size)[None, None, :] < tf.cast(w, tf.int32)[:, None, None]
+    valid = tf.logical_and(rows, cols)[..., None]
+    return tf.where(valid, (image - mean) / std, 0.0)
 
 
 def read_class_counts(tft_output: tft.TFTransformOutput) -> dict:

@@ -128,18 +128,16 @@ def decode_voc_mask(path: str, data: bytes) -> tuple:
         return pixels, counts, True
     if mode == "L":
         return pixels, _histogram(path, pixels, OUT_OF_PALETTE, lambda i: f"grey {i}"), False
-    ids = palette.colors_to_indices(pixels)
-    foreign = ~palette.is_palette_color(pixels, ids)
-    if foreign.any():
-        colors = np.unique(pixels[foreign], axis=0)
+    ids, valid = palette.colors_to_ids(pixels)
+    if not valid.all():
+        colors = np.unique(pixels[~valid], axis=0)
         shown = ", ".join(_rgb(c) for c in colors[:5])
         raise Rejected(
             OUT_OF_PALETTE,
-            f"{path}: {int(foreign.sum())} pixels have colours outside "
-            f"the VOC palette: {shown}{' and more' if len(colors) > 5 else ''}",
+            f"{path}: {int((~valid).sum())} pixels have colours outside the VOC palette: "
+            f"{shown}{' and more' if len(colors) > 5 else ''}",
         )
-    ids = ids.astype(np.uint8)
-    return ids, _histogram(path, ids, OUT_OF_PALETTE, lambda i: _rgb(palette.VOC_COLORMAP[i])), False
+    return ids, np.bincount(ids.ravel(), minlength=256), False
 
 
 def _mat_field(struct, name: str, path: str):
