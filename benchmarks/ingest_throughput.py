@@ -8,11 +8,8 @@ machine, are what to compare across machines; absolute images/s move with the ma
     python -m benchmarks.ingest_throughput --num-images 500
 """
 
-import argparse
 import io
-import json
 import os
-import platform
 import tempfile
 import time
 
@@ -21,10 +18,9 @@ import scipy.io
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
+from benchmarks import results_io
 from components.voc_example_gen import beam_ingest, sources
 from datasets import synthetic_voc
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def yardstick(root: str) -> float:
@@ -56,10 +52,9 @@ def beam_run(root: str, out: str, mode: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = results_io.parser(__doc__, "ingest_throughput")
     parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--max-side", type=int, default=500, help="VOC-sized images by default")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "ingest_throughput.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,17 +67,14 @@ def main() -> None:
             seconds[f"beam_{mode}"] = beam_run(root, os.path.join(tmp, mode), mode)
 
     base = seconds["yardstick_read_and_parse_headers"]
-    result = {
-        "benchmark": "ingest_throughput",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "dataset": {"generated_images": args.num_images, "listed_ids": listed, "max_side": args.max_side},
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "images_per_second": {k: round(listed / v, 1) for k, v in seconds.items()},
-        "ratio_to_yardstick": {k: round(v / base, 2) for k, v in seconds.items()},
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    result = results_io.save(
+        args.out,
+        "ingest_throughput",
+        dataset={"generated_images": args.num_images, "listed_ids": listed, "max_side": args.max_side},
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        images_per_second={k: round(listed / v, 1) for k, v in seconds.items()},
+        ratio_to_yardstick={k: round(v / base, 2) for k, v in seconds.items()},
+    )
     ips = result["images_per_second"]
     print(
         f"ingest_throughput: {listed} ids; images/s yardstick {ips['yardstick_read_and_parse_headers']}, "

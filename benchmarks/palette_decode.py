@@ -8,20 +8,16 @@ reported apart from its per-mask time.
     python -m benchmarks.palette_decode --num-masks 200
 """
 
-import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import results_io
 from datasets import synthetic_voc
 from transform import palette, preprocessing
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def build_cube_table() -> tuple:
@@ -48,10 +44,9 @@ def time_per_mask(fn, masks, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = results_io.parser(__doc__, "palette_decode")
     parser.add_argument("--num-masks", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(RESULTS, "palette_decode.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,19 +87,16 @@ def main() -> None:
         "cube_256^3_table": time_per_mask(cube_table, masks, args.repeats),
     }
     base = ms["decode_png_only"]
-    result = {
-        "benchmark": "palette_decode",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "masks": len(masks),
-        "mask_size": "VOC-sized, about 500x375",
-        "ms_per_mask": {k: round(v, 3) for k, v in ms.items()},
-        "ratio_to_decode_png": {k: round(v / base, 2) for k, v in ms.items()},
-        "cube_table_build_seconds": round(cube_build_s, 3),
-        "table_bytes": {"ours": int(palette.COLOR_TABLE.nbytes), "cube": 256**3 * 4},
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    result = results_io.save(
+        args.out,
+        "palette_decode",
+        masks=len(masks),
+        mask_size="VOC-sized, about 500x375",
+        ms_per_mask={k: round(v, 3) for k, v in ms.items()},
+        ratio_to_decode_png={k: round(v / base, 2) for k, v in ms.items()},
+        cube_table_build_seconds=round(cube_build_s, 3),
+        table_bytes={"ours": int(palette.COLOR_TABLE.nbytes), "cube": 256**3 * 4},
+    )
     r = result["ratio_to_decode_png"]
     print(
         f"palette_decode: ms/mask decode_png {ms['decode_png_only']:.3f}, ours {ms['ours_1kb_table']:.3f} "

@@ -8,22 +8,18 @@ pipeline on this machine (what ``materialize=False`` costs the trainer per epoch
     python -m benchmarks.transform_materialization --num-images 100
 """
 
-import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 
 import apache_beam as beam
 import tensorflow as tf
 
+from benchmarks import results_io
 from components.voc_example_gen import beam_ingest
 from datasets import synthetic_voc
 from pipeline import features
 from transform import preprocessing
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def transformed_example(image, label) -> bytes:
@@ -38,10 +34,9 @@ def transformed_example(image, label) -> bytes:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = results_io.parser(__doc__, "transform_materialization")
     parser.add_argument("--num-images", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--out", default=os.path.join(RESULTS, "transform_materialization.json"))
     args = parser.parse_args()
     size = args.image_size
 
@@ -77,22 +72,19 @@ def main() -> None:
     per_second = 3 * len(raw) / (time.perf_counter() - start)
 
     raw_bytes = sum(len(r) for r in raw) / len(raw)
-    result = {
-        "benchmark": "transform_materialization",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "image_size": size,
-        "examples": len(raw),
-        "bytes_per_example": {"raw": round(raw_bytes), "materialized_transformed": materialized},
-        "materialized_to_raw_ratio": round(materialized / raw_bytes, 1),
-        "train_aug_10582_gigabytes": {
+    result = results_io.save(
+        args.out,
+        "transform_materialization",
+        image_size=size,
+        examples=len(raw),
+        bytes_per_example={"raw": round(raw_bytes), "materialized_transformed": materialized},
+        materialized_to_raw_ratio=round(materialized / raw_bytes, 1),
+        train_aug_10582_gigabytes={
             "raw": round(10582 * raw_bytes / 1e9, 2),
             "materialized_transformed": round(10582 * materialized / 1e9, 1),
         },
-        "transform_in_tf_data_examples_per_second": round(per_second, 1),
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        transform_in_tf_data_examples_per_second=round(per_second, 1),
+    )
     print(
         f"transform_materialization: {size} px, raw {round(raw_bytes)} B vs materialized {materialized} B "
         f"({result['materialized_to_raw_ratio']}x); transform in tf.data {per_second:.1f} examples/s"

@@ -3,8 +3,9 @@
 Deterministic work only (random augmentation belongs to the trainer's input pipeline): decode
 the JPEG and the palette PNG, resize keeping the aspect ratio so the longer side is
 ``image_size``, pad bottom/right to a square (image with a neutral value, label with 255), and
-count pixels per class over the analyzed split. Image and label are computed by separate ops
-so that the serving graph, fed image bytes alone, keeps the image path and prunes the label.
+count pixels per class over the analyzed split. Image and label are computed by separate ops,
+so the image never depends on the mask: at serving time, fed image bytes alone, TFT runs the
+graph with an empty mask and drops the label, which tolerates that empty mask.
 
 Every function here is plain TensorFlow on one example, so it runs the same eagerly, inside
 ``tf.data`` and inside the Transform graph.
@@ -26,8 +27,8 @@ IMAGE_PAD_VALUE = 127.5
 def mask_codes(png: tf.Tensor) -> tf.Tensor:
     """Palette PNG bytes -> ``[H, W]`` int32 codes: class 0-20, 255 void, 256 off-palette.
 
-    Four ops after the decode, because on CPU each pass over a mask costs about as much as a
-    third of the decode: ``decode_png`` to RGBA, a free ``bitcast`` of each pixel's 4 bytes to
+    As few passes over the pixels as possible, since on CPU each costs about a third of the
+    decode itself: ``decode_png`` to RGBA, a free ``bitcast`` of each pixel's 4 bytes to
     one int32, one ``floormod`` + gather into ``palette.COLOR_TABLE`` (1 KB), one XOR and one
     ``minimum`` (see ``palette._color_table`` for why the XOR is the class id).
     """
@@ -113,28 +114,34 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
     jpeg = _flat(inputs[features.IMAGE_KEY])
 
-    def image_and_moments(b):
-        decoded = tf.cast(decode_image(b), tf.float32)
-        pixels = tf.reshape(decoded, [-1, 3])
-        moments = tf.stack([tf.reduce_sum(pixels, 0), tf.reduce_sum(tf.square(pixels), 0)])
-        return resize_and_pad_image(decoded, size), moments, tf.cast(tf.shape(pixels)[0], tf.float32)
-
-    image, moments, pixel_count = tf.map_fn(
-        image_and_moments,
-        jpeg,
-        fn_output_signature=(
-            tf.TensorSpec([size, size, 3], tf.float32),
-            tf.TensorSpec([2, 3], tf.float32),
-            tf.TensorSpec([], tf.float32),
-        ),
-    )
     original = tf.map_fn(
         lambda b: tf.cast(tf.image.extract_jpeg_shape(b)[:2], tf.int64),
         jpeg,
         fn_output_signature=tf.TensorSpec([2], tf.int64),
     )
+    image_spec = tf.TensorSpec([size, size, 3], tf.float32)
     if config.get("normalize_image", False):
+
+        def image_and_moments(b):
+            decoded = tf.cast(decode_image(b), tf.float32)
+            pixels = tf.reshape(decoded, [-1, 3])
+            moments = tf.stack([tf.reduce_sum(pixels, 0), tf.reduce_sum(tf.square(pixels), 0)])
+            return resize_and_pad_image(decoded, size), moments, tf.cast(tf.shape(pixels)[0], tf.float32)
+
+        image, moments, pixel_count = tf.map_fn(
+            image_and_moments,
+            jpeg,
+            fn_output_signature=(
+                image_spec,
+                tf.TensorSpec([2, 3], tf.float32),
+                tf.TensorSpec([], tf.float32),
+            ),
+        )
         image = normalize_image(image, original, moments, pixel_count, size)
+    else:
+        image = tf.map_fn(
+            lambda b: resize_and_pad_image(decode_image(b), size), jpeg, fn_output_signature=image_spec
+        )
     outputs = {
         features.IMAGE: image,
         features.ORIGINAL_HEIGHT: original[:, 0],
