@@ -3,22 +3,13 @@
 import io
 import os
 
-import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 from PIL import Image
-from tensorflow_metadata.proto.v0 import schema_pb2
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-from tfx.utils import io_utils
-from tfx_bsl.public import tfxio
 
-from components.voc_example_gen import beam_ingest
-from pipeline import config as config_lib
 from pipeline import features
-from tests.conftest import MAX_SIDE, feature, png_indices, read_examples, voc_path
+from tests.conftest import MAX_SIDE, analyze, feature, png_indices, read_examples, voc_path
 from transform import palette, preprocessing
 
 
@@ -87,35 +78,6 @@ def test_grayscale_and_cmyk_jpegs_decode_to_rgb():
         assert preprocessing.decode_image(buf.getvalue()).shape == (8, 8, 3)
 
 
-def _analyze(examples, out, custom_config):
-    """Runs preprocessing_fn through tft_beam on the train split, as the Transform component does."""
-    schema_path = config_lib.resolve_path("pipeline/schema/schema.pbtxt")
-    schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
-    source = tfxio.TFExampleRecord(
-        file_pattern=os.path.join(examples, "Split-train", "*"), telemetry_descriptors=["test"], schema=schema
-    )
-    transform_dir = os.path.join(out, "transform_graph")
-    with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out, "tmp"), force_tf_compat_v1=False):
-        raw = p | source.BeamSource()
-        transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing.preprocessing_fn(inputs, custom_config)
-        )
-        _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
-    # The raw metadata, as the Transform component writes it beside the transform graph.
-    metadata_io.write_metadata(
-        dataset_metadata.DatasetMetadata(schema), os.path.join(transform_dir, "metadata")
-    )
-    return tft.TFTransformOutput(transform_dir)
-
-
-@pytest.fixture(scope="module")
-def analyzed(dataset_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("transform"))
-    examples = os.path.join(out, "examples")
-    beam_ingest.run(lambda: beam.Pipeline(), dataset_dir, dataset_dir, examples, os.path.join(out, "rej"))
-    return examples, _analyze(examples, out, {"image_size": MAX_SIDE})
-
-
 def _transform(tft_output, examples, split, keys=None):
     spec = tft_output.raw_feature_spec()
     serialized = [e.SerializeToString() for e in examples]
@@ -167,7 +129,7 @@ def test_image_bytes_alone_give_the_training_image(analyzed):
 
 def test_optional_normalization_uses_the_train_split_mean_and_std(analyzed, tmp_path):
     examples_uri, plain = analyzed
-    normalized = _analyze(examples_uri, str(tmp_path), {"image_size": MAX_SIDE, "normalize_image": True})
+    normalized = analyze(examples_uri, str(tmp_path), {"image_size": MAX_SIDE, "normalize_image": True})
     examples = read_examples(examples_uri, features.TRAIN_SPLIT)
     pixels = np.concatenate(
         [

@@ -90,7 +90,7 @@ def _histogram(path: str, ids: np.ndarray, kind: str, describe) -> np.ndarray:
     return counts[:256]
 
 
-def _rgb(color) -> str:
+def _rgb(color) -> str:  # for messages
     r, g, b = (int(v) for v in color)
     return f"RGB({r}, {g}, {b})"
 
@@ -98,10 +98,12 @@ def _rgb(color) -> str:
 def decode_voc_mask(path: str, data: bytes) -> tuple:
     """Decodes a VOC mask PNG; returns ``(ids [H, W] uint8, histogram, is_voc_palette_png)``.
 
-    Palette PNGs are read by index, and the palette entry of every index used must be the VOC
-    colour of a class or void; RGB(A) PNGs are inverted colour by colour with ``palette``; 8-bit
-    grey PNGs (as in the "SegmentationClassAug" conversions) are taken as ids. A colour that is
-    not a class or void is an error, never silently background.
+    Palette PNGs are read by index, as every VOC loader does (the index *is* the class id, the
+    palette only paints it); an index that is not a class or void is an error. The bytes pass
+    through untouched only when the palette paints every used index in its VOC colour, since
+    Transform decodes masks by colour; otherwise the mask is re-encoded in the VOC palette.
+    RGB(A) PNGs are inverted colour by colour; 8-bit grey PNGs (the "SegmentationClassAug"
+    conversions) are taken as ids. Nothing invalid is ever silently made background.
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -119,13 +121,10 @@ def decode_voc_mask(path: str, data: bytes) -> tuple:
         raise Rejected(CORRUPT_MASK, f"{path}: cannot decode PNG: {e}") from None
 
     if mode == "P":
-        entries = np.zeros((256, 3), np.uint8)
-        entries[: min(len(pal), 256)] = pal[:256]
-        # An index whose palette entry is not its VOC colour is a foreign colour: shift it past
-        # 255 so the histogram reports it, by its colour.
-        foreign = np.any(entries != palette.VOC_COLORMAP, axis=-1).astype(np.int64) * 256
-        counts = _histogram(path, pixels + foreign[pixels], OUT_OF_PALETTE, lambda i: _rgb(entries[i % 256]))
-        return pixels, counts, True
+        counts = _histogram(path, pixels, OUT_OF_PALETTE, lambda i: f"palette index {i}")
+        used = np.nonzero(counts)[0]
+        voc_colors = len(pal) > used.max() and (pal[used] == palette.VOC_COLORMAP[used]).all()
+        return pixels, counts, bool(voc_colors)
     if mode == "L":
         return pixels, _histogram(path, pixels, OUT_OF_PALETTE, lambda i: f"grey {i}"), False
     ids, valid = palette.colors_to_ids(pixels)

@@ -1,0 +1,243 @@
+"""DeepLabV3+ (Chen et al., 2018) on Keras 2, with ResNet-50 or MobileNetV2 backbones.
+
+Keras 2 because TFT 1.16 and the TFX Trainer need it: ``tf_keras`` is imported by name, since
+``tf.keras`` resolves to Keras 3 whenever TensorFlow was imported before ``TF_USE_LEGACY_KERAS``
+was set, which in a TFX process is not under our control.
+
+The backbone gives features at stride 4 (for the decoder) and at the output stride (for ASPP).
+``keras.applications`` backbones end at stride 32; for output stride 16 or 8 the backbone is
+cloned with the stride of the later stages removed and their convolutions dilated instead
+(Chen et al., 2017), which keeps every kernel's shape, so pretrained weights load unchanged.
+"""
+
+import logging
+import os
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline import features
+
+_log = logging.getLogger(__name__)
+BACKBONES = ("resnet50", "mobilenetv2")
+
+# Layers
+
+
+class BackbonePreprocess(keras.layers.Layer):
+    """Scales 0-255 RGB the way the backbone's ImageNet weights expect it."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    # No tensor-dependent control flow: spare autograph's slow recursive conversion of Keras.
+    @tf.autograph.experimental.do_not_convert
+    def call(self, images, training=None):  # noqa: ARG002 - Keras passes it
+        if self.backbone == "resnet50":  # "caffe" mode: BGR, ImageNet mean removed, no scaling
+            return images[..., ::-1] - keras.backend.constant([103.939, 116.779, 123.68], dtype=images.dtype)
+        return images / 127.5 - 1.0  # MobileNetV2: [-1, 1]
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def _conv_bn_relu(x, filters, kernel_size, name, dilation_rate=1, sync_batch_norm=False):
+    x = keras.layers.Conv2D(
+        filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = keras.layers.BatchNormalization(synchronized=sync_batch_norm, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+class ASPP(keras.layers.Layer):
+    """Atrous Spatial Pyramid Pooling: a 1x1 branch, three atrous 3x3 branches, image pooling.
+
+    ``rates`` are the dilation rates at this layer's input resolution (6/12/18 at output
+    stride 16, doubled at 8). The image-pooling branch brings global context back to every
+    position by bilinear upsampling of a 1x1 feature.
+    """
+
+    def __init__(
+        self,
+        filters: int = 256,
+        rates: Sequence[int] = (6, 12, 18),
+        dropout: float = 0.1,
+        sync_batch_norm: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.rates = tuple(rates)
+        self.dropout = dropout
+        self.sync_batch_norm = sync_batch_norm
+
+    def build(self, input_shape):
+        def branch(kernel_size, rate, name):
+            return keras.Sequential(
+                [
+                    keras.layers.Conv2D(
+                        self.filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False
+                    ),
+                    keras.layers.BatchNormalization(synchronized=self.sync_batch_norm),
+                    keras.layers.ReLU(),
+                ],
+                name=name,
+            )
+
+        self.branches = [branch(1, 1, "aspp_1x1")] + [branch(3, r, f"aspp_rate{r}") for r in self.rates]
+        self.pooling = branch(1, 1, "aspp_pool")
+        self.project = branch(1, 1, "aspp_project")
+        self.drop = keras.layers.Dropout(self.dropout)
+        super().build(input_shape)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None):
+        size = keras.backend.int_shape(x)[1:3]
+        pooled = self.pooling(keras.backend.mean(x, axis=[1, 2], keepdims=True), training=training)
+        pooled = keras.backend.resize_images(pooled, size[0], size[1], "channels_last", "bilinear")
+        outputs = [b(x, training=training) for b in self.branches] + [pooled]
+        return self.drop(
+            self.project(keras.backend.concatenate(outputs), training=training), training=training
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "rates": list(self.rates),
+            "dropout": self.dropout,
+            "sync_batch_norm": self.sync_batch_norm,
+        }
+
+
+# Backbones
+
+
+def _dilation_plan(backbone: str, output_stride: int) -> dict:
+    """Layer name -> config changes that bring the backbone from stride 32 to ``output_stride``."""
+    plan = {}
+    if backbone == "resnet50":
+        # Stage k's first block strides in its 1x1 conv and shortcut; its 3x3 convs dilate.
+        stages = {16: {5: 2}, 8: {4: 2, 5: 4}}[output_stride]
+        blocks = {4: 6, 5: 3}
+        for stage, rate in stages.items():
+            for name in (f"conv{stage}_block1_1_conv", f"conv{stage}_block1_0_conv"):
+                plan[name] = {"strides": (1, 1)}
+            for block in range(1, blocks[stage] + 1):
+                plan[f"conv{stage}_block{block}_2_conv"] = {"dilation_rate": (rate, rate)}
+    else:
+        # MobileNetV2 strides in the depthwise conv of blocks 6 and 13, behind a (0,1) pad.
+        strided = {16: {13: 2}, 8: {6: 2, 13: 4}}[output_stride]
+        rate_before = 1
+        for first, rate in sorted(strided.items()):
+            plan[f"block_{first}_pad"] = {"padding": ((rate_before, rate_before), (rate_before, rate_before))}
+            plan[f"block_{first}_depthwise"] = {
+                "strides": (1, 1),
+                "dilation_rate": (rate_before, rate_before),
+            }
+            last = 16 if first == 13 else 12
+            for block in range(first + 1, last + 1):
+                plan[f"block_{block}_depthwise"] = {"dilation_rate": (rate, rate)}
+            rate_before = rate
+    return plan
+
+
+def _backbone_weights(weights: Optional[str]) -> Optional[str]:
+    if not weights or weights == "imagenet":
+        return weights or None
+    if not os.path.exists(weights):
+        raise FileNotFoundError(
+            f"backbone weights {weights!r} do not exist (give an .h5 file of the "
+            "keras.applications model without top, 'imagenet' or '')"
+        )
+    return weights
+
+
+def build_backbone(
+    backbone: str, input_shape: tuple, output_stride: int, width: float = 1.0, weights: Optional[str] = None
+) -> keras.Model:
+    """``keras.applications`` backbone -> model with outputs (stride-4 features, stride-OS features)."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+
+    def make(w):
+        if backbone == "resnet50":
+            return keras.applications.ResNet50(include_top=False, weights=w, input_shape=input_shape)
+        return keras.applications.MobileNetV2(
+            include_top=False, weights=w, input_shape=input_shape, alpha=width
+        )
+
+    weights = _backbone_weights(weights)
+    try:
+        base = make(weights)
+    except Exception as e:  # noqa: BLE001 - no network: say so, then train from scratch.
+        if weights != "imagenet":
+            raise
+        _log.warning(
+            "could not load ImageNet weights for %s (%s); training from random init. "
+            "Set trainer.backbone_weights to a local .h5 file to start from them.",
+            backbone,
+            e,
+        )
+        base = make(None)
+
+    plan = _dilation_plan(backbone, output_stride)
+
+    def clone_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), **plan.get(layer.name, {})})
+
+    model = keras.models.clone_model(base, clone_function=clone_layer)
+    model.set_weights(base.get_weights())
+    low, high = (
+        ("conv2_block3_out", "conv5_block3_out")
+        if backbone == "resnet50"
+        else ("block_3_expand_relu", "out_relu")
+    )
+    return keras.Model(
+        model.input, [model.get_layer(low).output, model.get_layer(high).output], name=backbone
+    )
+
+
+# Model
+
+
+def build_deeplabv3plus(
+    image_size: int,
+    num_classes: int = features.NUM_CLASSES,
+    backbone: str = "mobilenetv2",
+    output_stride: int = 16,
+    width: float = 1.0,
+    backbone_weights: Optional[str] = None,
+    aspp_filters: int = 256,
+    aspp_rates: Sequence[int] = (6, 12, 18),
+    decoder_filters: int = 256,
+    low_level_filters: int = 48,
+    sync_batch_norm: bool = False,
+) -> keras.Model:
+    """DeepLabV3+: 0-255 RGB ``[S, S, 3]`` -> logits ``[S, S, num_classes]`` (float32).
+
+    ``aspp_rates`` are given for output stride 16 and scaled for 8. Logits are float32 even
+    under a mixed-precision policy, so the loss and softmax stay numerically safe.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE)
+    x = BackbonePreprocess(backbone, name="preprocess")(inputs)
+    low, high = build_backbone(backbone, (image_size, image_size, 3), output_stride, width, backbone_weights)(
+        x
+    )
+
+    rates = [r * 16 // output_stride for r in aspp_rates]
+    x = ASPP(aspp_filters, rates, sync_batch_norm=sync_batch_norm, name="aspp")(high)
+    low_size = keras.backend.int_shape(low)[1:3]
+    x = keras.layers.Resizing(*low_size, interpolation="bilinear", name="aspp_upsample")(x)
+    low = _conv_bn_relu(low, low_level_filters, 1, "decoder_low_level", sync_batch_norm=sync_batch_norm)
+    x = keras.layers.Concatenate(name="decoder_concat")([x, low])
+    x = _conv_bn_relu(x, decoder_filters, 3, "decoder_conv1", sync_batch_norm=sync_batch_norm)
+    x = _conv_bn_relu(x, decoder_filters, 3, "decoder_conv2", sync_batch_norm=sync_batch_norm)
+    x = keras.layers.Conv2D(num_classes, 1, name="logits_conv")(x)
+    x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="logits_upsample")(x)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name=f"deeplabv3plus_{backbone}_os{output_stride}")
