@@ -107,6 +107,7 @@ def analyze(examples, out, custom_config):
 
 @pytest.fixture(scope="session")
 def analyzed(dataset_dir, tmp_path_factory):
+    """(raw Examples uri, TFTransformOutput): the dataset ingested, then analyzed like Transform does."""
     out = str(tmp_path_factory.mktemp("transform"))
     examples = os.path.join(out, "examples")
     beam_ingest.run(lambda: beam.Pipeline(), dataset_dir, dataset_dir, examples, os.path.join(out, "rej"))

@@ -73,21 +73,20 @@ def inspect_jpeg(path: str, data: bytes) -> tuple:
 
 
 def _histogram(path: str, ids: np.ndarray, kind: str, describe) -> np.ndarray:
-    """Counts pixels per id and rejects ids that are not a class or void.
+    """Counts pixels per id (0-255) and rejects ids that are not a class or void.
 
-    ``ids`` may hold values up to 511 (foreign colours are shifted past 255 by the caller);
-    ``describe(id)`` says what such an id was in the file. One ``bincount`` does the whole
-    check, and its histogram is reused for the classes-present feature.
+    ``describe(id)`` says what a bad id was in the file. One ``bincount`` does the whole check,
+    and its histogram is reused for the classes-present feature.
     """
-    counts = np.bincount(ids.ravel(), minlength=512)
-    bad = [i for i in np.nonzero(counts)[0].tolist() if i > 255 or not _VALID_IDS[i]]
+    counts = np.bincount(ids.ravel(), minlength=256)
+    bad = [i for i in np.nonzero(counts)[0].tolist() if not _VALID_IDS[i]]
     if bad:
         shown = ", ".join(str(describe(i)) for i in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise Rejected(
-            kind, f"{path}: {int(counts[bad].sum())} pixels are not a VOC class or void: " f"{shown}{more}"
+            kind, f"{path}: {int(counts[bad].sum())} pixels are not a VOC class or void: {shown}{more}"
         )
-    return counts[:256]
+    return counts
 
 
 def _rgb(color) -> str:  # for messages
