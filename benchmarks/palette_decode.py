@@ -31,22 +31,29 @@ def build_cube_table() -> tuple:
     return constant, time.perf_counter() - start
 
 
-def time_per_mask(fn, masks, repeats: int) -> float:
-    for png in masks[:5]:  # trace and warm up
-        fn(png)
-    best = float("inf")
-    for _ in range(repeats):  # best of N: the least disturbed pass on a noisy machine
-        start = time.perf_counter()
-        for png in masks:
+def time_per_mask(contenders: dict, masks: list, rounds: int) -> dict:
+    """ms per mask for each contender: round-robin passes, best of ``rounds`` for each.
+
+    Interleaving the contenders means a slow spell of this noisy machine hits all of them,
+    instead of whichever happened to be running.
+    """
+    for fn in contenders.values():  # trace and warm up
+        for png in masks[:5]:
             fn(png)
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best / len(masks)
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for png in masks:
+                fn(png)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1000 * seconds / len(masks) for name, seconds in best.items()}
 
 
 def main() -> None:
     parser = results_io.parser(__doc__, "palette_decode")
     parser.add_argument("--num-masks", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,12 +87,16 @@ def main() -> None:
     for png in masks:
         np.testing.assert_array_equal(ours(png).numpy(), cube_table(png).numpy())
 
-    ms = {
-        "decode_png_only": time_per_mask(decode_png_only, masks, args.repeats),
-        "ours_1kb_table": time_per_mask(ours, masks, args.repeats),
-        "ours_with_off_palette_count": time_per_mask(ours_with_count, masks, args.repeats),
-        "cube_256^3_table": time_per_mask(cube_table, masks, args.repeats),
-    }
+    ms = time_per_mask(
+        {
+            "decode_png_only": decode_png_only,
+            "ours_1kb_table": ours,
+            "ours_with_off_palette_count": ours_with_count,
+            "cube_256^3_table": cube_table,
+        },
+        masks,
+        args.repeats,
+    )
     base = ms["decode_png_only"]
     result = results_io.save(
         args.out,
