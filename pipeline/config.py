@@ -151,11 +151,6 @@ def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> Pipelin
     return config
 
 
-def to_dict(config: Any) -> dict:
-    """The config as plain data (for logging, YAML dumps and tests)."""
-    return dataclasses.asdict(config)
-
-
 def _set(node: Any, path: list, value: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(node)}
     if path[0] not in fields:
