@@ -62,6 +62,62 @@ class TransformConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Model, optimisation, distribution and fault-tolerance settings of the Trainer.
+
+    Defaults are the DeepLabV3+ VOC recipe (ResNet-50, output stride 16, SGD momentum 0.9,
+    poly decay, batch 16 over replicas); ``tiny.yaml`` shrinks it for tests and the demo.
+    """
+
+    # Model.
+    backbone: str = "resnet50"  # resnet50 | mobilenetv2
+    width: float = 1.0  # MobileNetV2 width multiplier (alpha)
+    output_stride: int = 16  # 16 | 8
+    # "imagenet" (downloads where a network exists), a local .h5 of the keras.applications
+    # model without top, or "" for random init.
+    backbone_weights: str = "imagenet"
+    aspp_filters: int = 256
+    decoder_filters: int = 256
+    low_level_filters: int = 48
+    dropout: float = 0.1
+    # Optimisation. The global batch is batch_size_per_replica x replicas.
+    batch_size_per_replica: int = 8
+    train_steps: int = 30000
+    # Evaluation, best-mIoU checkpoint and history happen once per epoch of this many steps.
+    steps_per_epoch: int = 1000
+    eval_steps: int = 0  # 0: the whole eval split every epoch
+    learning_rate: float = 0.007
+    warmup_steps: int = 0
+    end_learning_rate: float = 0.0
+    poly_power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # decoupled; batch-norm parameters and biases are excluded
+    class_weights: bool = False  # weight the loss by inverse class pixel frequency
+    class_weight_power: float = 0.5
+    min_scale: float = 0.5  # random scale augmentation range
+    max_scale: float = 2.0
+    shuffle_buffer: int = 512
+    seed: int = 0
+    # Distribution: one_device | mirrored | multi_worker_mirrored (reads TF_CONFIG) | tpu.
+    strategy: str = "one_device"
+    tpu: str = ""  # TPUClusterResolver address or name; "" on a TPU VM or from the environment
+    sync_batch_norm: bool = True  # only takes effect with more than one replica
+    # Backbone batch-norm in inference mode with its pretrained statistics (small batches).
+    freeze_backbone_batch_norm: bool = False
+    # auto: mixed_float16 on GPU, mixed_bfloat16 on TPU, float32 on CPU.
+    mixed_precision: str = "auto"
+    # Fault tolerance: BackupAndRestore every this many steps (0: every epoch) in backup_dir
+    # ("": <model_run_dir>/backup), so a killed training resumes mid-epoch when restarted.
+    backup_every_steps: int = 100
+    backup_dir: str = ""
+    # Export the weights of the best eval mIoU (else the last ones).
+    export_best: bool = True
+    # serving_default also returns [B, H, W, 21] probabilities (too big for gRPC's 4 MiB
+    # default at 500x375 beyond a batch of two: off by default).
+    with_probabilities: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """Beam settings shared by every Beam-powered component."""
 
@@ -91,6 +147,7 @@ class PipelineConfig:
     ingest: IngestConfig = IngestConfig()
     validation: ValidationConfig = ValidationConfig()
     transform: TransformConfig = TransformConfig()
+    trainer: TrainerConfig = TrainerConfig()
     beam: BeamConfig = BeamConfig()
 
     def beam_pipeline_args(self) -> list:
@@ -139,6 +196,11 @@ def load_config(path_or_name: Optional[str] = None, overrides: Iterable[str] = (
             raise ConfigError(f"config {path!r} must be a mapping at the top level")
         config = _build(PipelineConfig, raw, where=path)
     return apply_overrides(config, overrides)
+
+
+def from_dict(cls: type, raw: Mapping, where: str = "config") -> Any:
+    """Builds config dataclass ``cls`` from a mapping (e.g. a component's ``custom_config``)."""
+    return _build(cls, raw, where)
 
 
 def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> PipelineConfig:

@@ -6,11 +6,13 @@ store use MySQL (``tfx.orchestration.metadata.mysql_metadata_connection_config``
 """
 
 import dataclasses
+import json
 import logging
 import os
 import sys
 import time
 
+from ml_metadata import metadata_store as mlmd
 from tfx import v1 as tfx
 
 from pipeline import config as config_lib
@@ -58,4 +60,27 @@ def run(config: config_lib.PipelineConfig) -> int:
         f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s; "
         f"outputs under {config.pipeline_root}, metadata in {config.metadata_path}"
     )
+    summary = training_summary(metadata)
+    if summary:
+        print(f"deeplab-tfx run: {summary}")
     return 0
+
+
+def training_summary(connection_config) -> str:
+    """One line on the latest trained model: best eval mIoU, its epoch, where the model is."""
+    store = mlmd.MetadataStore(connection_config)
+    runs = store.get_artifacts_by_type("ModelRun")
+    models = store.get_artifacts_by_type("Model")
+    if not runs or not models:
+        return ""
+    history_path = os.path.join(max(runs, key=lambda a: a.id).uri, "history.json")
+    if not os.path.exists(history_path):
+        return ""
+    with open(history_path) as f:
+        epochs = json.load(f)["epochs"]
+    best = max(epochs, key=lambda row: row.get("val_mean_iou", -1.0))
+    return (
+        f"Trainer: best eval mean IoU {best.get('val_mean_iou', float('nan')):.4f} at epoch "
+        f"{best['epoch']} of {len(epochs)} (step {best['step']}); model in "
+        f"{max(models, key=lambda a: a.id).uri}"
+    )

@@ -6,6 +6,7 @@ pick the metadata store; nothing here depends on where the pipeline runs.
 
     VocExampleGen ─► StatisticsGen ─► ImportSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
+                                               └──► Trainer
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ from components.data_gate.component import DataGate
 from components.voc_example_gen.component import VocExampleGen
 from pipeline import features
 from pipeline.config import PipelineConfig, resolve_path
+from trainer import run_fn
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -56,7 +58,17 @@ def create_components(config: PipelineConfig) -> list:
     )
     # Nothing downstream of the gate may start before it has passed.
     transform.add_upstream_node(data_gate)
-    return [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform]
+    trainer = tfx.components.Trainer(
+        run_fn="trainer.run_fn.run_fn",
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
+        # No num_steps: evaluate on the whole eval split unless the config caps it.
+        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
+        custom_config=run_fn.custom_config(config),
+    )
+    return [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer]
 
 
 def create_pipeline(

@@ -105,10 +105,29 @@ def analyze(examples, out, custom_config):
     return tft.TFTransformOutput(transform_dir)
 
 
+def ingest_and_analyze(dataset: str, out: str, image_size: int) -> tuple:
+    """(raw Examples uri, TFTransformOutput) of ``dataset``: ingested, then analyzed like Transform does.
+
+    The transform graph is at ``transform_dir(examples_uri)``.
+    """
+    examples = os.path.join(out, "examples")
+    beam_ingest.run(lambda: beam.Pipeline(), dataset, dataset, examples, os.path.join(out, "rej"))
+    return examples, analyze(examples, out, {"image_size": image_size})
+
+
+def transform_dir(examples_uri: str) -> str:
+    return os.path.join(os.path.dirname(examples_uri), "transform_graph")
+
+
 @pytest.fixture(scope="session")
 def analyzed(dataset_dir, tmp_path_factory):
-    """(raw Examples uri, TFTransformOutput): the dataset ingested, then analyzed like Transform does."""
-    out = str(tmp_path_factory.mktemp("transform"))
-    examples = os.path.join(out, "examples")
-    beam_ingest.run(lambda: beam.Pipeline(), dataset_dir, dataset_dir, examples, os.path.join(out, "rej"))
-    return examples, analyze(examples, out, {"image_size": MAX_SIDE})
+    """(raw Examples uri, TFTransformOutput) of the 40-image dataset at MAX_SIDE."""
+    return ingest_and_analyze(dataset_dir, str(tmp_path_factory.mktemp("transform")), MAX_SIDE)
+
+
+@pytest.fixture(scope="session")
+def learning_data(tmp_path_factory):
+    """(raw Examples uri, TFTransformOutput) of 200 generated images at 128 px, for learning tests."""
+    out = str(tmp_path_factory.mktemp("learning"))
+    synthetic_voc.make_dataset(os.path.join(out, "raw"), num_images=200, seed=3, max_side=128, workers=2)
+    return ingest_and_analyze(os.path.join(out, "raw"), out, 128)

@@ -15,6 +15,7 @@ COMPONENTS = [
     "ExampleValidator",
     "DataGate",
     "Transform",
+    "Trainer",
 ]
 
 
@@ -91,6 +92,13 @@ def test_every_named_config_builds_the_pipeline(name):
         "image_size": cfg.transform.image_size,
         "normalize_image": False,
     }
+    trainer = nodes["Trainer"]
+    assert trainer.upstream_nodes == {nodes["VocExampleGen"], nodes["Transform"], nodes["ImportSchemaGen"]}
+    assert trainer.exec_properties["run_fn"] == "trainer.run_fn.run_fn"
+    trainer_config = json.loads(trainer.exec_properties["custom_config"])
+    # The Trainer gets the whole trainer section, and it round-trips into the same dataclass.
+    assert config_lib.from_dict(config_lib.TrainerConfig, trainer_config["trainer"]) == cfg.trainer
+    assert json.loads(trainer.exec_properties["train_args"])["num_steps"] == cfg.trainer.train_steps
 
 
 def test_named_configs_exist():

@@ -55,12 +55,22 @@ def test_training_batches_are_static_and_valid(analyzed):
         assert set(np.unique(labels.numpy())) <= set(range(21)) | {255}
 
 
-def test_evaluation_is_one_deterministic_pass(analyzed):
+def test_evaluation_is_one_deterministic_pass_that_counts_every_image(analyzed):
     examples_uri, tft_output = analyzed
-    n = len(read_examples(examples_uri, features.EVAL_SPLIT))
+    examples = read_examples(examples_uri, features.EVAL_SPLIT)
     pattern = os.path.join(examples_uri, "Split-eval", "*")
-    first = [lab.numpy() for _, lab in data.make_dataset(pattern, tft_output, batch_size=2, training=False)]
-    second = [lab.numpy() for _, lab in data.make_dataset(pattern, tft_output, batch_size=2, training=False)]
-    assert len(first) == n // 2
-    for a, b in zip(first, second, strict=False):
-        np.testing.assert_array_equal(a, b)
+
+    def labels():
+        batches = data.make_dataset(pattern, tft_output, batch_size=3, training=False)
+        assert batches.element_spec[1].shape == (3, MAX_SIDE, MAX_SIDE)
+        return np.concatenate([lab.numpy() for _, lab in batches])
+
+    first, second = labels(), labels()
+    np.testing.assert_array_equal(first, second)
+    n = len(examples)
+    assert len(first) == -(-n // 3) * 3, "the last batch is filled up, not dropped"
+    assert (first[n:] == 255).all(), "fillers are all void"
+    # The real ones are the Transform outputs of the eval examples, in file order.
+    raw = tf.io.parse_example([e.SerializeToString() for e in examples], tft_output.raw_feature_spec())
+    expected = tft_output.transform_features_layer()(raw)[features.LABEL].numpy()
+    np.testing.assert_array_equal(first[:n], expected)

@@ -25,13 +25,40 @@ def test_output_shapes_and_feature_strides(backbone, width, output_stride):
     assert net.get_layer("aspp").rates == tuple(r * 16 // output_stride for r in (6, 12, 18))
 
 
-def test_dilated_backbone_keeps_the_pretrained_weights():
-    # Cloning for output stride 8 must not change any kernel: ImageNet weights load as they are.
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_backbone_loads_pretrained_weights_unchanged(tmp_path, output_stride):
+    # Cloning for output stride 16 or 8 changes strides and rates, never a kernel's shape: a
+    # keras.applications weights file loads as it is.
     base = keras.applications.MobileNetV2(
         include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), alpha=0.35
     )
-    dilated = model.build_backbone("mobilenetv2", (SIZE, SIZE, 3), 8, width=0.35)
-    assert [w.shape for w in base.weights] == [w.shape for w in dilated.weights]
+    path = str(tmp_path / "weights.h5")
+    base.save_weights(path)
+    dilated = model.build_backbone("mobilenetv2", (SIZE, SIZE, 3), output_stride, width=0.35, weights=path)
+    layers = [layer for layer in dilated.layers if layer.weights]
+    assert len(layers) > 50
+    for layer in layers:
+        for ours, theirs in zip(layer.get_weights(), base.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+    assert dilated.get_layer("block_16_depthwise").dilation_rate == (
+        (2, 2) if output_stride == 16 else (4, 4)
+    )
+
+
+def test_missing_weights_file_is_named():
+    with pytest.raises(FileNotFoundError, match="no/such.h5"):
+        model.build_backbone("resnet50", (SIZE, SIZE, 3), 16, weights="no/such.h5")
+
+
+def test_degenerate_atrous_rates_equal_the_full_convolution():
+    # Rates 12 and 18 on an 8x8 map: only the centre tap can read data; AtrousConv2D computes
+    # it as a 1x1 conv, which must equal TF's dilated conv exactly (up to float sums).
+    x = tf.random.stateless_normal((2, 8, 8, 5), seed=(1, 2))
+    for rate in (6, 8, 12, 18):
+        layer = model.AtrousConv2D(4, 3, padding="same", dilation_rate=rate)
+        out = layer(x)
+        reference = tf.nn.conv2d(x, layer.kernel, strides=1, padding="SAME", dilations=rate) + layer.bias
+        np.testing.assert_allclose(out.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_aspp_config_round_trip():

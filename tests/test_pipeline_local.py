@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_transform as tft
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -18,7 +19,10 @@ from tests.conftest import feature, png_indices, read_examples
 from transform import preprocessing
 
 pytestmark = pytest.mark.slow
-NODES = ["VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform"]
+NODES = [
+    "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+    "DataGate", "Transform", "Trainer",
+]  # fmt: skip
 
 
 def _store(cfg):
@@ -51,13 +55,22 @@ def run_config(dataset_dir, tmp_path_factory):
     data = str(root / "data")
     shutil.copytree(dataset_dir, data)
     cfg = config_lib.load_config(
-        "tiny", [f"data.voc_root={data}", f"data.sbd_root={data}", f"pipeline_root={root / 'run'}"]
+        "tiny",
+        [
+            f"data.voc_root={data}",
+            f"data.sbd_root={data}",
+            f"pipeline_root={root / 'run'}",
+            # The pipeline's wiring is under test here; learning is in test_training.py.
+            "trainer.train_steps=4",
+            "trainer.steps_per_epoch=2",
+        ],
     )
     return local_runner.resolve_local_paths(cfg)
 
 
-def test_first_run_executes_every_component_once(run_config):
+def test_first_run_executes_every_component_once(run_config, capsys):
     assert local_runner.run(run_config) == 0
+    assert "deeplab-tfx run: Trainer: best eval mean IoU" in capsys.readouterr().out
     assert states_by_node(run_config) == {n: ["COMPLETE"] for n in NODES}
     examples_uri = latest_output_uri(run_config, "Examples")
     planned = sources.count_by_split(sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root))
@@ -75,6 +88,16 @@ def test_first_run_executes_every_component_once(run_config):
     graph = tft.TFTransformOutput(latest_output_uri(run_config, "TransformGraph"))
     counts = preprocessing.read_class_counts(graph)
     assert {t: n for t, n in counts.items() if n} == {str(c): int(n) for c, n in enumerate(expected) if n}
+    # The Trainer trained for the configured steps and exported a model that serves masks at
+    # each image's own size.
+    history = json.load(open(os.path.join(latest_output_uri(run_config, "ModelRun"), "history.json")))
+    assert [row["step"] for row in history["epochs"]] == [2, 4]
+    model_dir = os.path.join(latest_output_uri(run_config, "Model"), "Format-Serving")
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    example = read_examples(examples_uri, features.EVAL_SPLIT)[0]
+    out = serve(images=tf.constant([feature(example, features.IMAGE_KEY)[0]]))
+    size = (feature(example, features.HEIGHT_KEY)[0], feature(example, features.WIDTH_KEY)[0])
+    assert out["class_ids"].shape[1:] == size
 
 
 def test_rerun_with_unchanged_inputs_is_cached(run_config):

@@ -58,12 +58,18 @@ def make_dataset(
     shuffle_buffer: int = 256,
     seed: Optional[int] = None,
     image_pad_value: float = preprocessing.IMAGE_PAD_VALUE,
+    min_scale: float = 0.5,
+    max_scale: float = 2.0,
+    shard_by_file: bool = True,
 ) -> tf.data.Dataset:
     """``(image [B, S, S, 3] float32, label [B, S, S] int64)`` batches from raw gzipped TFRecords.
 
     Training: files and records shuffled, repeated forever, augmented. Evaluation: one pass in
-    file order, no augmentation (the last partial batch is still dropped: static shapes).
-    ``image_pad_value`` must match Transform's padding: 0 when it normalizes images.
+    file order, no augmentation, and the last batch filled up with all-void examples rather
+    than dropped, so every image counts while shapes stay static (void pixels count for no
+    metric and add nothing to the loss). ``image_pad_value`` must match Transform's padding: 0
+    when it normalizes images. ``shard_by_file``: multi-worker strategies give each worker
+    whole files; set it off when there are fewer files than workers.
     """
     files = tf.data.Dataset.list_files(file_pattern, shuffle=training, seed=seed)
     dataset = files.interleave(
@@ -76,6 +82,7 @@ def make_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     spec = tft_output.raw_feature_spec()
     layer = tft_output.transform_features_layer()
+    size = tft_output.transformed_feature_spec()[features.LABEL].shape[0]
 
     def transform(serialized):
         out = layer(tf.io.parse_example(serialized, spec))
@@ -84,9 +91,21 @@ def make_dataset(
     # The transform graph runs on batches (it was built for them); augmentation per example.
     dataset = dataset.batch(batch_size).map(transform, num_parallel_calls=AUTOTUNE).unbatch()
     if training and augment_images:
-        size = tft_output.transformed_feature_spec()[features.LABEL].shape[0]
         dataset = dataset.map(
-            lambda i, lab: augment(i, lab, size, pad_value=image_pad_value, seed=seed),
+            lambda i, lab: augment(i, lab, size, min_scale, max_scale, pad_value=image_pad_value, seed=seed),
             num_parallel_calls=AUTOTUNE,
         )
+    if not training:
+        filler = (
+            tf.fill([size, size, 3], tf.constant(image_pad_value, tf.float32)),
+            tf.fill([size, size], tf.constant(features.IGNORE_LABEL, tf.int64)),
+        )
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(filler).repeat(batch_size - 1))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE
+        if shard_by_file
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    dataset = dataset.with_options(options)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)

@@ -86,10 +86,12 @@ def make_signatures(
     def transform_features(serialized):
         return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
+    # The tf.functions themselves, not concrete functions traced here: under a distribution
+    # strategy a concrete function captures distributed variables and cannot be saved.
     return {
-        SERVING_DEFAULT: serve_images.get_concrete_function(),
-        SERVING_EXAMPLES: serve_examples.get_concrete_function(),
-        TRANSFORM_FEATURES: transform_features.get_concrete_function(),
+        SERVING_DEFAULT: serve_images,
+        SERVING_EXAMPLES: serve_examples,
+        TRANSFORM_FEATURES: transform_features,
     }
 
 

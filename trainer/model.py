@@ -51,6 +51,32 @@ def _conv_bn_relu(x, filters, kernel_size, name, dilation_rate=1, sync_batch_nor
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+@keras.utils.register_keras_serializable(package="deeplab_tfx")
+class AtrousConv2D(keras.layers.Conv2D):
+    """A 'same'-padded dilated convolution that skips taps which can only read padding.
+
+    When the dilation rate is at least the feature map's size (rates 12 and 18 on the 8x8 map
+    of a 128 px input at output stride 16), every tap but the centre falls outside the map, so
+    the convolution equals a 1x1 convolution with the kernel's centre: computed that way, with
+    the same 3x3 kernel (weights stay interchangeable across input sizes). TF's CPU kernels
+    implement dilation by space-to-batch over the padded map, which made such a branch cost 8x
+    an undilated one, backward pass included.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, inputs, training=None):  # noqa: ARG002 - the signature Keras inspects
+        return super().call(inputs)
+
+    def convolution_op(self, inputs, kernel):
+        height, width = inputs.shape[1:3]
+        rate_h, rate_w = self.dilation_rate
+        k_h, k_w = kernel.shape[:2]
+        if height is None or width is None or self.padding != "same" or rate_h < height or rate_w < width:
+            return super().convolution_op(inputs, kernel)
+        centre = kernel[k_h // 2 : k_h // 2 + 1, k_w // 2 : k_w // 2 + 1]
+        return tf.nn.conv2d(inputs, centre, strides=list(self.strides), padding="SAME")
+
+
 class ASPP(keras.layers.Layer):
     """Atrous Spatial Pyramid Pooling: a 1x1 branch, three atrous 3x3 branches, image pooling.
 
@@ -77,7 +103,7 @@ class ASPP(keras.layers.Layer):
         def branch(kernel_size, rate, name):
             return keras.Sequential(
                 [
-                    keras.layers.Conv2D(
+                    AtrousConv2D(
                         self.filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False
                     ),
                     keras.layers.BatchNormalization(synchronized=self.sync_batch_norm),
@@ -96,7 +122,9 @@ class ASPP(keras.layers.Layer):
     def call(self, x, training=None):
         size = keras.backend.int_shape(x)[1:3]
         pooled = self.pooling(keras.backend.mean(x, axis=[1, 2], keepdims=True), training=training)
-        pooled = keras.backend.resize_images(pooled, size[0], size[1], "channels_last", "bilinear")
+        # Bilinear upsampling of a 1x1 map is a broadcast; tiling also keeps bfloat16 (resize
+        # would return float32 under mixed precision).
+        pooled = tf.tile(pooled, [1, size[0], size[1], 1])
         outputs = [b(x, training=training) for b in self.branches] + [pooled]
         return self.drop(
             self.project(keras.backend.concatenate(outputs), training=training), training=training
@@ -156,9 +184,26 @@ def _backbone_weights(weights: Optional[str]) -> Optional[str]:
 
 
 def build_backbone(
-    backbone: str, input_shape: tuple, output_stride: int, width: float = 1.0, weights: Optional[str] = None
+    backbone: str,
+    input_shape: tuple,
+    output_stride: int,
+    width: float = 1.0,
+    weights: Optional[str] = None,
+    bn_momentum: float = 0.99,
+    sync_batch_norm: bool = False,
+    freeze_batch_norm: bool = False,
 ) -> keras.Model:
-    """``keras.applications`` backbone -> model with outputs (stride-4 features, stride-OS features)."""
+    """``keras.applications`` backbone -> model with outputs (stride-4 features, stride-OS features).
+
+    MobileNetV2's high-level features are those of its last inverted-residual block (320 x
+    width channels), as in the DeepLab MobileNetV2 variant: its final 1x1 conv to 1280 channels
+    only feeds ImageNet's classifier and would make ASPP 4x as expensive. ``bn_momentum``
+    replaces keras.applications' 0.999 for MobileNetV2, whose moving statistics would still be
+    three-quarters the initial ones after a 300-step fine-tune, so eval-mode outputs would be
+    wrong for short trainings. ``freeze_batch_norm`` keeps the backbone's batch-norm layers in
+    inference mode with fixed statistics: the usual choice when fine-tuning pretrained weights
+    with a few images per replica, and no cross-replica traffic for them.
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     if output_stride not in (8, 16):
@@ -188,14 +233,19 @@ def build_backbone(
     plan = _dilation_plan(backbone, output_stride)
 
     def clone_layer(layer):
-        return layer.__class__.from_config({**layer.get_config(), **plan.get(layer.name, {})})
+        changes = dict(plan.get(layer.name, {}))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            changes["momentum"] = bn_momentum
+            changes["synchronized"] = sync_batch_norm and not freeze_batch_norm
+            changes["trainable"] = not freeze_batch_norm  # Keras 2: frozen BN runs in inference mode
+        return layer.__class__.from_config({**layer.get_config(), **changes})
 
     model = keras.models.clone_model(base, clone_function=clone_layer)
     model.set_weights(base.get_weights())
     low, high = (
         ("conv2_block3_out", "conv5_block3_out")
         if backbone == "resnet50"
-        else ("block_3_expand_relu", "out_relu")
+        else ("block_3_expand_relu", "block_16_project_BN")
     )
     return keras.Model(
         model.input, [model.get_layer(low).output, model.get_layer(high).output], name=backbone
@@ -216,21 +266,31 @@ def build_deeplabv3plus(
     aspp_rates: Sequence[int] = (6, 12, 18),
     decoder_filters: int = 256,
     low_level_filters: int = 48,
+    dropout: float = 0.1,
     sync_batch_norm: bool = False,
+    freeze_backbone_batch_norm: bool = False,
+    scale_inputs: bool = True,
 ) -> keras.Model:
     """DeepLabV3+: 0-255 RGB ``[S, S, 3]`` -> logits ``[S, S, num_classes]`` (float32).
 
     ``aspp_rates`` are given for output stride 16 and scaled for 8. Logits are float32 even
     under a mixed-precision policy, so the loss and softmax stay numerically safe.
+    ``scale_inputs=False`` when Transform already normalized the images.
     """
     inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE)
-    x = BackbonePreprocess(backbone, name="preprocess")(inputs)
-    low, high = build_backbone(backbone, (image_size, image_size, 3), output_stride, width, backbone_weights)(
-        x
-    )
+    x = BackbonePreprocess(backbone, name="preprocess")(inputs) if scale_inputs else inputs
+    low, high = build_backbone(
+        backbone,
+        (image_size, image_size, 3),
+        output_stride,
+        width,
+        backbone_weights,
+        sync_batch_norm=sync_batch_norm,
+        freeze_batch_norm=freeze_backbone_batch_norm,
+    )(x)
 
     rates = [r * 16 // output_stride for r in aspp_rates]
-    x = ASPP(aspp_filters, rates, sync_batch_norm=sync_batch_norm, name="aspp")(high)
+    x = ASPP(aspp_filters, rates, dropout, sync_batch_norm=sync_batch_norm, name="aspp")(high)
     low_size = keras.backend.int_shape(low)[1:3]
     x = keras.layers.Resizing(*low_size, interpolation="bilinear", name="aspp_upsample")(x)
     low = _conv_bn_relu(low, low_level_filters, 1, "decoder_low_level", sync_batch_norm=sync_batch_norm)

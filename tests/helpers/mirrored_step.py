@@ -1,0 +1,55 @@
+"""One training step on one device and under MirroredStrategy over 2 logical CPUs.
+
+Its own process because logical devices must be configured before TensorFlow starts. Prints
+one JSON line: the largest weight difference between the two runs and how far one step moved
+the weights (so the test can tell "equal" from "nothing happened").
+"""
+
+import json
+
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from pipeline.config import TrainerConfig  # noqa: E402 - after the device set-up
+from trainer import distribute, training  # noqa: E402
+
+SIZE, GLOBAL_BATCH = 64, 4
+CONFIG = TrainerConfig(
+    backbone="mobilenetv2", width=0.35, backbone_weights="", aspp_filters=16, decoder_filters=16,
+    low_level_filters=8, dropout=0.0, learning_rate=0.1, weight_decay=1e-4, sync_batch_norm=True,
+    # Tracing the gradients of 52 synchronized batch-norms takes TF over 10 minutes on CPU (see
+    # distribute.mirrored_strategy); the 8 of the DeepLab head are synchronized here.
+    freeze_backbone_batch_norm=True,
+)  # fmt: skip
+
+
+def one_step(strategy, initial, images, labels):
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        net = training.build_model(CONFIG, SIZE, replicas, images_normalized=False)
+        training.compile_model(net, CONFIG, total_steps=10)
+    net.set_weights(initial)
+    dataset = tf.data.Dataset.from_tensors((images, labels))  # one global batch
+    net.fit(dataset, epochs=1, verbose=0)
+    return net.get_weights(), replicas
+
+
+def main():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32)
+    labels = rng.integers(0, 21, (GLOBAL_BATCH, SIZE, SIZE)).astype(np.int64)
+    labels[:, :8] = 255
+    tf.keras.utils.set_random_seed(1)
+    initial = training.build_model(CONFIG, SIZE, 1, images_normalized=False).get_weights()
+    single, _ = one_step(tf.distribute.get_strategy(), initial, images, labels)
+    mirrored, replicas = one_step(distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]), initial, images, labels)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored, strict=True))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(single, initial, strict=True))
+    print(json.dumps({"max_diff": diff, "moved": moved, "replicas": replicas}))
+
+
+if __name__ == "__main__":
+    main()

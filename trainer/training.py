@@ -1,0 +1,194 @@
+"""The training recipe: data, model, optimiser, callbacks and export, for any strategy.
+
+``train`` does not know about TFX: ``run_fn`` (the Trainer module) maps ``FnArgs`` onto a
+``TrainingJob`` and calls it, and tests and benchmarks call it directly.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from pipeline import features
+from pipeline.config import TrainerConfig
+from trainer import callbacks, distribute, export, losses, model, optimization
+from trainer import data as data_lib
+from transform import preprocessing
+
+_log = logging.getLogger(__name__)
+
+MEAN_IOU = "mean_iou"
+HISTORY_FILE = "history.json"
+BEST_CHECKPOINT_DIR = "best_checkpoint"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingJob:
+    """Where one training reads and writes (what TFX's ``FnArgs`` carries)."""
+
+    train_files: Sequence[str]
+    eval_files: Sequence[str]
+    transform_output: str  # the Transform component's transform_graph directory
+    serving_model_dir: str  # SavedModel for serving (TFX: the Model artifact)
+    model_run_dir: str  # TensorBoard logs, backups, checkpoints, history (TFX: ModelRun)
+    train_steps: int
+    eval_steps: Optional[int] = None  # None or 0: the whole eval split
+    images_normalized: bool = False  # Transform scaled images by mean/std (transform.normalize_image)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    steps: int
+    resumed_from_step: int  # 0 unless a backup of a killed run was restored
+    best_mean_iou: float
+    best_epoch: Optional[int]
+    seconds: float
+    global_batch_size: int
+    precision: str
+    replicas: int
+
+
+def build_model(
+    config: TrainerConfig, image_size: int, replicas: int, images_normalized: bool
+) -> keras.Model:
+    """DeepLabV3+ as configured; sync batch-norm only when there is more than one replica."""
+    return model.build_deeplabv3plus(
+        image_size,
+        backbone=config.backbone,
+        output_stride=config.output_stride,
+        width=config.width,
+        backbone_weights=config.backbone_weights or None,
+        aspp_filters=config.aspp_filters,
+        decoder_filters=config.decoder_filters,
+        low_level_filters=config.low_level_filters,
+        dropout=config.dropout,
+        sync_batch_norm=config.sync_batch_norm and replicas > 1,
+        freeze_backbone_batch_norm=config.freeze_backbone_batch_norm,
+        scale_inputs=not images_normalized,
+    )
+
+
+def compile_model(net: keras.Model, config: TrainerConfig, total_steps: int, class_weights=None) -> None:
+    net.compile(
+        optimizer=optimization.make_optimizer(config, total_steps),
+        loss=losses.IgnoreLabelCrossEntropy(class_weights=class_weights),
+        metrics=[
+            keras.metrics.MeanIoU(
+                features.NUM_CLASSES, name=MEAN_IOU, ignore_class=features.IGNORE_LABEL, sparse_y_pred=False
+            )
+        ],
+    )
+
+
+def _datasets(config, job, tft_output, global_batch, workers):
+    pad_value = 0.0 if job.images_normalized else preprocessing.IMAGE_PAD_VALUE
+
+    def make(files, training):
+        files = list(files)
+        return data_lib.make_dataset(
+            files,
+            tft_output,
+            global_batch,
+            training=training,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            image_pad_value=pad_value,
+            min_scale=config.min_scale,
+            max_scale=config.max_scale,
+            shard_by_file=len(_expand(files)) >= workers,
+        )
+
+    return make(job.train_files, True), make(job.eval_files, False)
+
+
+def _expand(patterns: Sequence[str]) -> list:
+    return [f for p in patterns for f in tf.io.gfile.glob(p)]
+
+
+def train(
+    config: TrainerConfig, job: TrainingJob, strategy: Optional[tf.distribute.Strategy] = None
+) -> TrainingResult:
+    """Trains, keeps the best eval mIoU, and exports the SavedModel to ``job.serving_model_dir``."""
+    strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
+    replicas = strategy.num_replicas_in_sync
+    workers = distribute.worker_count()
+    global_batch = config.batch_size_per_replica * replicas
+    policy = distribute.precision_policy(config.mixed_precision, strategy)
+    tft_output = tft.TFTransformOutput(job.transform_output)
+    image_size = tft_output.transformed_feature_spec()[features.LABEL].shape[0]
+    steps_per_epoch = min(config.steps_per_epoch, job.train_steps)
+    epochs = math.ceil(job.train_steps / steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    _log.info(
+        "training %s/OS%d at %d px: %d steps (%d epochs of %d), global batch %d over %d replica(s), %s",
+        config.backbone, config.output_stride, image_size, total_steps, epochs, steps_per_epoch,
+        global_batch, replicas, policy,
+    )  # fmt: skip
+
+    class_weights = None
+    if config.class_weights:
+        counts = preprocessing.read_class_counts(tft_output)
+        class_weights = losses.class_weights_from_counts(counts, config.class_weight_power)
+
+    chief = distribute.is_chief(strategy)
+    run_dir = distribute.output_dir(job.model_run_dir, strategy)
+    previous_policy = distribute.set_policy(policy)
+    try:
+        train_ds, eval_ds = _datasets(config, job, tft_output, global_batch, workers)
+        with strategy.scope():
+            net = build_model(config, image_size, replicas, job.images_normalized)
+            compile_model(net, config, total_steps, class_weights)
+        best = callbacks.KeepBestWeights(f"val_{MEAN_IOU}", enabled=config.export_best)
+        start_step = callbacks.StartStep()
+        backup_dir = config.backup_dir or os.path.join(job.model_run_dir, "backup")
+        cbs = [
+            # First, so that a resumed run restores before any other callback looks.
+            keras.callbacks.BackupAndRestore(backup_dir, save_freq=config.backup_every_steps or "epoch"),
+            start_step,
+            callbacks.RaiseOnNaN(),
+            best,
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(run_dir, BEST_CHECKPOINT_DIR, "weights"),
+                monitor=f"val_{MEAN_IOU}",
+                mode="max",
+                save_best_only=True,
+                save_weights_only=True,
+            ),
+            keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
+            callbacks.HistoryWriter(os.path.join(run_dir, HISTORY_FILE), enabled=chief),
+        ]
+        start = time.time()
+        net.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=eval_ds,
+            validation_steps=job.eval_steps or None,
+            callbacks=cbs,
+            verbose=2,
+        )
+        seconds = time.time() - start
+        serving_dir = distribute.output_dir(job.serving_model_dir, strategy)
+        export.export(net, tft_output, serving_dir, with_probabilities=config.with_probabilities)
+        distribute.remove_scratch(job.serving_model_dir, strategy)
+        distribute.remove_scratch(job.model_run_dir, strategy)
+    finally:
+        distribute.set_policy(previous_policy)
+    result = TrainingResult(
+        steps=int(net.optimizer.iterations.numpy()),
+        resumed_from_step=start_step.step,
+        best_mean_iou=best.best,
+        best_epoch=best.best_epoch,
+        seconds=seconds,
+        global_batch_size=global_batch,
+        precision=policy,
+        replicas=replicas,
+    )
+    _log.info("training done: %s", result)
+    return result
