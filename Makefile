@@ -9,9 +9,12 @@ PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -d $(HOME)/.pyenv/v
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_IMAGES ?= 120
+DEMO_PORT ?= 8500
 PYTEST_ARGS ?=
+# apt needs root; sudo where we are not.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -25,15 +28,32 @@ $(STAMP): constraints.txt setup.py
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "== 1/3 making a VOC/SBD-format dataset of $(DEMO_IMAGES) images in $(DEMO_DIR)/data"
+	@echo "== 1/4 making a VOC/SBD-format dataset of $(DEMO_IMAGES) images in $(DEMO_DIR)/data"
 	$(VENV)/bin/deeplab-tfx make-dataset --out $(DEMO_DIR)/data --num-images $(DEMO_IMAGES) --seed 0 --max-side 500
-	@echo "== 2/3 ingesting it alone (deeplab-tfx ingest) into $(DEMO_DIR)/ingest"
+	@echo "== 2/4 ingesting it alone (deeplab-tfx ingest) into $(DEMO_DIR)/ingest"
 	$(VENV)/bin/deeplab-tfx ingest --voc-root $(DEMO_DIR)/data --sbd-root $(DEMO_DIR)/data --output $(DEMO_DIR)/ingest
-	@echo "== 3/3 running the pipeline with LocalDagRunner (config: tiny)"
+	@echo "== 3/4 running the pipeline with LocalDagRunner (config: tiny)"
 	$(VENV)/bin/deeplab-tfx run --config tiny --set data.voc_root=$(abspath $(DEMO_DIR))/data \
 	    --set data.sbd_root=$(abspath $(DEMO_DIR))/data --set pipeline_root=$(abspath $(DEMO_DIR))/pipeline
+	@echo "== 4/4 serving the pushed model (deeplab-tfx serve, 127.0.0.1:$(DEMO_PORT)) and segmenting 4 eval images over gRPC"
+	@set -eo pipefail; \
+	  $(VENV)/bin/deeplab-tfx serve --model-base-path $(DEMO_DIR)/pipeline/serving/deeplab --model-name deeplab \
+	    --port $(DEMO_PORT) > $(DEMO_DIR)/serve.log 2>&1 & server=$$!; trap "kill $$server 2>/dev/null" EXIT; \
+	  images=$$(head -n 4 $(DEMO_DIR)/data/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt \
+	    | sed 's|.*|$(DEMO_DIR)/data/VOCdevkit/VOC2012/JPEGImages/&.jpg|'); \
+	  $(VENV)/bin/deeplab-tfx predict --server 127.0.0.1:$(DEMO_PORT) --model-name deeplab --deadline 120 \
+	    --out $(DEMO_DIR)/predictions $$images 2>&1 | grep -v -E "^[0-9-]+ [0-9:.]+: [IWE] |Warning|warn"; \
+	  echo "== done: report $(DEMO_DIR)/pipeline/report/index.html; masks and overlays in $(DEMO_DIR)/predictions"
 
-test: $(STAMP)
+# Headless Chromium renders the run report in the tests (Debian's chromium, chromium-driver).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "== installing Debian's chromium and chromium-driver for the report tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

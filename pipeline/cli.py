@@ -118,6 +118,39 @@ def _run(args: argparse.Namespace) -> int:
     return local_runner.run(_load(args, {}))
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from serving import server
+
+    try:
+        return server.serve(
+            args.model_name, args.model_base_path, args.host, args.port, args.rest_port, args.poll_seconds,
+            args.max_request_mb << 20, args.wait_seconds,
+        )  # fmt: skip
+    except (FileNotFoundError, OSError) as e:
+        print(f"deeplab-tfx serve: {e}", file=sys.stderr)
+        return 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from serving import client
+
+    try:
+        written = client.predict_files(
+            args.server, args.model_name, args.images, args.out, args.version, args.rest, args.batch_size,
+            args.deadline,
+        )  # fmt: skip
+    except client.ServerUnavailableError as e:
+        print(f"deeplab-tfx predict: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - gRPC and HTTP errors: their message, not a trace
+        what = f"{e.code().name}: {e.details()}" if hasattr(e, "code") and hasattr(e, "details") else str(e)
+        print(f"deeplab-tfx predict: {what}", file=sys.stderr)
+        return 1
+    for path, version, mask_path in written:
+        print(f"{path} -> {mask_path} (model version {version})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeplab-tfx", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -150,6 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the pipeline locally (LocalDagRunner, SQLite ML Metadata)")
     _add_config_args(p)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("serve", help="serve pushed models over TF Serving's gRPC (and REST) API")
+    p.add_argument("--model-base-path", required=True, help="<serving_dir>/<model_name>: integer versions")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: no auth here)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
+    p.add_argument("--rest-port", type=int, default=0, help="REST port (0: no REST)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    p.add_argument("--max-request-mb", type=int, default=32, help="larger requests are refused")
+    p.add_argument("--wait-seconds", type=float, default=0.0, help="wait this long for a first version")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("predict", help="segment images with a served model; writes masks and overlays")
+    p.add_argument("images", nargs="+", help="JPEG files")
+    p.add_argument("--server", required=True, help="HOST:PORT (gRPC) or HOST:PORT / URL (REST)")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--version", type=int, default=None, help="default: the version the server serves")
+    p.add_argument("--out", required=True, help="writes <stem>.png (class ids) and <stem>_overlay.jpg")
+    p.add_argument("--rest", action="store_true", help="use the REST API (b64 JSON) instead of gRPC")
+    p.add_argument("--batch-size", type=int, default=8, help="images per request")
+    p.add_argument("--deadline", type=float, default=30.0, help="seconds to keep retrying UNAVAILABLE")
+    p.set_defaults(func=_predict)
     return parser
 
 

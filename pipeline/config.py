@@ -97,7 +97,7 @@ class TrainerConfig:
     min_scale: float = 0.5  # random scale augmentation range
     max_scale: float = 2.0
     shuffle_buffer: int = 512
-    seed: int = 0
+    seed: int = 0  # seeds weight init, shuffling and augmentation (Python, numpy and TF)
     # Distribution: one_device | mirrored | multi_worker_mirrored (reads TF_CONFIG) | tpu.
     strategy: str = "one_device"
     tpu: str = ""  # TPUClusterResolver address or name; "" on a TPU VM or from the environment
@@ -115,6 +115,38 @@ class TrainerConfig:
     # serving_default also returns [B, H, W, 21] probabilities (too big for gRPC's 4 MiB
     # default at 500x375 beyond a batch of two: off by default).
     with_probabilities: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+    """Evaluator settings: what a model must score to be blessed (and so pushed)."""
+
+    # Value threshold: overall eval mean IoU (original resolution, void ignored) at least this.
+    min_mean_iou: float = 0.5
+    # Change threshold against the latest blessed model: mean IoU may drop by at most this
+    # (absolute). The first run has no blessed model and is judged by min_mean_iou alone.
+    max_mean_iou_drop: float = 0.01
+    # Images per model call in TFMA (its default adapts up to 1000: too many 512 px images).
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class PusherConfig:
+    """Where blessed models go: ``<serving_dir>/<model_name>/<version>/``, TF Serving's layout."""
+
+    serving_dir: str = ""  # "": <pipeline_root>/serving
+    model_name: str = "deeplab"
+    # PredictionLog records built from eval images, replayed by TF Serving when it loads a
+    # version so that the first real request does not pay for graph warm-up; 0: none.
+    warmup_requests: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """The run report (``<pipeline_root>/report/index.html``)."""
+
+    # Eval images shown as image | ground truth | prediction | overlay.
+    samples: int = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +180,20 @@ class PipelineConfig:
     validation: ValidationConfig = ValidationConfig()
     transform: TransformConfig = TransformConfig()
     trainer: TrainerConfig = TrainerConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    pusher: PusherConfig = PusherConfig()
+    report: ReportConfig = ReportConfig()
     beam: BeamConfig = BeamConfig()
+
+    def serving_model_dir(self) -> str:
+        """``<serving_dir>/<model_name>``: TF Serving's ``--model_base_path``."""
+        return os.path.join(
+            self.pusher.serving_dir or os.path.join(self.pipeline_root, "serving"), self.pusher.model_name
+        )
+
+    def report_dir(self) -> str:
+        """Where the latest run report is published."""
+        return os.path.join(self.pipeline_root, "report")
 
     def beam_pipeline_args(self) -> list:
         """The ``beam_pipeline_args`` every Beam component of the pipeline gets."""

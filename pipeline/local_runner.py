@@ -15,6 +15,7 @@ import time
 from ml_metadata import metadata_store as mlmd
 from tfx import v1 as tfx
 
+from components.run_report.component import INDEX, REPORT_JSON, RunReport
 from pipeline import config as config_lib
 from pipeline.pipeline import create_pipeline
 
@@ -60,15 +61,42 @@ def run(config: config_lib.PipelineConfig) -> int:
         f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s; "
         f"outputs under {config.pipeline_root}, metadata in {config.metadata_path}"
     )
-    summary = training_summary(metadata)
-    if summary:
-        print(f"deeplab-tfx run: {summary}")
+    for line in run_summary(metadata, config.report_dir()):
+        print(f"deeplab-tfx run: {line}")
     return 0
 
 
-def training_summary(connection_config) -> str:
-    """One line on the latest trained model: best eval mIoU, its epoch, where the model is."""
+def run_summary(connection_config, report_dir: str) -> list:
+    """Lines on the latest run's outcome: training, evaluation, blessing, push, report."""
     store = mlmd.MetadataStore(connection_config)
+    lines = [training_summary(store)]
+    reports = store.get_artifacts_by_type(RunReport.TYPE_NAME)
+    if reports:
+        with open(os.path.join(max(reports, key=lambda a: a.id).uri, REPORT_JSON)) as f:
+            report = json.load(f)
+        overall, decision = report["evaluation"]["overall"], report["decision"]
+        lines.append(
+            f"Evaluator: mean IoU {overall['mean_iou']:.4f}, pixel accuracy {overall['pixel_accuracy']:.4f} "
+            f"on {overall['examples']} eval images at original resolution"
+        )
+        if decision["blessed"]:
+            lines.append(
+                "blessed"
+                + (
+                    f"; pushed as version {decision['pushed_version']} to "
+                    f"{decision['pushed_destination']}"
+                    if "pushed_version" in decision
+                    else ""
+                )
+            )
+        else:
+            lines.append("NOT blessed, NOT pushed: " + "; ".join(decision["reasons"]))
+        lines.append(f"report: {os.path.join(report_dir, INDEX)}")
+    return [line for line in lines if line]
+
+
+def training_summary(store: mlmd.MetadataStore) -> str:
+    """One line on the latest trained model: best eval mIoU, its epoch, where the model is."""
     runs = store.get_artifacts_by_type("ModelRun")
     models = store.get_artifacts_by_type("Model")
     if not runs or not models:

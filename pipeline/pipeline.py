@@ -6,7 +6,8 @@ pick the metadata store; nothing here depends on where the pipeline runs.
 
     VocExampleGen ─► StatisticsGen ─► ImportSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
-                                               └──► Trainer
+                                               └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
+                        Resolver (latest blessed model) ──────┘ (baseline)
 """
 
 import dataclasses
@@ -16,7 +17,10 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.data_gate.component import DataGate
+from components.run_report.component import RunReportGen
+from components.serving_pusher.component import ServingPusher
 from components.voc_example_gen.component import VocExampleGen
+from evaluation import eval_config
 from pipeline import features
 from pipeline.config import PipelineConfig, resolve_path
 from trainer import run_fn
@@ -68,7 +72,57 @@ def create_components(config: PipelineConfig) -> list:
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config=run_fn.custom_config(config),
     )
-    return [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer]
+    baseline, evaluator, pusher = validation_and_push(
+        config, example_gen.outputs["examples"], schema_gen.outputs["schema"], trainer.outputs["model"]
+    )
+    report = RunReportGen(
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        model=trainer.outputs["model"],
+        model_run=trainer.outputs["model_run"],
+        evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"],
+        pushed_model=pusher.outputs["pushed_model"],
+        publish_dir=config.report_dir(),
+        pipeline_name=config.pipeline_name,
+        samples=config.report.samples,
+    )
+    return [
+        example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer,
+        baseline, evaluator, pusher, report,
+    ]  # fmt: skip
+
+
+def validation_and_push(config: PipelineConfig, examples, schema, model) -> list:
+    """Resolver, Evaluator and ServingPusher for the Model channel ``model``.
+
+    Separate so that tests can judge given models (through an Importer) with the same wiring.
+    """
+    # The baseline for the change threshold: the newest model any earlier run blessed. None on
+    # the first run, when TFX's Evaluator judges by the value thresholds alone.
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=examples,
+        model=model,
+        baseline_model=baseline.outputs["model"],
+        schema=schema,
+        eval_config=eval_config.make_eval_config(config.evaluator),
+        example_splits=[features.EVAL_SPLIT],
+    )
+    pusher = ServingPusher(
+        model=model,
+        model_blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        examples=examples,
+        model_base_path=config.serving_model_dir(),
+        model_name=config.pusher.model_name,
+        warmup_requests=config.pusher.warmup_requests,
+    )
+    return [baseline, evaluator, pusher]
 
 
 def create_pipeline(

@@ -131,3 +131,42 @@ def learning_data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("learning"))
     synthetic_voc.make_dataset(os.path.join(out, "raw"), num_images=200, seed=3, max_side=128, workers=2)
     return ingest_and_analyze(os.path.join(out, "raw"), out, 128)
+
+
+@pytest.fixture(scope="session")
+def trained_model(learning_data, tmp_path_factory):
+    """(SavedModel dir, TrainingResult): the tiny config trained on ``learning_data`` (about 3 min).
+
+    Shared by the learning test, which checks what it reached, and the Evaluator/Pusher tests,
+    which need a model that is good as well as one that is not.
+    """
+    from trainer import training  # imported here: collecting other tests must not build Keras
+
+    examples_uri, _ = learning_data
+    out = tmp_path_factory.mktemp("trained")
+    config = config_lib.load_config("tiny").trainer
+    job = training.TrainingJob(
+        train_files=[os.path.join(examples_uri, "Split-train", "*")],
+        eval_files=[os.path.join(examples_uri, "Split-eval", "*")],
+        transform_output=transform_dir(examples_uri),
+        serving_model_dir=str(out / "serving"),
+        model_run_dir=str(out / "run"),
+        train_steps=config.train_steps,
+    )
+    result = training.train(config, job)
+    print(f"trained_model: {result}")
+    return str(out / "serving"), result
+
+
+@pytest.fixture(scope="session")
+def untrained_model(learning_data, tmp_path_factory):
+    """A freshly initialised model of the tiny config, exported like a trained one."""
+    from trainer import export, training
+
+    examples_uri, tft_output = learning_data
+    out = str(tmp_path_factory.mktemp("untrained") / "serving")
+    net = training.build_model(
+        config_lib.load_config("tiny").trainer, 128, replicas=1, images_normalized=False
+    )
+    export.export(net, tft_output, out)
+    return out

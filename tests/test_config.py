@@ -16,6 +16,10 @@ COMPONENTS = [
     "DataGate",
     "Transform",
     "Trainer",
+    "latest_blessed_model_resolver",
+    "Evaluator",
+    "ServingPusher",
+    "RunReportGen",
 ]
 
 
@@ -99,6 +103,24 @@ def test_every_named_config_builds_the_pipeline(name):
     # The Trainer gets the whole trainer section, and it round-trips into the same dataclass.
     assert config_lib.from_dict(config_lib.TrainerConfig, trainer_config["trainer"]) == cfg.trainer
     assert json.loads(trainer.exec_properties["train_args"])["num_steps"] == cfg.trainer.train_steps
+    evaluator = nodes["Evaluator"]
+    upstream = ("VocExampleGen", "ImportSchemaGen", "Trainer", "latest_blessed_model_resolver")
+    assert evaluator.upstream_nodes == {nodes[n] for n in upstream}
+    eval_config = json.loads(evaluator.exec_properties["eval_config"])
+    [spec] = eval_config["metrics_specs"]
+    [mean_iou] = [m for m in spec["metrics"] if m["class_name"] == "SegmentationMeanIoU"]
+    [threshold] = mean_iou["per_slice_thresholds"]
+    assert threshold["slicing_specs"] == [{}], "the blessing judges the overall slice only"
+    assert threshold["threshold"]["value_threshold"]["lower_bound"] == cfg.evaluator.min_mean_iou
+    assert threshold["threshold"]["change_threshold"]["absolute"] == -cfg.evaluator.max_mean_iou_drop
+    assert eval_config["model_specs"] == [
+        {"signature_name": "serving_examples", "inference_batch_size": cfg.evaluator.batch_size}
+    ]
+    assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
+    pusher = nodes["ServingPusher"]
+    assert pusher.upstream_nodes == {nodes["Trainer"], nodes["Evaluator"], nodes["VocExampleGen"]}
+    assert pusher.exec_properties["model_base_path"] == f"{cfg.pipeline_root}/serving/deeplab"
+    assert nodes["RunReportGen"].exec_properties["publish_dir"] == f"{cfg.pipeline_root}/report"
 
 
 def test_named_configs_exist():

@@ -2,11 +2,14 @@
 
 import json
 import os
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -20,8 +23,15 @@ from transform import preprocessing
 
 pytestmark = pytest.mark.slow
 NODES = [
-    "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-    "DataGate", "Transform", "Trainer",
+    "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform",
+    "Trainer", "latest_blessed_model_resolver", "Evaluator", "ServingPusher", "RunReportGen",
+]  # fmt: skip
+# Nodes whose inputs are the same on a re-run with unchanged data and config. The Evaluator's
+# are not: after the first run blessed a model, the resolver gives it a baseline.
+DETERMINISTIC = NODES[:7]
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 
 
@@ -63,6 +73,9 @@ def run_config(dataset_dir, tmp_path_factory):
             # The pipeline's wiring is under test here; learning is in test_training.py.
             "trainer.train_steps=4",
             "trainer.steps_per_epoch=2",
+            # A 4-step model cannot reach the demo's threshold; blessing is tested in
+            # test_evaluation.py with a trained and an untrained model.
+            "evaluator.min_mean_iou=0.0",
         ],
     )
     return local_runner.resolve_local_paths(cfg)
@@ -70,7 +83,10 @@ def run_config(dataset_dir, tmp_path_factory):
 
 def test_first_run_executes_every_component_once(run_config, capsys):
     assert local_runner.run(run_config) == 0
-    assert "deeplab-tfx run: Trainer: best eval mean IoU" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "deeplab-tfx run: Trainer: best eval mean IoU" in out
+    assert f"blessed; pushed as version 1 to {run_config.serving_model_dir()}/1" in out
+    assert f"report: {run_config.report_dir()}/index.html" in out
     assert states_by_node(run_config) == {n: ["COMPLETE"] for n in NODES}
     examples_uri = latest_output_uri(run_config, "Examples")
     planned = sources.count_by_split(sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root))
@@ -100,9 +116,60 @@ def test_first_run_executes_every_component_once(run_config, capsys):
     assert out["class_ids"].shape[1:] == size
 
 
-def test_rerun_with_unchanged_inputs_is_cached(run_config):
+def render(page: str, tmp_path) -> str:
+    """The DOM of ``page`` after headless Chromium loaded it and ran its scripts."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed: `make test` installs Debian's chromium package"
+    out = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000",
+         "--dump-dom", f"file://{page}"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_report_renders_and_shows_the_evaluators_numbers(run_config, tmp_path):
+    page = os.path.join(run_config.report_dir(), "index.html")
+    dom = render(page, tmp_path)
+    loaded = re.search(r'data-images-total="(\d+)" data-images-loaded="(\d+)"', dom)
+    assert loaded, dom[:2000]
+    assert loaded.group(1) == loaded.group(2) == "5", "every figure decodes in the browser"
+    result = tfma.load_eval_result(latest_output_uri(run_config, "ModelEvaluation"))
+    overall = dict(result.slicing_metrics)[()][""]
+    shown = {
+        key: re.search(f'id="{key}">([^<]+)<', dom).group(1)
+        for key in ("mean-iou", "pixel-accuracy", "fw-iou")
+    }
+    assert shown == {
+        "mean-iou": f"{overall['']['mean_iou']['doubleValue']:.4f}",
+        "pixel-accuracy": f"{overall['']['pixel_accuracy']['doubleValue']:.4f}",
+        "fw-iou": f"{overall['']['frequency_weighted_iou']['doubleValue']:.4f}",
+    }
+    for c, name in enumerate(features.CLASS_NAMES):
+        cell = re.search(f'data-class="{name}"><td>{c}</td><td>{name}</td><td[^>]*>([^<]+)<', dom).group(1)
+        value = overall.get(f"classId:{c}", {}).get("class_iou", {}).get("doubleValue")
+        assert cell == ("n/a" if value is None else f"{value:.4f}"), name
+    assert re.search(r'id="pushed-version">1<', dom)
+    # report.json carries the unrounded numbers, equal to TFMA's.
+    report = json.load(open(os.path.join(run_config.report_dir(), "report.json")))
+    assert report["evaluation"]["overall"]["mean_iou"] == overall[""]["mean_iou"]["doubleValue"]
+    assert report["decision"] == {
+        "blessed": True, "reasons": [], "pushed_version": 1,
+        "pushed_destination": os.path.join(run_config.serving_model_dir(), "1"),
+    }  # fmt: skip
+    for name in ("class_iou", "confusion_matrix", "samples", "training_curves", "data"):
+        with Image.open(os.path.join(run_config.report_dir(), f"{name}.png")) as figure:
+            assert figure.size[0] > 300 and np.asarray(figure.convert("L")).std() > 5, name
+
+
+def test_rerun_with_unchanged_inputs_is_cached(run_config, capsys):
     assert local_runner.run(run_config) == 0
-    assert states_by_node(run_config) == {n: ["COMPLETE", "CACHED"] for n in NODES}
+    states = states_by_node(run_config)
+    assert {n: states[n] for n in DETERMINISTIC} == {n: ["COMPLETE", "CACHED"] for n in DETERMINISTIC}
+    # The same model, now judged against itself as the blessed baseline: blessed, not pushed again.
+    assert states["Evaluator"] == ["COMPLETE", "COMPLETE"]
+    assert f"pushed as version 1 to {run_config.serving_model_dir()}/1" in capsys.readouterr().out
+    assert sorted(os.listdir(run_config.serving_model_dir())) == ["1"]
 
 
 def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, tmp_path, capsys):

@@ -16,6 +16,7 @@ import tf_keras as keras
 from pipeline import config as config_lib
 from pipeline import features
 from pipeline.config import TrainerConfig
+from tests import reference
 from tests.conftest import feature, png_indices, read_examples, transform_dir
 from trainer import callbacks, distribute, optimization, training
 from trainer.export import SERVING_DEFAULT
@@ -209,42 +210,21 @@ def test_killed_training_resumes_from_its_backup(analyzed, tmp_path):
     assert (tmp_path / "serving" / "saved_model.pb").exists()
 
 
-def _confusion(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    valid = truth != features.IGNORE_LABEL
-    n = features.NUM_CLASSES
-    return np.bincount(truth[valid] * n + prediction[valid], minlength=n * n).reshape(n, n)
-
-
-def _mean_iou(confusion: np.ndarray) -> float:
-    tp = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    return float(np.mean(tp[union > 0] / union[union > 0]))
-
-
 @pytest.mark.slow
-def test_learns_the_generated_dataset(learning_data, tmp_path):
+def test_learns_the_generated_dataset(learning_data, trained_model):
     """200 generated images at 128 px: the tiny config's MobileNetV2 model reaches mIoU >= 0.70."""
     examples_uri, _ = learning_data
-    config = config_lib.load_config("tiny").trainer
-    job = training.TrainingJob(
-        train_files=[os.path.join(examples_uri, "Split-train", "*")],
-        eval_files=[os.path.join(examples_uri, "Split-eval", "*")],
-        transform_output=transform_dir(examples_uri),
-        serving_model_dir=str(tmp_path / "serving"),
-        model_run_dir=str(tmp_path / "run"),
-        train_steps=config.train_steps,
-    )
-    result = training.train(config, job)
-    print(f"learning test: {result}")
+    model_dir, result = trained_model
     assert result.best_mean_iou >= 0.70, result
     # Keras' metric is at the 128 px training resolution; the exported model must also reach it
     # at each image's original resolution, scored against the PNG masks by numpy.
-    serve = tf.saved_model.load(str(tmp_path / "serving")).signatures[SERVING_DEFAULT]
-    confusion = np.zeros((features.NUM_CLASSES,) * 2, np.int64)
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_DEFAULT]
+    pairs = []
     for example in read_examples(examples_uri, features.EVAL_SPLIT):
         out = serve(images=tf.constant([feature(example, features.IMAGE_KEY)[0]]))
-        truth = png_indices(feature(example, features.MASK_KEY)[0]).astype(np.int64)
+        truth = png_indices(feature(example, features.MASK_KEY)[0])
         h, w = truth.shape
         assert (int(out["height"][0]), int(out["width"][0])) == (h, w)
-        confusion += _confusion(truth, out["class_ids"].numpy()[0, :h, :w].astype(np.int64))
-    assert _mean_iou(confusion) >= 0.70, _mean_iou(confusion)
+        pairs.append((truth, out["class_ids"].numpy()[0, :h, :w]))
+    mean_iou = reference.scores(pairs)["mean_iou"]
+    assert mean_iou >= 0.70, mean_iou

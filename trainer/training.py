@@ -115,6 +115,9 @@ def train(
     config: TrainerConfig, job: TrainingJob, strategy: Optional[tf.distribute.Strategy] = None
 ) -> TrainingResult:
     """Trains, keeps the best eval mIoU, and exports the SavedModel to ``job.serving_model_dir``."""
+    # Python, numpy and TF seeds: the same config starts from the same weights. Without it the
+    # tiny config's eval mIoU after 500 steps ranged from 0.59 to 0.76 between runs.
+    keras.utils.set_random_seed(config.seed)
     strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
     replicas = strategy.num_replicas_in_sync
     workers = distribute.worker_count()

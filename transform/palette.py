@@ -88,6 +88,18 @@ def colors_to_ids(rgb: np.ndarray) -> tuple:
     return np.minimum(codes, 255).astype(np.uint8), valid
 
 
+def colorize(ids: np.ndarray) -> np.ndarray:
+    """Class ids ``[H, W]`` -> ``[H, W, 3]`` uint8 in the VOC colours."""
+    return VOC_COLORMAP[ids.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blends the class colours into ``image`` ``[H, W, 3]``; background and void stay as they are."""
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(ids).astype(np.float32)
+    keep = (ids == 0) | (ids == features.IGNORE_LABEL)
+    return np.where(keep[..., None], image, blended.astype(np.uint8))
+
+
 def encode_palette_png(ids: np.ndarray) -> bytes:
     """Class ids ``[H, W]`` as a palette PNG in the VOC colours, the format VOC ships masks in."""
     import io

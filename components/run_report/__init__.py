@@ -1,0 +1,1 @@
+"""RunReport: the run's results as pictures in one HTML page."""

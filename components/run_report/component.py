@@ -1,0 +1,172 @@
+"""RunReport: the last step of the DAG, so every orchestrator produces the report.
+
+Writes ``index.html``, its PNGs and ``report.json`` (the same numbers, for scripts) into its
+output artifact, then publishes a copy to ``<pipeline_root>/report/`` (``publish_dir``), the
+place users look. It reads what the run produced: split counts (ExampleGen), class pixel counts
+(Transform), training history (Trainer's ModelRun), scores and slices (Evaluator, through
+``tfma.load_eval_result``), the blessing and its reasons, and the pushed version. Sample
+predictions come from the model's own ``serving_examples`` signature, as TFMA's did.
+"""
+
+import json
+import os
+import shutil
+import uuid
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import types
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from components.run_report import eval_results, figures, page
+from components.serving_pusher.component import (
+    NOT_PUSHED_REASON,
+    PUSHED,
+    PUSHED_DESTINATION,
+    PUSHED_VERSION,
+    serving_path,
+)
+from evaluation import tfma_metrics, verdict
+from pipeline import features
+from trainer.export import SERVING_EXAMPLES
+from trainer.training import HISTORY_FILE
+from transform import preprocessing
+
+INDEX = "index.html"
+REPORT_JSON = "report.json"
+
+
+class RunReport(types.Artifact):
+    """index.html, its PNG figures and report.json."""
+
+    TYPE_NAME = "RunReport"
+
+
+def eval_samples(examples_uri: str, model_dir: str, count: int) -> list:
+    """``[(name, jpeg bytes, truth ids, predicted ids)]`` for the first ``count`` eval images."""
+    pattern = os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")
+    records = [
+        r.numpy() for r in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern)), "GZIP").take(count)
+    ]
+    if not records:
+        return []
+    predict = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
+    out = predict(examples=tf.constant(records))
+    samples = []
+    for i, record in enumerate(records):
+        feature = tf.train.Example.FromString(record).features.feature
+        truth = tfma_metrics.decode_mask(feature[features.MASK_KEY].bytes_list.value[0])
+        h, w = int(out["height"][i]), int(out["width"][i])
+        name = feature[features.FILENAME_KEY].bytes_list.value[0].decode()
+        samples.append(
+            (
+                name,
+                feature[features.IMAGE_KEY].bytes_list.value[0],
+                truth,
+                out["class_ids"][i, :h, :w].numpy(),
+            )
+        )
+    return samples
+
+
+def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_model: types.Artifact) -> dict:
+    blessed = bool(blessing.get_int_custom_property("blessed"))
+    decision = {"blessed": blessed, "reasons": [] if blessed else verdict.reasons(evaluation.uri)}
+    if pushed_model.get_int_custom_property(PUSHED):
+        decision["pushed_version"] = int(pushed_model.get_string_custom_property(PUSHED_VERSION))
+        decision["pushed_destination"] = pushed_model.get_string_custom_property(PUSHED_DESTINATION)
+    elif pushed_model.has_custom_property(NOT_PUSHED_REASON):
+        decision["not_pushed_reason"] = pushed_model.get_string_custom_property(NOT_PUSHED_REASON)
+    return decision
+
+
+def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, model_run, evaluation,
+          blessing, pushed_model, samples: int) -> dict:  # fmt: skip
+    """Writes the report into ``out_dir``; returns what ``report.json`` holds."""
+    os.makedirs(out_dir, exist_ok=True)
+    scores = eval_results.load(evaluation.uri)
+    overall = scores["overall"]
+    split_counts = {s: examples.get_int_custom_property(f"num_examples_{s}") for s in features.SPLITS}
+    counts = preprocessing.read_class_counts(tft.TFTransformOutput(transform_graph.uri))
+    class_pixels = {features.CLASS_NAMES[int(t)] if t.isdigit() and int(t) < features.NUM_CLASSES else t: n
+                    for t, n in counts.items()}  # fmt: skip
+    figs = {}
+
+    def draw(key, fn, *args):
+        figs[key] = f"{key}.png"
+        fn(*args, os.path.join(out_dir, figs[key]))
+
+    draw("class_iou", figures.class_iou_bars, overall["class_iou"], overall["mean_iou"])
+    draw("confusion_matrix", figures.confusion_heatmap, overall["confusion_matrix"])
+    picked = eval_samples(examples.uri, serving_path(model), samples)
+    if picked:
+        draw("samples", figures.samples_grid, picked)
+    history_path = os.path.join(model_run.uri, HISTORY_FILE)
+    history = []
+    if tf.io.gfile.exists(history_path):
+        with tf.io.gfile.GFile(history_path) as f:
+            history = json.load(f)["epochs"]
+        draw("training_curves", figures.training_curves, history)
+    draw("data", figures.data_summary, split_counts, class_pixels)
+
+    report = {
+        "pipeline_name": pipeline_name,
+        "model_uri": model.uri,
+        "decision": decision_of(blessing, evaluation, pushed_model),
+        "evaluation": {
+            "overall": {
+                **overall,
+                "confusion_matrix": np.asarray(overall["confusion_matrix"]).astype(int).tolist(),
+            },
+            "slices": [{k: v for k, v in s.items() if k != "confusion_matrix"} for s in scores["slices"]],
+        },
+        "split_counts": split_counts,
+        "class_pixels": class_pixels,
+        "history": history,
+        "figures": figs,
+    }
+    with open(os.path.join(out_dir, REPORT_JSON), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(out_dir, INDEX), "w") as f:
+        f.write(page.render(report))
+    return report
+
+
+def publish(report_dir: str, publish_dir: str) -> None:
+    """Replaces ``publish_dir`` with a copy of ``report_dir``, swapping whole directories so a
+    reader never sees a mix of two runs' files."""
+    parent = os.path.dirname(os.path.abspath(publish_dir))
+    os.makedirs(parent, exist_ok=True)
+    incoming = os.path.join(parent, f".report-{uuid.uuid4().hex}")
+    shutil.copytree(report_dir, incoming)
+    if os.path.exists(publish_dir):
+        old = os.path.join(parent, f".report-old-{uuid.uuid4().hex}")
+        os.rename(publish_dir, old)
+        os.rename(incoming, publish_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(incoming, publish_dir)
+
+
+@component
+def RunReportGen(  # noqa: N802 - TFX component names are classes.
+    examples: InputArtifact[standard_artifacts.Examples],
+    transform_graph: InputArtifact[standard_artifacts.TransformGraph],
+    model: InputArtifact[standard_artifacts.Model],
+    model_run: InputArtifact[standard_artifacts.ModelRun],
+    evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: InputArtifact[standard_artifacts.ModelBlessing],
+    pushed_model: InputArtifact[standard_artifacts.PushedModel],
+    report: OutputArtifact[RunReport],
+    publish_dir: Parameter[str],
+    pipeline_name: Parameter[str],
+    samples: Parameter[int] = 6,
+):
+    """Builds the run report and publishes it to ``publish_dir``."""
+    build(report.uri, pipeline_name, examples, transform_graph, model, model_run, evaluation, blessing,
+          pushed_model, samples)  # fmt: skip
+    if publish_dir:
+        publish(report.uri, publish_dir)

@@ -1,0 +1,105 @@
+"""The report's pictures (PNG, matplotlib's Agg backend: no display needed)."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import features  # noqa: E402
+from transform import palette  # noqa: E402
+
+_NAMES = features.CLASS_NAMES
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def class_iou_bars(class_iou: list, mean_iou: float, path: str) -> None:
+    """Horizontal bars, one per class in the VOC colour; classes never seen are marked n/a."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    values = [v if v is not None else 0.0 for v in class_iou]
+    colours = palette.VOC_COLORMAP[: len(values)] / 255.0
+    ax.barh(range(len(values)), values, color=colours, edgecolor="black", linewidth=0.5)
+    for i, v in enumerate(class_iou):
+        ax.text((v or 0.0) + 0.01, i, "n/a" if v is None else f"{v:.3f}", va="center", fontsize=8)
+    ax.axvline(mean_iou, color="black", linestyle="--", label=f"mean IoU {mean_iou:.4f}")
+    ax.set_yticks(range(len(values)), _NAMES[: len(values)], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("IoU (eval split, original resolution)")
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def confusion_heatmap(matrix: np.ndarray, path: str) -> None:
+    """Rows (truth) normalised to 1, so every class is readable whatever its pixel share."""
+    rows = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(rows > 0, matrix / np.maximum(rows, 1), np.nan)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(matrix)), _NAMES[: len(matrix)], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(matrix)), _NAMES[: len(matrix)], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(image, ax=ax, label="share of the true class's pixels")
+    _save(fig, path)
+
+
+def training_curves(epochs: list, path: str) -> None:
+    steps = [row["step"] for row in epochs]
+    fig, (loss_ax, iou_ax, lr_ax) = plt.subplots(1, 3, figsize=(12, 3.5))
+    for key, label in (("loss", "train"), ("val_loss", "eval")):
+        if any(key in row for row in epochs):
+            loss_ax.plot(steps, [row.get(key, np.nan) for row in epochs], marker="o", label=label)
+    for key, label in (("mean_iou", "train"), ("val_mean_iou", "eval")):
+        if any(key in row for row in epochs):
+            iou_ax.plot(steps, [row.get(key, np.nan) for row in epochs], marker="o", label=label)
+    lr_ax.plot(steps, [row.get("learning_rate", np.nan) for row in epochs], marker="o")
+    for ax, title in (
+        (loss_ax, "loss"),
+        (iou_ax, "mean IoU (training resolution)"),
+        (lr_ax, "learning rate"),
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax is not lr_ax:
+            ax.legend()
+    _save(fig, path)
+
+
+def data_summary(split_counts: dict, class_pixels: dict, path: str) -> None:
+    """Examples per split, and the train split's pixels per class (log scale: background dominates)."""
+    fig, (split_ax, class_ax) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 4]})
+    split_ax.bar(list(split_counts), list(split_counts.values()), color="#4c72b0")
+    for i, n in enumerate(split_counts.values()):
+        split_ax.text(i, n, str(n), ha="center", va="bottom")
+    split_ax.set_title("examples per split")
+    names = list(class_pixels)
+    class_ax.bar(range(len(names)), [max(class_pixels[n], 0.5) for n in names], color="#55a868")
+    class_ax.set_yscale("log")
+    class_ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    class_ax.set_title("train pixels per class (Transform's counts)")
+    _save(fig, path)
+
+
+def samples_grid(samples: list, path: str) -> None:
+    """One row per eval image: image | ground truth | prediction | prediction over the image."""
+    fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.6 * len(samples)), squeeze=False)
+    for row, (name, image_bytes, truth, predicted) in zip(axes, samples, strict=True):
+        image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+        colours = palette.colorize
+        panels = (image, colours(truth), colours(predicted), palette.overlay(image, predicted))
+        titles = ("image", "ground truth", "prediction", "overlay")
+        for ax, panel, title in zip(row, panels, titles, strict=True):
+            ax.imshow(panel)
+            ax.set_title(f"{name}: {title}" if title == "image" else title, fontsize=8)
+            ax.axis("off")
+    _save(fig, path)

@@ -1,0 +1,103 @@
+"""``index.html``: the report page. The numbers are in elements with ids, so tests (and users'
+scripts) can read them from the rendered page; images sit beside the page, referenced
+relatively, so the directory can be copied or served as it is."""
+
+import html
+
+from pipeline import features
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } .muted { color: #666; }
+.verdict { padding: 0.8em 1em; border-radius: 6px; margin: 1em 0; }
+.blessed { background: #e3f4e1; border: 1px solid #5a5; }
+.rejected { background: #fbe5e1; border: 1px solid #c55; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; } img { max-width: 100%; }
+.scores span { font-size: 1.4em; font-weight: bold; margin-right: 1.5em; }
+"""
+
+# Counts the images that decoded, so a headless browser's DOM dump shows whether they all did.
+SCRIPT = """
+window.addEventListener('load', function () {
+  var images = Array.from(document.images);
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesLoaded = images.filter(function (i) { return i.naturalWidth > 0; }).length;
+});
+"""
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _slice_rows(slices: list) -> str:
+    rows = []
+    for s in slices:
+        value = s["value"]
+        label = value
+        if s["feature"] == features.CLASSES_PRESENT_KEY:
+            label = f"{value} ({features.CLASS_NAMES[int(value)]})"
+        rows.append(
+            f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(str(label))}</td>"
+            f"<td class='num'>{s['examples']}</td><td class='num'>{_fmt(s['mean_iou'])}</td>"
+            f"<td class='num'>{_fmt(s['pixel_accuracy'])}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def render(report: dict) -> str:
+    """``report``: the dict ``component.build`` assembles (also written as ``report.json``)."""
+    overall = report["evaluation"]["overall"]
+    decision = report["decision"]
+    if decision["blessed"]:
+        pushed = decision.get("pushed_version")
+        verdict = (
+            "<div class='verdict blessed' id='decision'>Blessed"
+            + (f"; pushed as version <b id='pushed-version'>{pushed}</b> to "
+               f"<code>{html.escape(decision['pushed_destination'])}</code>" if pushed else "; not pushed")
+            + "</div>"
+        )  # fmt: skip
+    else:
+        reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision["reasons"])
+        verdict = (
+            f"<div class='verdict rejected' id='decision'>Not blessed, not pushed:<ul>{reasons}</ul></div>"
+        )
+    class_rows = "\n".join(
+        f"<tr data-class='{name}'><td>{c}</td><td>{name}</td><td class='num'>{_fmt(v)}</td></tr>"
+        for c, (name, v) in enumerate(zip(features.CLASS_NAMES, overall["class_iou"], strict=False))
+    )
+    figures = report["figures"]
+
+    def figure(key: str, title: str) -> str:
+        return f"<h2>{title}</h2><img src='{figures[key]}' alt='{title}'>" if key in figures else ""
+
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(report['pipeline_name'])} run report</title>
+<style>{STYLE}</style><script>{SCRIPT}</script></head>
+<body>
+<h1>{html.escape(report['pipeline_name'])}: run report</h1>
+<p class="muted">Model <code>{html.escape(report['model_uri'])}</code><br>
+Evaluated on {overall['examples']} eval images at their original resolution, void (255) ignored.</p>
+{verdict}
+<div class="scores">
+<span>mean IoU <b id="mean-iou">{_fmt(overall['mean_iou'])}</b></span>
+<span>pixel accuracy <b id="pixel-accuracy">{_fmt(overall['pixel_accuracy'])}</b></span>
+<span>frequency-weighted IoU <b id="fw-iou">{_fmt(overall['frequency_weighted_iou'])}</b></span>
+</div>
+{figure('class_iou', 'IoU per class')}
+<table id="class-iou"><tr><th>id</th><th>class</th><th>IoU</th></tr>
+{class_rows}
+</table>
+{figure('confusion_matrix', 'Confusion matrix')}
+{figure('samples', 'Eval samples: image | ground truth | prediction | overlay')}
+<h2>Slices</h2>
+<table id="slices">
+<tr><th>feature</th><th>value</th><th>images</th><th>mean IoU</th><th>pixel accuracy</th></tr>
+{_slice_rows(report['evaluation']['slices'])}
+</table>
+{figure('training_curves', 'Training')}
+{figure('data', 'Data')}
+</body></html>
+"""

@@ -1,0 +1,63 @@
+"""ServingPusher: TFX's Pusher contract, with TF Serving's integer versions written atomically.
+
+TFX 1.16's Pusher names versions by Unix time and copies files straight into the version
+directory, which TF Serving may load while it is half-written. This one keeps the Pusher's
+outputs (a ``PushedModel`` with ``pushed``, ``pushed_destination``, ``pushed_version``, so
+TFX tooling reads it as usual) and differs where serving needs it: versions 1, 2, 3, ...
+appear only complete (``layout.py``), carry warm-up requests built from eval images
+(``warmup.py``), and a model that was not blessed is not pushed, with the Evaluator's
+reasons recorded on the output in plain words.
+"""
+
+import logging
+import os
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from components.serving_pusher import layout, warmup
+from evaluation import verdict
+
+# Custom properties of the PushedModel output: TFX's own three, and ours.
+PUSHED = "pushed"
+PUSHED_DESTINATION = "pushed_destination"
+PUSHED_VERSION = "pushed_version"
+NOT_PUSHED_REASON = "not_pushed_reason"
+
+
+def serving_path(model: standard_artifacts.Model) -> str:
+    """The SavedModel inside a Trainer's Model artifact."""
+    return os.path.join(model.uri, "Format-Serving")
+
+
+@component
+def ServingPusher(  # noqa: N802 - TFX component names are classes.
+    model: InputArtifact[standard_artifacts.Model],
+    model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+    evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    examples: InputArtifact[standard_artifacts.Examples],
+    pushed_model: OutputArtifact[standard_artifacts.PushedModel],
+    model_base_path: Parameter[str],
+    model_name: Parameter[str],
+    warmup_requests: Parameter[int] = 4,
+):
+    """Pushes a blessed model to ``model_base_path/<next version>``; records why not otherwise."""
+    if not model_blessing.get_int_custom_property("blessed"):
+        why = "; ".join(verdict.reasons(evaluation.uri))
+        logging.warning("ServingPusher: model %s not pushed: %s", model.uri, why)
+        pushed_model.set_int_custom_property(PUSHED, 0)
+        pushed_model.set_string_custom_property(NOT_PUSHED_REASON, why)
+        return
+
+    def add_warmup(staging_dir: str) -> None:
+        if warmup_requests > 0:
+            images = warmup.eval_images(examples.uri, warmup_requests)
+            warmup.write(staging_dir, warmup.prediction_logs(images, model_name))
+
+    version, new = layout.push(serving_path(model), model_base_path, source=model.uri, add_files=add_warmup)
+    destination = os.path.join(model_base_path, str(version))
+    logging.info("ServingPusher: %s version %d at %s", "pushed" if new else "kept", version, destination)
+    pushed_model.set_int_custom_property(PUSHED, 1)
+    pushed_model.set_string_custom_property(PUSHED_DESTINATION, destination)
+    pushed_model.set_string_custom_property(PUSHED_VERSION, str(version))

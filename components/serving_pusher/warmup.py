@@ -1,0 +1,62 @@
+"""``assets.extra/tf_serving_warmup_requests``: PredictionLog records TF Serving replays on load.
+
+The first call of a SavedModel builds and optimises its graph, which takes seconds; TF Serving
+replays these requests when it loads a version, before marking it AVAILABLE, so no client pays
+for it. The requests are real eval images, one per request, in the form clients send them
+(``serving_default``, encoded JPEG bytes), so the replay exercises the path real requests take.
+"""
+
+import glob
+import os
+
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from pipeline import features
+from trainer.export import SERVING_DEFAULT
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+IMAGES_INPUT = "images"  # serving_default's input (trainer/export.py)
+
+
+def eval_images(examples_uri: str, count: int) -> list:
+    """The encoded JPEG bytes of the first ``count`` eval examples, in file order."""
+    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")))
+    if not files:
+        raise FileNotFoundError(f"no eval split under {examples_uri}")
+    images = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
+        example = tf.train.Example.FromString(record.numpy())
+        images.append(example.features.feature[features.IMAGE_KEY].bytes_list.value[0])
+    return images
+
+
+def prediction_logs(images: list, model_name: str) -> list:
+    logs = []
+    for image in images:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT)
+        )
+        request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+        logs.append(
+            prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        )
+    return logs
+
+
+def write(version_dir: str, logs: list) -> str:
+    path = os.path.join(version_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read(version_dir: str) -> list:
+    """The PredictionLog records of a pushed version's warm-up file."""
+    path = os.path.join(version_dir, WARMUP_FILE)
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(path)
+    ]

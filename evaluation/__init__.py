@@ -1,0 +1,1 @@
+"""Model evaluation: VOC segmentation scores, their TFMA metrics, the EvalConfig and its verdicts."""

@@ -1,0 +1,43 @@
+"""The Evaluator's ``tfma.EvalConfig``, built from the one pipeline config.
+
+Metrics come from ``evaluation.tfma_metrics`` (VOC scores at original resolution); slices are
+overall, by ``image/source`` (VOC or SBD) and by class present (``image/segmentation/class/
+present``, so one slice per class: "mean IoU on images that contain a person"). The blessing
+thresholds apply to the overall slice only: a rare class's slice is too small to gate on.
+"""
+
+import tensorflow_model_analysis as tfma
+
+from evaluation import tfma_metrics
+from pipeline import features
+from pipeline.config import EvaluatorConfig
+from trainer.export import SERVING_EXAMPLES
+
+METRICS_MODULE = tfma_metrics.__name__
+SLICE_FEATURES = (features.SOURCE_KEY, features.CLASSES_PRESENT_KEY)
+
+
+def mean_iou_threshold(config: EvaluatorConfig) -> tfma.MetricThreshold:
+    """At least ``min_mean_iou``, and at most ``max_mean_iou_drop`` below the blessed baseline."""
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.min_mean_iou}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -config.max_mean_iou_drop}
+        ),
+    )
+
+
+def make_eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
+    overall = tfma.SlicingSpec()
+    metrics = [tfma.MetricConfig(class_name="ExampleCount")]
+    for metric_class in tfma_metrics.METRIC_CLASSES:
+        metric = tfma.MetricConfig(class_name=metric_class.__name__, module=METRICS_MODULE)
+        if metric_class is tfma_metrics.SegmentationMeanIoU:
+            metric.per_slice_thresholds.add(slicing_specs=[overall], threshold=mean_iou_threshold(config))
+        metrics.append(metric)
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES, inference_batch_size=config.batch_size)],
+        slicing_specs=[overall] + [tfma.SlicingSpec(feature_keys=[key]) for key in SLICE_FEATURES],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+        options=tfma.Options(include_default_metrics={"value": False}),
+    )

@@ -1,0 +1,212 @@
+"""TFMA metrics for semantic segmentation: a 21x21 confusion matrix and the VOC scores on it.
+
+Used by the Evaluator through ``tfma.MetricConfig(module="evaluation.tfma_metrics", ...)``
+(``eval_config.py``). The model is called through its ``serving_examples`` signature, which
+returns each image's mask at its original resolution (``class_ids`` padded to the batch's
+largest image, with ``height`` and ``width``), and the ground truth is the raw example's PNG,
+so scores are at original resolution as the VOC benchmark defines them.
+
+Where the time goes: the preprocessor runs once per example, before TFMA fans examples out to
+their slices, and reduces the image pair to its ``[21, 21]`` confusion matrix with one
+``bincount``. The combiner then only adds small matrices, once per slice an example falls in
+(overall, its source, each class it contains). TFMA's ``SemanticSegmentationConfusionMatrix``
+instead compares full images four times per class in its combiner, for every slice.
+
+Every score is derived from the one matrix computation; TFMA runs it once however many of
+these metrics are configured (computations are de-duplicated by combiner, keys and
+preprocessor), and once per model when a baseline is compared.
+"""
+
+import io
+from typing import Any, Dict, Iterator, List, Optional
+
+import apache_beam as beam
+import numpy as np
+from PIL import Image
+from tensorflow_model_analysis.metrics import metric_types
+from tensorflow_model_analysis.utils import util
+
+from evaluation import iou
+from pipeline import features
+
+CONFUSION_MATRIX = "confusion_matrix"
+MEAN_IOU = "mean_iou"
+PIXEL_ACCURACY = "pixel_accuracy"
+FREQUENCY_WEIGHTED_IOU = "frequency_weighted_iou"
+CLASS_IOU = "class_iou"  # one value per class, sub_key class_id
+
+# Outputs of the serving_examples signature (trainer/export.py).
+CLASS_IDS_OUTPUT = "class_ids"
+HEIGHT_OUTPUT = "height"
+WIDTH_OUTPUT = "width"
+
+
+def decode_mask(png: bytes) -> np.ndarray:
+    """Class ids ``[H, W]`` of a VOC palette PNG: PIL's palette indices are the ids."""
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _single(value: Any) -> Any:
+    """The one value of a TFMA feature (numpy array of one element) or of a scalar."""
+    array = np.asarray(value)
+    return array.reshape(-1)[0] if array.ndim else array.item()
+
+
+class _ImageConfusion(metric_types.Preprocessor):
+    """One example -> its ``[C, C]`` confusion matrix (ground truth PNG vs predicted ids)."""
+
+    def __init__(self, num_classes: int, ignore_label: int, model_name: str = ""):
+        super().__init__(name=f"_segmentation_image_confusion_{num_classes}_{ignore_label}_{model_name}")
+        self._num_classes = num_classes
+        self._ignore_label = ignore_label
+        self._model_name = model_name
+
+    def process(self, extracts: Dict[str, Any]) -> Iterator[np.ndarray]:
+        extracts = util.StandardExtracts(extracts)
+        raw = extracts.get_features() or {}
+        predictions = extracts.get_predictions(self._model_name)
+        name = raw.get(features.FILENAME_KEY)
+        where = _single(name).decode() if name is not None else "an eval example"
+        if features.MASK_KEY not in raw:
+            raise ValueError(f"{where}: the example has no {features.MASK_KEY!r} feature to score against")
+        if not isinstance(predictions, dict) or CLASS_IDS_OUTPUT not in predictions:
+            raise ValueError(
+                f"{where}: the model's predictions have no {CLASS_IDS_OUTPUT!r} output; evaluate the "
+                "'serving_examples' signature of a deeplab-tfx model"
+            )
+        truth = decode_mask(_single(raw[features.MASK_KEY]))
+        height, width = int(_single(predictions[HEIGHT_OUTPUT])), int(_single(predictions[WIDTH_OUTPUT]))
+        if truth.shape != (height, width):
+            raise ValueError(
+                f"{where}: mask is {truth.shape[1]}x{truth.shape[0]} but the prediction is {width}x{height}"
+            )
+        predicted = np.asarray(predictions[CLASS_IDS_OUTPUT])[:height, :width]
+        yield iou.confusion_matrix(truth, predicted, self._num_classes, self._ignore_label)
+
+
+class _SumMatrices(beam.CombineFn):
+    """Adds per-image confusion matrices; outputs ``{key: [C, C] int64}``."""
+
+    def __init__(self, key: metric_types.MetricKey, num_classes: int):
+        self._key = key
+        self._num_classes = num_classes
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros((self._num_classes, self._num_classes), np.int64)
+
+    def add_input(self, accumulator: np.ndarray, matrices: List[np.ndarray]) -> np.ndarray:
+        for matrix in matrices if isinstance(matrices, list) else [matrices]:
+            accumulator += matrix
+        return accumulator
+
+    def merge_accumulators(self, accumulators) -> np.ndarray:
+        accumulators = iter(accumulators)
+        result = next(accumulators)
+        for accumulator in accumulators:
+            result = result + accumulator
+        return result
+
+    def extract_output(self, accumulator: np.ndarray) -> Dict[metric_types.MetricKey, np.ndarray]:
+        return {self._key: accumulator}
+
+
+def _scores_of(kind: str, key: metric_types.MetricKey, matrix_key: metric_types.MetricKey):
+    """The derived computation's result function: one score (or the per-class IoUs) per slice."""
+
+    def result(metrics: Dict[metric_types.MetricKey, Any]) -> Dict[metric_types.MetricKey, Any]:
+        values = iou.scores(metrics[matrix_key])
+        if kind != CLASS_IOU:
+            return {key: values[kind]}
+        # Classes that occur in neither labels nor predictions of the slice have no IoU.
+        return {
+            key._replace(sub_key=metric_types.SubKey(class_id=c)): float(v)
+            for c, v in enumerate(values["class_iou"])
+            if not np.isnan(v)
+        }
+
+    result.__name__ = f"segmentation_{kind}"
+    return result
+
+
+def _computations(
+    kind: str,
+    name: str,
+    num_classes: int = features.NUM_CLASSES,
+    ignore_label: int = features.IGNORE_LABEL,
+    model_names: Optional[List[str]] = None,
+    example_weighted: bool = False,
+) -> metric_types.MetricComputations:
+    computations = []
+    for model_name in model_names or [""]:
+        matrix_key = metric_types.MetricKey(
+            name=CONFUSION_MATRIX, model_name=model_name, example_weighted=example_weighted
+        )
+        computations.append(
+            metric_types.MetricComputation(
+                keys=[matrix_key],
+                preprocessors=[_ImageConfusion(num_classes, ignore_label, model_name)],
+                combiner=_SumMatrices(matrix_key, num_classes),
+            )
+        )
+        if kind != CONFUSION_MATRIX:
+            key = metric_types.MetricKey(name=name, model_name=model_name, example_weighted=example_weighted)
+            computations.append(
+                metric_types.DerivedMetricComputation([key], _scores_of(kind, key, matrix_key))
+            )
+    return computations
+
+
+class _SegmentationMetric(metric_types.Metric):
+    KIND = ""
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        num_classes: int = features.NUM_CLASSES,
+        ignore_label: int = features.IGNORE_LABEL,
+    ):
+        kind = self.KIND
+
+        def create(name, num_classes, ignore_label, model_names=None, example_weighted=False):
+            return _computations(kind, name, num_classes, ignore_label, model_names, example_weighted)
+
+        super().__init__(create, name=name or kind, num_classes=num_classes, ignore_label=ignore_label)
+
+
+class SegmentationConfusionMatrix(_SegmentationMetric):
+    """The ``[C, C]`` pixel confusion matrix (rows: truth), void excluded; an array metric."""
+
+    KIND = CONFUSION_MATRIX
+
+
+class SegmentationMeanIoU(_SegmentationMetric):
+    """Mean over classes of TP / (TP + FP + FN): the VOC benchmark's headline number."""
+
+    KIND = MEAN_IOU
+
+
+class SegmentationPixelAccuracy(_SegmentationMetric):
+    """Correctly labelled pixels over all non-void pixels."""
+
+    KIND = PIXEL_ACCURACY
+
+
+class SegmentationFrequencyWeightedIoU(_SegmentationMetric):
+    """Class IoUs weighted by each class's share of the labelled pixels."""
+
+    KIND = FREQUENCY_WEIGHTED_IOU
+
+
+class SegmentationClassIoU(_SegmentationMetric):
+    """IoU of each class that occurs in the slice, as sub-keys ``class_id``."""
+
+    KIND = CLASS_IOU
+
+
+METRIC_CLASSES = (
+    SegmentationMeanIoU,
+    SegmentationClassIoU,
+    SegmentationPixelAccuracy,
+    SegmentationFrequencyWeightedIoU,
+    SegmentationConfusionMatrix,
+)

@@ -1,0 +1,154 @@
+"""``deeplab-tfx predict``: sends images to a TF Serving endpoint (ours or the real one).
+
+gRPC through the official ``tensorflow-serving-api`` stub, or REST (``--rest``, ``b64`` JSON).
+Several images go in one request (a batch), and each answer is cropped to its image's size.
+UNAVAILABLE (server starting, restarting, a pod moving) is retried with exponential backoff
+until the deadline; INVALID_ARGUMENT and the other errors are not, since sending the same
+request again cannot change the answer.
+"""
+
+import base64
+import io
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from typing import List, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from trainer.export import SERVING_DEFAULT
+from transform import palette
+
+IMAGES_INPUT = "images"
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+class ServerUnavailableError(RuntimeError):
+    """The server stayed UNAVAILABLE until the deadline."""
+
+
+def _masks(class_ids: np.ndarray, heights, widths) -> List[np.ndarray]:
+    return [class_ids[i, : int(h), : int(w)] for i, (h, w) in enumerate(zip(heights, widths, strict=True))]
+
+
+def _with_retries(send, deadline_s: float, retryable):
+    """Calls ``send(remaining_seconds)`` until it succeeds, fails for good, or time runs out."""
+    deadline = time.monotonic() + deadline_s
+    delay = 0.1
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return send(max(remaining, 0.001))
+        except Exception as e:  # noqa: BLE001 - classified right below
+            if not retryable(e):
+                raise
+            if time.monotonic() + delay >= deadline:
+                raise ServerUnavailableError(f"server unavailable for {deadline_s:.0f} s: {e}") from e
+            time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: clients restarting together spread out
+            delay = min(delay * 2, 2.0)
+
+
+class GrpcClient:
+    def __init__(self, server: str, model_name: str, version: Optional[int] = None):
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self.channel = grpc.insecure_channel(server, options=options)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name, self.version = model_name, version
+
+    def request(self, images: List[bytes]) -> predict_pb2.PredictRequest:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = SERVING_DEFAULT
+        if self.version:
+            request.model_spec.version.value = self.version
+        request.inputs[IMAGES_INPUT].CopyFrom(
+            tf.make_tensor_proto(images, dtype=tf.string, shape=[len(images)])
+        )
+        return request
+
+    def predict(self, images: List[bytes], deadline_s: float = 30.0) -> tuple:
+        """``(version, [class ids [H, W] per image])``."""
+        request = self.request(images)
+
+        def retryable(e):
+            return isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
+
+        response = _with_retries(lambda t: self.stub.Predict(request, timeout=t), deadline_s, retryable)
+        out = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return response.model_spec.version.value, _masks(out["class_ids"], out["height"], out["width"])
+
+    def close(self):
+        self.channel.close()
+
+
+class RestClient:
+    def __init__(self, server: str, model_name: str, version: Optional[int] = None):
+        base = server if "://" in server else f"http://{server}"
+        self.url = f"{base}/v1/models/{model_name}" + (f"/versions/{version}" if version else "") + ":predict"
+
+    def predict(self, images: List[bytes], deadline_s: float = 30.0) -> tuple:
+        body = json.dumps({
+            "signature_name": SERVING_DEFAULT,
+            "instances": [{IMAGES_INPUT: {"b64": base64.b64encode(b).decode()}} for b in images],
+        }).encode()  # fmt: skip
+
+        def send(timeout):
+            request = urllib.request.Request(
+                self.url, data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+
+        def retryable(e):
+            if isinstance(e, urllib.error.HTTPError):
+                return e.code == 503
+            return isinstance(e, (urllib.error.URLError, ConnectionError))
+
+        try:
+            answer = _with_retries(send, deadline_s, retryable)
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"HTTP {e.code}: {e.read().decode(errors='replace')}") from e
+        rows = answer["predictions"]
+        masks = [np.asarray(r["class_ids"], np.uint8)[: r["height"], : r["width"]] for r in rows]
+        return answer.get("model_version"), masks
+
+    def close(self):
+        pass
+
+
+def write_results(image_path: str, image_bytes: bytes, mask: np.ndarray, out_dir: str) -> tuple:
+    """``<stem>.png`` (palette PNG of class ids, VOC colours) and ``<stem>_overlay.jpg``."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    mask_path = os.path.join(out_dir, f"{stem}.png")
+    with open(mask_path, "wb") as f:
+        f.write(palette.encode_palette_png(mask))
+    image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+    overlay_path = os.path.join(out_dir, f"{stem}_overlay.jpg")
+    Image.fromarray(palette.overlay(image, mask)).save(overlay_path, quality=90)
+    return mask_path, overlay_path
+
+
+def predict_files(server: str, model_name: str, paths: List[str], out_dir: str, version: Optional[int] = None,
+                  rest: bool = False, batch_size: int = 8, deadline_s: float = 30.0) -> list:  # fmt: skip
+    """Sends ``paths`` in batches; writes each mask and overlay; returns ``[(path, version, mask_path)]``."""
+    client = (RestClient if rest else GrpcClient)(server, model_name, version)
+    written = []
+    try:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start : start + batch_size]
+            images = [open(p, "rb").read() for p in batch]
+            served, masks = client.predict(images, deadline_s)
+            for path, data, mask in zip(batch, images, masks, strict=True):
+                mask_path, _ = write_results(path, data, mask, out_dir)
+                written.append((path, served, mask_path))
+    finally:
+        client.close()
+    return written

@@ -1,0 +1,179 @@
+"""The versions of one model under a TF Serving base path: loading, warm-up, hot swap, lookup.
+
+Policy as TF Serving's default (``latest``): serve the newest integer version. A poller loads a
+newer version completely (SavedModel, then the warm-up requests of its
+``assets.extra/tf_serving_warmup_requests``) before it becomes the one requests get, then drops
+the old one. A request holds its own reference to the version it started on, so a swap never
+fails a request in flight: "load new, then unload old".
+"""
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from components.serving_pusher import layout, warmup
+
+LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+
+class ServingError(Exception):
+    """A request the server refuses; ``code`` is a ``grpc.StatusCode`` name."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class Servable:
+    version: int
+    path: str
+    signatures: Dict[str, Callable]
+    module: object  # keeps the loaded SavedModel (and its variables) alive
+
+
+def load_servable(path: str, version: int) -> Servable:
+    module = tf.saved_model.load(path)
+    return Servable(version, path, dict(module.signatures), module)
+
+
+def replay_warmup(servable: Servable, call: Callable) -> int:
+    """Sends the version's warm-up requests through ``call(servable, signature, inputs)``."""
+    if not os.path.exists(os.path.join(servable.path, warmup.WARMUP_FILE)):
+        return 0
+    logs = warmup.read(servable.path)
+    for log in logs:
+        request = log.predict_log.request
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        call(servable, request.model_spec.signature_name or "serving_default", inputs)
+    return len(logs)
+
+
+class ModelVersions:
+    """Serves the newest version under ``base_path`` and follows new pushes."""
+
+    def __init__(self, name: str, base_path: str, warm: Callable, poll_seconds: float = 1.0):
+        self.name = name
+        self.base_path = base_path
+        self._warm = warm
+        self._poll_seconds = poll_seconds
+        self._lock = threading.Lock()
+        self._current: Optional[Servable] = None
+        self._states: Dict[int, str] = {}
+        self._failed: Dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, wait_seconds: float = 0.0) -> None:
+        """Loads the newest version (waiting up to ``wait_seconds`` for one), then polls."""
+        deadline = time.time() + wait_seconds
+        while not self.poll() and time.time() < deadline:
+            time.sleep(min(self._poll_seconds, 0.5))
+        if self._current is None:
+            raise FileNotFoundError(f"no loadable version (an integer directory) under {self.base_path}")
+        self._thread = threading.Thread(target=self._run, name=f"poll-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - keep serving the loaded version whatever happens
+                logging.exception("polling %s failed", self.base_path)
+
+    def poll(self) -> bool:
+        """Loads the newest version if it is newer than the served one; True if one is served."""
+        versions = layout.versions(self.base_path)
+        current = self._current.version if self._current else 0
+        newest = versions[-1] if versions else 0
+        if newest > current and newest not in self._failed:
+            self._load(newest)
+        return self._current is not None
+
+    def _load(self, version: int) -> None:
+        path = os.path.join(self.base_path, str(version))
+        self._states[version] = LOADING
+        start = time.time()
+        try:
+            servable = load_servable(path, version)
+            warmed = self._warm(servable)
+        except Exception as e:  # noqa: BLE001 - a broken version must not take the server down
+            self._failed[version] = f"{type(e).__name__}: {e}"
+            self._states[version] = END
+            logging.error(
+                "model %s version %d failed to load, still serving the previous: %s", self.name, version, e
+            )
+            return
+        with self._lock:
+            old, self._current = self._current, servable
+            self._states[version] = AVAILABLE
+            if old:
+                self._states[old.version] = END  # requests still holding it finish on it
+        logging.info(
+            "model %s version %d AVAILABLE (loaded and %d warm-up requests in %.1f s)",
+            self.name, version, warmed, time.time() - start,
+        )  # fmt: skip
+
+    def get(self, version: Optional[int] = None) -> Servable:
+        """The served version, or ``version`` if it is the one being served."""
+        servable = self._current
+        if servable is None:
+            raise ServingError("UNAVAILABLE", f"model {self.name!r} has no version loaded yet")
+        if version and version != servable.version:
+            raise ServingError(
+                "NOT_FOUND",
+                f"model {self.name!r} version {version} is not being served (serving {servable.version})",
+            )
+        return servable
+
+    def states(self, version: Optional[int] = None) -> Dict[int, tuple]:
+        """``{version: (state, error message)}``; only ``version`` if given (NOT_FOUND if unknown)."""
+        found = {v: (s, self._failed.get(v, "")) for v, s in sorted(self._states.items())}
+        if version:
+            if version not in found:
+                raise ServingError("NOT_FOUND", f"model {self.name!r} has no version {version}")
+            return {version: found[version]}
+        return found
+
+
+def check_inputs(signature: Callable, inputs: Dict[str, np.ndarray], signature_name: str) -> dict:
+    """Validates names, dtypes and shapes against the signature; returns tensors to call it with."""
+    _, specs = signature.structured_input_signature
+    missing, unknown = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
+    if missing or unknown:
+        raise ServingError(
+            "INVALID_ARGUMENT",
+            f"signature {signature_name!r} takes inputs {sorted(specs)}; "
+            + (f"missing {missing}" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unknown {unknown}" if unknown else ""),
+        )
+    tensors = {}
+    for name, spec in specs.items():
+        value = inputs[name]
+        if tf.as_dtype(value.dtype) != spec.dtype and not (spec.dtype == tf.string and value.dtype == object):
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input {name!r} must be {spec.dtype.name}, got {tf.as_dtype(value.dtype).name}",
+            )
+        if not spec.shape.is_compatible_with(value.shape):
+            raise ServingError(
+                "INVALID_ARGUMENT", f"input {name!r} must have shape {spec.shape}, got {value.shape}"
+            )
+        try:
+            tensors[name] = tf.constant(value, dtype=spec.dtype)
+        except (ValueError, TypeError) as e:
+            message = f"input {name!r} cannot be a {spec.dtype.name} tensor: {e}"
+            raise ServingError("INVALID_ARGUMENT", message) from e
+    return tensors

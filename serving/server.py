@@ -1,0 +1,342 @@
+"""``deeplab-tfx serve``: TF Serving's gRPC API (and REST) over a TF Serving model directory.
+
+For development, demos and tests where the TF Serving binary cannot run (``serving/deploy/``
+runs the real one). It implements what our clients use, with TF Serving's semantics:
+``PredictionService.Predict`` and ``GetModelMetadata``, ``ModelService.GetModelStatus``, and
+the REST ``:predict`` and status endpoints. Bad requests get INVALID_ARGUMENT with the reason
+(the server keeps serving), unknown models or versions NOT_FOUND; messages above
+``max_request_bytes`` are refused by gRPC itself (RESOURCE_EXHAUSTED). It binds 127.0.0.1
+unless told otherwise: it has no authentication.
+"""
+
+import base64
+import json
+import logging
+import re
+import signal
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import any_pb2  # noqa: F401 - Any.Pack on metadata
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.models import ModelVersions, ServingError, check_inputs, replay_warmup
+from trainer.export import SERVING_DEFAULT
+
+IMAGES_INPUT = "images"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DEFAULT_MAX_REQUEST_BYTES = 32 << 20
+
+
+def check_images(images: np.ndarray) -> None:
+    """Each element must be a JPEG: the signature decodes JPEG, and a clear answer beats TF's."""
+    for i, data in enumerate(images.reshape(-1)):
+        data = bytes(data)
+        if not data:
+            raise ServingError(
+                "INVALID_ARGUMENT", f"input {IMAGES_INPUT!r}[{i}] is empty (0 bytes); send JPEG bytes"
+            )
+        if not data.startswith(JPEG_MAGIC):
+            raise ServingError(
+                "INVALID_ARGUMENT", f"input {IMAGES_INPUT!r}[{i}] is not a JPEG (starts with {data[:8]!r})"
+            )
+
+
+class Predictor:
+    """The request logic both front ends share: find the version, check, call, map errors."""
+
+    def __init__(self, models: Dict[str, ModelVersions]):
+        self.models = models
+
+    def model(self, name: str) -> ModelVersions:
+        if name not in self.models:
+            raise ServingError("NOT_FOUND", f"no model named {name!r} (serving {sorted(self.models)})")
+        return self.models[name]
+
+    @staticmethod
+    def call(servable, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        signature_name = signature_name or SERVING_DEFAULT
+        if signature_name not in servable.signatures:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"no signature {signature_name!r} in version {servable.version} "
+                f"(has {sorted(servable.signatures)})",
+            )
+        signature = servable.signatures[signature_name]
+        tensors = check_inputs(signature, inputs, signature_name)
+        if IMAGES_INPUT in tensors:
+            check_images(inputs[IMAGES_INPUT])
+        try:
+            outputs = signature(**tensors)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+            raise ServingError(
+                "INVALID_ARGUMENT", f"the model rejected the input: {e.message.splitlines()[0]}"
+            ) from e
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def predict(self, name: str, version: Optional[int], signature_name: str, inputs: dict) -> tuple:
+        servable = self.model(name).get(version)
+        return servable.version, self.call(servable, signature_name, inputs)
+
+
+def _abort(context, error: ServingError):
+    context.abort(getattr(grpc.StatusCode, error.code), str(error))
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC method names
+        spec = request.model_spec
+        try:
+            inputs = {}
+            for name, proto in request.inputs.items():
+                try:
+                    inputs[name] = tf.make_ndarray(proto)
+                except Exception as e:  # noqa: BLE001 - any malformed TensorProto
+                    raise ServingError(
+                        "INVALID_ARGUMENT", f"input {name!r} is not a valid tensor: {e}"
+                    ) from e
+            version = spec.version.value if spec.HasField("version") else None
+            served, outputs = self.predictor.predict(spec.name, version, spec.signature_name, inputs)
+        except ServingError as e:
+            return _abort(context, e)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = served
+        response.model_spec.signature_name = spec.signature_name or SERVING_DEFAULT
+        for name in request.output_filter or outputs:
+            if name not in outputs:
+                return _abort(
+                    context, ServingError("INVALID_ARGUMENT", f"no output {name!r} (has {sorted(outputs)})")
+                )
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
+        return response
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        try:
+            if list(request.metadata_field) != ["signature_def"]:
+                raise ServingError("INVALID_ARGUMENT", "metadata_field must be ['signature_def']")
+            spec = request.model_spec
+            servable = self.predictor.model(spec.name).get(
+                spec.version.value if spec.HasField("version") else None
+            )
+        except ServingError as e:
+            return _abort(context, e)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, fn in servable.signatures.items():
+            signature = signature_map.signature_def[name]
+            signature.method_name = "tensorflow/serving/predict"
+            for key, tensor_spec in fn.structured_input_signature[1].items():
+                _tensor_info(signature.inputs[key], key, tensor_spec)
+            for key, tensor_spec in fn.structured_outputs.items():
+                _tensor_info(signature.outputs[key], key, tensor_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+def _tensor_info(info: meta_graph_pb2.TensorInfo, name: str, spec) -> None:
+    info.name = name
+    info.dtype = spec.dtype.as_datatype_enum
+    info.tensor_shape.CopyFrom(spec.shape.as_proto())
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        spec = request.model_spec
+        try:
+            states = self.predictor.model(spec.name).states(
+                spec.version.value if spec.HasField("version") else None
+            )
+        except ServingError as e:
+            return _abort(context, e)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, (state, error) in states.items():
+            status = response.model_version_status.add(version=version)
+            status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
+            if error:
+                status.status.error_code = 13  # INTERNAL: the version failed to load
+                status.status.error_message = error
+        return response
+
+
+_REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(:predict)?$")
+_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503}
+
+
+def _from_json(value):
+    """TF Serving's REST encoding: ``{"b64": ...}`` is bytes; lists nest."""
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def rest_inputs(body: dict) -> dict:
+    """``{"instances": [...]}`` (row format) or ``{"inputs": {...}}`` (columnar) -> numpy inputs."""
+    if "instances" in body:
+        rows = [_from_json(row) for row in body["instances"]]
+        if rows and isinstance(rows[0], dict):
+            columns = {name: [row[name] for row in rows] for name in rows[0]}
+        else:
+            columns = {IMAGES_INPUT: rows}
+    elif "inputs" in body:
+        columns = body["inputs"] if isinstance(body["inputs"], dict) else {IMAGES_INPUT: body["inputs"]}
+        columns = {name: _from_json(value) for name, value in columns.items()}
+    else:
+        raise ServingError("INVALID_ARGUMENT", 'the body needs "instances" or "inputs"')
+    return {
+        name: np.array(value, dtype=object) if value and isinstance(value[0], bytes) else np.array(value)
+        for name, value in columns.items()
+    }
+
+
+def make_rest_handler(predictor: Predictor, max_request_bytes: int):
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, code: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self):
+            match = _REST_PATH.match(self.path)
+            if not match:
+                raise ServingError("NOT_FOUND", f"no such endpoint {self.path}")
+            name, version, action = match.groups()
+            return name, int(version) if version else None, action
+
+        def do_GET(self):  # noqa: N802
+            try:
+                name, version, _ = self._route()
+                states = predictor.model(name).states(version)
+            except ServingError as e:
+                return self._reply(_HTTP_STATUS.get(e.code, 500), {"error": str(e)})
+            self._reply(200, {"model_version_status": [
+                {"version": str(v), "state": s, "status": {"error_code": "OK" if not err else "INTERNAL",
+                                                          "error_message": err}}
+                for v, (s, err) in states.items()
+            ]})  # fmt: skip
+
+        def do_POST(self):  # noqa: N802
+            try:
+                name, version, action = self._route()
+                if action != ":predict":
+                    raise ServingError("NOT_FOUND", f"POST {self.path}: only :predict is served")
+                length = int(self.headers.get("Content-Length", 0))
+                if length > max_request_bytes:
+                    raise ServingError(
+                        "INVALID_ARGUMENT", f"request of {length} bytes is above {max_request_bytes}"
+                    )
+                try:
+                    body = json.loads(self.rfile.read(length))
+                except ValueError as e:
+                    raise ServingError("INVALID_ARGUMENT", f"the body is not JSON: {e}") from e
+                served, outputs = predictor.predict(
+                    name, version, body.get("signature_name", ""), rest_inputs(body)
+                )
+            except ServingError as e:
+                return self._reply(_HTTP_STATUS.get(e.code, 500), {"error": str(e)})
+            except Exception as e:  # noqa: BLE001 - answer, and keep serving
+                logging.exception("REST request failed")
+                return self._reply(500, {"error": f"{type(e).__name__}: {e}"})
+            rows = [
+                {k: v[i].tolist() for k, v in outputs.items()}
+                for i in range(len(next(iter(outputs.values()))))
+            ]
+            self._reply(200, {"predictions": rows, "model_version": served})
+
+        def log_message(self, fmt, *args):
+            logging.debug("rest: " + fmt, *args)
+
+    return Handler
+
+
+class Server:
+    """The gRPC server (and the REST one when ``rest_port``) over one model's versions."""
+
+    def __init__(self, model_name: str, model_base_path: str, host: str = "127.0.0.1", port: int = 8500,
+                 rest_port: int = 0, poll_seconds: float = 1.0,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 8):  # fmt: skip
+        self.models = ModelVersions(
+            model_name,
+            model_base_path,
+            warm=lambda s: replay_warmup(s, Predictor.call),
+            poll_seconds=poll_seconds,
+        )
+        self.predictor = Predictor({model_name: self.models})
+        options = [
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", 256 << 20),
+        ]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.predictor), self.grpc
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.predictor), self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if not self.port:
+            raise OSError(f"cannot bind gRPC to {host}:{port}")
+        self.rest = None
+        if rest_port:
+            self.rest = ThreadingHTTPServer(
+                (host, rest_port), make_rest_handler(self.predictor, max_request_bytes)
+            )
+            self.rest_port = self.rest.server_address[1]
+        self.host = host
+
+    def start(self, wait_seconds: float = 0.0) -> None:
+        self.models.start(wait_seconds)
+        self.grpc.start()
+        if self.rest:
+            threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
+
+    def stop(self) -> None:
+        self.grpc.stop(grace=5).wait()
+        if self.rest:
+            self.rest.shutdown()
+        self.models.stop()
+
+
+def serve(model_name: str, model_base_path: str, host: str, port: int, rest_port: int, poll_seconds: float,
+          max_request_bytes: int, wait_seconds: float) -> int:  # fmt: skip
+    """Runs until SIGINT or SIGTERM; returns an exit code."""
+    server = Server(model_name, model_base_path, host, port, rest_port, poll_seconds, max_request_bytes)
+    server.start(wait_seconds)
+    version = server.models.get().version
+    rest = f", REST on {host}:{server.rest_port}" if server.rest else ""
+    print(
+        f"deeplab-tfx serve: model {model_name!r} version {version} on {host}:{server.port} (gRPC){rest}",
+        flush=True,
+    )
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop()
+    print("deeplab-tfx serve: stopped", flush=True)
+    return 0

@@ -1,0 +1,277 @@
+"""Evaluator and ServingPusher: VOC scores in TFMA, blessing, atomic versioned pushes, warm-up."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from ml_metadata.metadata_store import metadata_store
+from PIL import Image
+from tfx import v1 as tfx
+
+from components.serving_pusher import layout, warmup
+from components.serving_pusher.component import NOT_PUSHED_REASON, PUSHED, PUSHED_VERSION
+from evaluation import iou, tfma_metrics
+from pipeline import config as config_lib
+from pipeline import features
+from pipeline.pipeline import validation_and_push
+from tests import reference
+from tests.conftest import feature, png_indices, read_examples
+from trainer.export import SERVING_DEFAULT, SERVING_EXAMPLES
+from transform import palette
+
+RNG = np.random.default_rng(0)
+
+
+def _random_pair(h=37, w=53, void_fraction=0.2):
+    truth = RNG.integers(0, features.NUM_CLASSES, (h, w)).astype(np.uint8)
+    truth[RNG.random((h, w)) < void_fraction] = features.IGNORE_LABEL
+    return truth, RNG.integers(0, features.NUM_CLASSES, (h, w)).astype(np.uint8)
+
+
+def test_scores_equal_the_per_class_reference():
+    pairs = [_random_pair() for _ in range(5)]
+    matrix = sum(iou.confusion_matrix(t, p) for t, p in pairs)
+    ours, ref = iou.scores(matrix), reference.scores(pairs)
+    np.testing.assert_allclose(ours["class_iou"], ref["class_iou"], rtol=0, atol=1e-12)
+    for key in ("mean_iou", "pixel_accuracy", "frequency_weighted_iou"):
+        assert ours[key] == pytest.approx(ref[key], abs=1e-12)
+    # A class absent from labels and predictions has no IoU and is left out of the mean.
+    truth = np.array([[0, 0], [1, 255]], np.uint8)
+    scores = iou.scores(iou.confusion_matrix(truth, np.array([[0, 1], [1, 7]], np.uint8)))
+    assert scores["class_iou"][:2].tolist() == [0.5, 0.5] and np.isnan(scores["class_iou"][2:]).all()
+    assert scores["mean_iou"] == 0.5 and scores["pixel_accuracy"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="class ids must be in"):
+        iou.confusion_matrix(truth, np.full((2, 2), 21, np.uint8))
+
+
+def _tfma_image_confusion(truth: np.ndarray, predicted: np.ndarray, pad: int = 3) -> np.ndarray:
+    """Runs the Evaluator's preprocessor on extracts shaped as TFMA builds them: the raw mask PNG
+    as a feature, and the model's padded ``class_ids`` with the true height and width."""
+    h, w = truth.shape
+    padded = np.full((h + pad, w + pad), features.IGNORE_LABEL, np.uint8)
+    padded[:h, :w] = predicted
+    extracts = {
+        "features": {
+            features.MASK_KEY: np.array([palette.encode_palette_png(truth)], dtype=object),
+            features.FILENAME_KEY: np.array([b"2007_000032"], dtype=object),
+        },
+        "predictions": {"class_ids": padded, "height": np.int64(h), "width": np.int64(w)},
+    }
+    preprocessor = tfma_metrics._ImageConfusion(features.NUM_CLASSES, features.IGNORE_LABEL)
+    [matrix] = list(preprocessor.process(extracts))
+    return matrix
+
+
+def test_void_pixels_change_nothing():
+    truth, predicted = _random_pair(void_fraction=0.0)
+    void = RNG.random(truth.shape) < 0.3
+    with_void = np.where(void, features.IGNORE_LABEL, truth).astype(np.uint8)
+    scrambled = np.where(void, RNG.integers(0, features.NUM_CLASSES, truth.shape), predicted).astype(np.uint8)
+    # Whatever the model predicts under void pixels, the matrix is that of the other pixels.
+    expected = iou.confusion_matrix(truth[~void], predicted[~void])
+    np.testing.assert_array_equal(_tfma_image_confusion(with_void, predicted), expected)
+    np.testing.assert_array_equal(_tfma_image_confusion(with_void, scrambled), expected)
+    assert expected.sum() == (~void).sum()
+
+
+def test_mask_and_prediction_of_different_sizes_name_the_file():
+    truth, _ = _random_pair()
+    extracts = {
+        "features": {
+            features.MASK_KEY: np.array([palette.encode_palette_png(truth)], dtype=object),
+            features.FILENAME_KEY: np.array([b"2007_000032"], dtype=object),
+        },
+        "predictions": {"class_ids": truth, "height": np.int64(37), "width": np.int64(52)},
+    }
+    preprocessor = tfma_metrics._ImageConfusion(features.NUM_CLASSES, features.IGNORE_LABEL)
+    with pytest.raises(ValueError, match=r"2007_000032: mask is 53x37 but the prediction is 52x37"):
+        list(preprocessor.process(extracts))
+
+
+# ServingPusher's directory layout
+
+
+def _saved_model(tmp_path, name="model"):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "saved_model.pb").write_bytes(b"graph of " + name.encode())
+    (path / "variables").mkdir()
+    (path / "variables" / "variables.index").write_bytes(b"index")
+    return str(path)
+
+
+def test_versions_increase_and_old_ones_stay(tmp_path):
+    base = str(tmp_path / "serving" / "deeplab")
+    a, b = _saved_model(tmp_path, "a"), _saved_model(tmp_path, "b")
+    assert layout.push(a, base, source="model/1") == (1, True)
+    assert layout.push(b, base, source="model/2") == (2, True)
+    # The same model artifact again (a re-run re-blessed it): no duplicate version.
+    assert layout.push(b, base, source="model/2") == (2, False)
+    assert layout.versions(base) == [1, 2]
+    assert open(os.path.join(base, "1", "saved_model.pb"), "rb").read() == b"graph of a"
+    assert open(os.path.join(base, "2", "saved_model.pb"), "rb").read() == b"graph of b"
+    # A version made by someone else is never written to: the next push goes above it.
+    os.makedirs(os.path.join(base, "7"))
+    assert layout.push(a, base, source="model/3") == (8, True)
+    assert os.listdir(os.path.join(base, "7")) == []
+
+
+def test_a_crash_mid_push_leaves_no_version_a_server_would_load(tmp_path):
+    base = str(tmp_path / "deeplab")
+    model = _saved_model(tmp_path)
+
+    def fail(staging_dir):
+        assert os.path.exists(os.path.join(staging_dir, "saved_model.pb")), "fails after the copy"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        layout.push(model, base, source="model/1", add_files=fail)
+    assert os.listdir(base) == []
+    # A staging directory left by a process that died (no cleanup ran) is not a version, and
+    # the next push removes it.
+    os.makedirs(os.path.join(base, layout.STAGING_PREFIX + "dead", "variables"))
+    assert layout.versions(base) == []
+    assert layout.push(model, base, source="model/1") == (1, True)
+    assert sorted(os.listdir(base)) == ["1"]
+
+
+# Evaluator -> ServingPusher on LocalDagRunner, judging given models through Importers
+
+
+def _judge(root, examples_uri, model_dir, tag, **evaluator):
+    """One run of Resolver -> Evaluator -> ServingPusher on ``model_dir``; returns its config."""
+    overrides = [f"pipeline_root={root}", "beam.direct_running_mode=in_memory", "evaluator.batch_size=1"]
+    overrides += [f"evaluator.{k}={v}" for k, v in evaluator.items()]
+    cfg = config_lib.load_config("tiny", overrides)
+    examples = tfx.dsl.Importer(
+        source_uri=examples_uri,
+        artifact_type=tfx.types.standard_artifacts.Examples,
+        properties={"split_names": json.dumps(list(features.SPLITS))},
+    ).with_id("examples")
+    schema = tfx.dsl.Importer(
+        source_uri=os.path.dirname(config_lib.resolve_path(cfg.validation.schema_path)),
+        artifact_type=tfx.types.standard_artifacts.Schema,
+    ).with_id("schema")
+    # Model artifacts hold the SavedModel under Format-Serving, as the Trainer writes it.
+    model = tfx.dsl.Importer(
+        source_uri=os.path.dirname(model_dir), artifact_type=tfx.types.standard_artifacts.Model
+    ).with_id(f"model_{tag}")
+    nodes = [examples, schema, model]
+    channels = (examples.outputs["result"], schema.outputs["result"], model.outputs["result"])
+    nodes += validation_and_push(cfg, *channels)
+    db = os.path.join(root, "metadata.sqlite")
+    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(db)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="judge", pipeline_root=root, components=nodes, enable_cache=False,
+        metadata_connection_config=metadata, beam_pipeline_args=cfg.beam_pipeline_args(),
+    )  # fmt: skip
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    store = metadata_store.MetadataStore(metadata)
+    latest = {
+        kind: max(store.get_artifacts_by_type(kind), key=lambda a: a.id)
+        for kind in ("ModelEvaluation", "ModelBlessing", "PushedModel")
+    }
+    return cfg, latest
+
+
+def _props(artifact):
+    return {k: getattr(v, v.WhichOneof("value")) for k, v in artifact.custom_properties.items()}
+
+
+@pytest.fixture(scope="module")
+def serving_copies(trained_model, untrained_model, tmp_path_factory):
+    """The two models, each in a directory laid out like a Trainer's Model artifact."""
+    out = tmp_path_factory.mktemp("models")
+    copies = {}
+    for tag, src in (("trained", trained_model[0]), ("untrained", untrained_model)):
+        dst = out / tag / "Format-Serving"
+        tf.io.gfile.makedirs(str(dst.parent))
+        os.symlink(src, dst)
+        copies[tag] = str(dst)
+    return copies
+
+
+@pytest.mark.slow
+def test_blessing_pushing_and_scores(learning_data, serving_copies, tmp_path):
+    examples_uri, _ = learning_data
+    root = str(tmp_path / "run")
+
+    # 1. A freshly initialised model: no baseline yet, judged by min_mean_iou, and rejected.
+    cfg, out = _judge(root, examples_uri, serving_copies["untrained"], "untrained")
+    base = cfg.serving_model_dir()
+    assert not _props(out["ModelBlessing"]).get("blessed")
+    pushed = _props(out["PushedModel"])
+    assert pushed[PUSHED] == 0 and layout.versions(base) == []
+    assert "mean IoU" in pushed[NOT_PUSHED_REASON]
+    assert "is below the required 0.5000 (evaluator.min_mean_iou)" in pushed[NOT_PUSHED_REASON]
+
+    # 2. The trained model: blessed, pushed as version 1.
+    cfg, out = _judge(root, examples_uri, serving_copies["trained"], "trained")
+    assert _props(out["ModelBlessing"])["blessed"] == 1
+    assert _props(out["PushedModel"])[PUSHED_VERSION] == "1" and layout.versions(base) == [1]
+
+    # TFMA's scores (as users load them) equal the numpy reference on the same predictions.
+    result = tfma.load_eval_result(out["ModelEvaluation"].uri)
+    slices = dict(result.slicing_metrics)
+    serve = tf.saved_model.load(serving_copies["trained"]).signatures[SERVING_EXAMPLES]
+    pairs, sources, present = [], [], []
+    for example in read_examples(examples_uri, features.EVAL_SPLIT):
+        out_ = serve(examples=tf.constant([example.SerializeToString()]))
+        truth = png_indices(feature(example, features.MASK_KEY)[0])
+        h, w = truth.shape
+        pairs.append((truth, out_["class_ids"].numpy()[0, :h, :w]))
+        sources.append(feature(example, features.SOURCE_KEY)[0].decode())
+        present.append(feature(example, features.CLASSES_PRESENT_KEY))
+
+    def check(slice_key, chosen):
+        ref = reference.scores([p for p, keep in zip(pairs, chosen, strict=True) if keep])
+        got = slices[slice_key][""]
+        assert got[""]["example_count"]["doubleValue"] == sum(chosen)
+        for name in ("mean_iou", "pixel_accuracy", "frequency_weighted_iou"):
+            assert got[""][name]["doubleValue"] == pytest.approx(ref[name], abs=1e-6), (slice_key, name)
+        for c, value in enumerate(ref["class_iou"]):
+            sub_key = f"classId:{c}"
+            if np.isnan(value):
+                assert sub_key not in got
+            else:
+                assert got[sub_key]["class_iou"]["doubleValue"] == pytest.approx(value, abs=1e-6)
+        return ref
+
+    overall = check((), [True] * len(pairs))
+    assert overall["mean_iou"] >= 0.5
+    matrix = slices[()][""][""]["confusion_matrix"]["arrayValue"]
+    tp, fp, fn, _ = reference.class_counts(pairs)
+    cm = np.array(matrix["int64Values"], np.int64).reshape(matrix["shape"])
+    np.testing.assert_array_equal(np.diag(cm), tp)
+    np.testing.assert_array_equal(cm.sum(axis=0) - tp, fp)
+    np.testing.assert_array_equal(cm.sum(axis=1) - tp, fn)
+    for source in sorted(set(sources)):
+        check(((features.SOURCE_KEY, source),), [s == source for s in sources])
+    person = features.CLASS_NAMES.index("person")
+    if any(person in p for p in present):
+        check(((features.CLASSES_PRESENT_KEY, person),), [person in p for p in present])
+
+    # The warm-up file: PredictionLog records of eval images that the signature accepts.
+    version_dir = os.path.join(base, "1")
+    logs = warmup.read(version_dir)
+    assert len(logs) == cfg.pusher.warmup_requests
+    served = tf.saved_model.load(version_dir).signatures[SERVING_DEFAULT]
+    for log in logs:
+        request = log.predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == ("deeplab", SERVING_DEFAULT)
+        images = tf.make_ndarray(request.inputs[warmup.IMAGES_INPUT])
+        answer = served(images=tf.constant(images))
+        width, height = Image.open(io.BytesIO(images[0])).size
+        assert answer["class_ids"].shape == (1, height, width)
+
+    # 3. The untrained model again, with the value threshold off: the change threshold against
+    # the blessed baseline still rejects it, and version 1 stays the only one.
+    cfg, out = _judge(root, examples_uri, serving_copies["untrained"], "untrained_again", min_mean_iou=0.0)
+    reason = _props(out["PushedModel"])[NOT_PUSHED_REASON]
+    assert "below the latest blessed model's" in reason and "max_mean_iou_drop" in reason, reason
+    assert "min_mean_iou" not in reason
+    assert layout.versions(base) == [1]
