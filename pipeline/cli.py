@@ -118,6 +118,16 @@ def _run(args: argparse.Namespace) -> int:
     return local_runner.run(_load(args, {}))
 
 
+def _compile(args: argparse.Namespace) -> int:
+    from pipeline import kubeflow_runner
+
+    config = _load(args, {})
+    job = kubeflow_runner.compile_pipeline(config, args.output)
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    print(f"deeplab-tfx compile: {len(tasks)} components, image {config.kubeflow.image} -> {args.output}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from serving import server
 
@@ -183,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the pipeline locally (LocalDagRunner, SQLite ML Metadata)")
     _add_config_args(p)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "compile", help="compile the pipeline for an orchestrator (kubeflow: a PipelineJob JSON)"
+    )
+    p.add_argument("orchestrator", choices=["kubeflow"])
+    p.add_argument("--output", required=True, help="PipelineJob JSON to write (Vertex AI Pipelines, KFP 2)")
+    _add_config_args(p)
+    p.set_defaults(func=_compile)
 
     p = sub.add_parser("serve", help="serve pushed models over TF Serving's gRPC (and REST) API")
     p.add_argument("--model-base-path", required=True, help="<serving_dir>/<model_name>: integer versions")

@@ -150,6 +150,52 @@ class ReportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VertexConfig:
+    """Train on Vertex AI custom training instead of in the Trainer's own container."""
+
+    enabled: bool = False
+    project: str = ""
+    region: str = "us-central1"
+    machine_type: str = "n1-standard-16"
+    accelerator_type: str = "NVIDIA_TESLA_V100"  # "" for CPU only
+    accelerator_count: int = 4  # one replica, MirroredStrategy over these
+    # More than one: a chief and replica_count - 1 workers (multi_worker_mirrored).
+    replica_count: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """``deeplab-tfx compile kubeflow``: the container every component runs in."""
+
+    # Built from this repository's Dockerfile (setup.py installs pipeline/, components/, ...).
+    image: str = "gcr.io/my-project/deeplab-tfx:0.1.0"
+    # Where the Dockerfile puts the repository: relative config paths (the schema, Beam's
+    # setup.py) are resolved against it, not against the compiling machine's checkout.
+    project_root: str = "/deeplab-tfx"
+
+
+@dataclasses.dataclass(frozen=True)
+class AirflowConfig:
+    """``pipeline/airflow_dag.py``: the DAG's schedule."""
+
+    schedule: str = "@weekly"  # cron expression or preset; "" for manual runs only
+    start_date: str = "2026-01-01"
+
+
+@dataclasses.dataclass(frozen=True)
+class MySqlConfig:
+    """A shared ML Metadata store (production); empty ``host``: SQLite at ``metadata_path``.
+
+    The password comes from the environment (``DEEPLAB_TFX_MYSQL_PASSWORD``), never a config.
+    """
+
+    host: str = ""
+    port: int = 3306
+    database: str = "mlmd"
+    username: str = "mlmd"
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """Beam settings shared by every Beam-powered component."""
 
@@ -184,6 +230,10 @@ class PipelineConfig:
     pusher: PusherConfig = PusherConfig()
     report: ReportConfig = ReportConfig()
     beam: BeamConfig = BeamConfig()
+    vertex: VertexConfig = VertexConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
+    airflow: AirflowConfig = AirflowConfig()
+    mysql: MySqlConfig = MySqlConfig()
 
     def serving_model_dir(self) -> str:
         """``<serving_dir>/<model_name>``: TF Serving's ``--model_base_path``."""
@@ -254,8 +304,16 @@ def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> Pipelin
         key, sep, text = override.partition("=")
         if not sep:
             raise ConfigError(f"override {override!r} is not of the form section.key=value")
-        config = _set(config, key.strip().split("."), yaml.safe_load(text), where=key)
+        config = _set(config, key.strip().split("."), _scalar(text), where=key)
     return config
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar; text YAML cannot read (``@daily``, ``a: b``) is taken as a string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _set(node: Any, path: list, value: Any, where: str) -> Any:

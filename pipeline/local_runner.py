@@ -2,7 +2,7 @@
 
 Thin by design: it resolves paths against the working directory, picks the metadata store and
 reports the outcome; the DAG itself comes from ``create_pipeline``. For a shared metadata
-store use MySQL (``tfx.orchestration.metadata.mysql_metadata_connection_config``).
+store set the config's ``mysql`` section (``metadata_connection``).
 """
 
 import dataclasses
@@ -17,6 +17,7 @@ from tfx import v1 as tfx
 
 from components.run_report.component import INDEX, REPORT_JSON, RunReport
 from pipeline import config as config_lib
+from pipeline import progress
 from pipeline.pipeline import create_pipeline
 
 
@@ -37,6 +38,19 @@ def resolve_local_paths(config: config_lib.PipelineConfig) -> config_lib.Pipelin
     )
 
 
+def metadata_connection(config: config_lib.PipelineConfig):
+    """ML Metadata's connection: MySQL when ``mysql.host`` is set (shared, production), else SQLite."""
+    if config.mysql.host:
+        return tfx.orchestration.metadata.mysql_metadata_connection_config(
+            host=config.mysql.host,
+            port=config.mysql.port,
+            database=config.mysql.database,
+            username=config.mysql.username,
+            password=os.environ.get("DEEPLAB_TFX_MYSQL_PASSWORD", ""),
+        )
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+
+
 def run(config: config_lib.PipelineConfig) -> int:
     """Runs the whole pipeline once; returns a process exit code."""
     config = resolve_local_paths(config)
@@ -44,19 +58,21 @@ def run(config: config_lib.PipelineConfig) -> int:
         print("deeplab-tfx run: data.voc_root is not set (--set data.voc_root=DIR)", file=sys.stderr)
         return 2
     os.makedirs(config.pipeline_root, exist_ok=True)
-    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    metadata = metadata_connection(config)
     pipeline = create_pipeline(config, metadata_connection_config=metadata)
     logging.info("running %s under %s", config.pipeline_name, config.pipeline_root)
     start = time.time()
-    try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-    except Exception as e:  # noqa: BLE001 - the trace for debugging, then one plain line.
-        logging.exception("pipeline run failed")
-        print(
-            f"deeplab-tfx run: FAILED after {time.time() - start:.0f} s: " f"{type(e).__name__}: {e}",
-            file=sys.stderr,
-        )
-        return 1
+    with progress.following(metadata, config.pipeline_name) as follower:
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as e:  # noqa: BLE001 - the trace for debugging, then one plain line.
+            logging.exception("pipeline run failed")
+            where = f" in component {follower.running}" if follower.running else ""
+            print(
+                f"deeplab-tfx run: FAILED{where} after {time.time() - start:.0f} s: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
+            return 1
     print(
         f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s; "
         f"outputs under {config.pipeline_root}, metadata in {config.metadata_path}"

@@ -62,7 +62,15 @@ def create_components(config: PipelineConfig) -> list:
     )
     # Nothing downstream of the gate may start before it has passed.
     transform.add_upstream_node(data_gate)
-    trainer = tfx.components.Trainer(
+    trainer_class, custom_config = tfx.components.Trainer, run_fn.custom_config(config)
+    if config.vertex.enabled:
+        # Same run_fn, run as a Vertex AI custom job on the configured machines. Imported here:
+        # the Vertex SDK takes seconds to import, and Airflow times DAG file imports.
+        from tfx.v1.extensions import google_cloud_ai_platform
+
+        trainer_class = google_cloud_ai_platform.Trainer
+        custom_config = {**custom_config, **vertex_training_args(config)}
+    trainer = trainer_class(
         run_fn="trainer.run_fn.run_fn",
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -70,7 +78,7 @@ def create_components(config: PipelineConfig) -> list:
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
         # No num_steps: evaluate on the whole eval split unless the config caps it.
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
-        custom_config=run_fn.custom_config(config),
+        custom_config=custom_config,
     )
     baseline, evaluator, pusher = validation_and_push(
         config, example_gen.outputs["examples"], schema_gen.outputs["schema"], trainer.outputs["model"]
@@ -84,13 +92,40 @@ def create_components(config: PipelineConfig) -> list:
         blessing=evaluator.outputs["blessing"],
         pushed_model=pusher.outputs["pushed_model"],
         publish_dir=config.report_dir(),
-        pipeline_name=config.pipeline_name,
+        title=config.pipeline_name,
         samples=config.report.samples,
     )
     return [
         example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer,
         baseline, evaluator, pusher, report,
     ]  # fmt: skip
+
+
+def vertex_training_args(config: PipelineConfig) -> dict:
+    """The Vertex AI Trainer's settings: region and worker pools running the Kubeflow image.
+
+    One replica trains under ``mirrored`` over its accelerators; more replicas add a worker
+    pool, and TFX sets TF_CONFIG for ``multi_worker_mirrored``.
+    """
+    from tfx.v1.extensions import google_cloud_ai_platform
+
+    vertex = config.vertex
+    machine = {"machine_type": vertex.machine_type}
+    if vertex.accelerator_type:
+        machine.update(accelerator_type=vertex.accelerator_type, accelerator_count=vertex.accelerator_count)
+    pool = {
+        "machine_spec": machine,
+        "replica_count": 1,
+        "container_spec": {"image_uri": config.kubeflow.image},
+    }
+    pools = [pool] + (
+        [{**pool, "replica_count": vertex.replica_count - 1}] if vertex.replica_count > 1 else []
+    )
+    return {
+        google_cloud_ai_platform.ENABLE_VERTEX_KEY: True,
+        google_cloud_ai_platform.VERTEX_REGION_KEY: vertex.region,
+        google_cloud_ai_platform.TRAINING_ARGS_KEY: {"project": vertex.project, "worker_pool_specs": pools},
+    }
 
 
 def validation_and_push(config: PipelineConfig, examples, schema, model) -> list:

@@ -45,9 +45,10 @@ def test_yaml_and_overrides(tmp_path):
             "validation.allow_anomalies=true",
             "data.voc_root=/d",
             "ingest.num_shards=4",
+            "airflow.schedule=@daily",  # not YAML (@ is reserved there): read as a string
         ],
     )
-    assert cfg.pipeline_name == "p"
+    assert cfg.pipeline_name == "p" and cfg.airflow.schedule == "@daily"
     assert cfg.ingest == config_lib.IngestConfig(max_rejected_fraction=1.0, num_shards=4)
     assert cfg.validation.allow_anomalies is True and cfg.data.voc_root == "/d"
     assert cfg.beam_pipeline_args()[-1] == "--a=1"
@@ -119,12 +120,19 @@ def test_every_named_config_builds_the_pipeline(name):
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
     pusher = nodes["ServingPusher"]
     assert pusher.upstream_nodes == {nodes["Trainer"], nodes["Evaluator"], nodes["VocExampleGen"]}
-    assert pusher.exec_properties["model_base_path"] == f"{cfg.pipeline_root}/serving/deeplab"
+    assert pusher.exec_properties["model_base_path"] == cfg.serving_model_dir()
     assert nodes["RunReportGen"].exec_properties["publish_dir"] == f"{cfg.pipeline_root}/report"
 
 
 def test_named_configs_exist():
-    assert {"tiny", "voc"} <= set(config_lib.named_configs())
+    assert {"tiny", "voc", "vertex"} <= set(config_lib.named_configs())
+
+
+def test_serving_dir_defaults_under_the_pipeline_root():
+    cfg = config_lib.load_config("tiny", ["pipeline_root=/runs/r"])
+    assert cfg.serving_model_dir() == "/runs/r/serving/deeplab" and cfg.report_dir() == "/runs/r/report"
+    moved = config_lib.apply_overrides(cfg, ["pusher.serving_dir=gs://b/serving", "pusher.model_name=seg"])
+    assert moved.serving_model_dir() == "gs://b/serving/seg"
 
 
 def test_without_a_schema_file_schema_is_inferred():

@@ -44,8 +44,13 @@ def test_scores_equal_the_per_class_reference():
     scores = iou.scores(iou.confusion_matrix(truth, np.array([[0, 1], [1, 7]], np.uint8)))
     assert scores["class_iou"][:2].tolist() == [0.5, 0.5] and np.isnan(scores["class_iou"][2:]).all()
     assert scores["mean_iou"] == 0.5 and scores["pixel_accuracy"] == pytest.approx(2 / 3)
+    # Ids outside the 21 classes (and void, for labels) are errors, not silently dropped pixels.
     with pytest.raises(ValueError, match="class ids must be in"):
         iou.confusion_matrix(truth, np.full((2, 2), 21, np.uint8))
+    with pytest.raises(ValueError, match="class ids must be in"):
+        iou.confusion_matrix(np.full((2, 2), 30, np.uint8), np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 255\]"):
+        iou.confusion_matrix(truth.astype(np.int64), np.full((2, 2), 256, np.int64))
 
 
 def _tfma_image_confusion(truth: np.ndarray, predicted: np.ndarray, pad: int = 3) -> np.ndarray:

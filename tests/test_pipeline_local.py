@@ -15,9 +15,12 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 
+from components.data_gate.component import DataGateDecision
 from components.voc_example_gen import sources
 from pipeline import config as config_lib
 from pipeline import features, local_runner
+from serving import client
+from serving.server import Server
 from tests.conftest import feature, png_indices, read_examples
 from transform import preprocessing
 
@@ -87,13 +90,18 @@ def test_first_run_executes_every_component_once(run_config, capsys):
     assert "deeplab-tfx run: Trainer: best eval mean IoU" in out
     assert f"blessed; pushed as version 1 to {run_config.serving_model_dir()}/1" in out
     assert f"report: {run_config.report_dir()}/index.html" in out
+    # Progress, component by component, with the outputs worth seeing.
+    for node in ("VocExampleGen", "Transform", "Trainer", "Evaluator", "ServingPusher"):
+        assert re.search(rf"\] {node}: started\n(.*\n)*?\[[\d:]+\] {node}: complete in [\d.]+ s", out), node
+    assert re.search(r"Examples: \S+ \(num_examples_train=\d+, num_examples_eval=\d+\)", out)
+    assert re.search(r"PushedModel: \S+ \(pushed=1, pushed_version=1\)", out)
     assert states_by_node(run_config) == {n: ["COMPLETE"] for n in NODES}
     examples_uri = latest_output_uri(run_config, "Examples")
     planned = sources.count_by_split(sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root))
     for split, n in planned.items():
         assert len(read_examples(examples_uri, split)) == n
     decision = json.load(
-        open(os.path.join(latest_output_uri(run_config, "DataGateDecision"), "decision.json"))
+        open(os.path.join(latest_output_uri(run_config, DataGateDecision.TYPE_NAME), "decision.json"))
     )
     assert decision == {"passed": True, "allow_anomalies": False, "anomalies": {}}
     # Transform's analyzers counted the train split's pixels, class by class.
@@ -162,13 +170,73 @@ def test_report_renders_and_shows_the_evaluators_numbers(run_config, tmp_path):
             assert figure.size[0] > 300 and np.asarray(figure.convert("L")).std() > 5, name
 
 
+def _upstream(store, artifact_id) -> list:
+    """``[(execution type, [(input type, artifact id)])]`` walking producers back from an artifact."""
+    path, frontier, seen = [], [artifact_id], set()
+    while frontier:
+        current = frontier.pop()
+        producers = [e.execution_id for e in store.get_events_by_artifact_ids([current])
+                     if e.type == metadata_store_pb2.Event.OUTPUT]  # fmt: skip
+        for execution in store.get_executions_by_id(producers):
+            if execution.id in seen:
+                continue
+            seen.add(execution.id)
+            inputs = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
+                      if e.type == metadata_store_pb2.Event.INPUT]  # fmt: skip
+            kinds = [
+                (store.get_artifact_types_by_id([a.type_id])[0].name, a.id)
+                for a in store.get_artifacts_by_id(inputs)
+            ]
+            path.append((store.get_execution_types_by_id([execution.type_id])[0].name, kinds))
+            frontier += inputs
+    return path
+
+
+def test_lineage_from_the_pushed_model_to_the_ingested_examples(run_config):
+    store = _store(run_config)
+    [pushed] = store.get_artifacts_by_type("PushedModel")
+    [examples] = store.get_artifacts_by_type("Examples")
+    [model] = store.get_artifacts_by_type("Model")
+    lineage = dict(_upstream(store, pushed.id))
+    pusher = next(kinds for name, kinds in lineage.items() if name.endswith("ServingPusher"))
+    assert ("Model", model.id) in pusher and ("Examples", examples.id) in pusher
+    trainer = next(kinds for name, kinds in lineage.items() if name.endswith("Trainer"))
+    assert ("Examples", examples.id) in trainer
+    # ... and back to the ingestion that wrote those examples, and nothing before it.
+    assert any(name.endswith("VocExampleGen") for name in lineage)
+    assert {name.split(".")[-1] for name in lineage} >= {"ServingPusher", "Evaluator", "Trainer", "Transform"}
+
+
+def test_the_pushed_model_answers_over_grpc(run_config):
+    server = Server(run_config.pusher.model_name, run_config.serving_model_dir(), port=0)
+    server.start()
+    try:
+        example = read_examples(latest_output_uri(run_config, "Examples"), features.EVAL_SPLIT)[0]
+        image = feature(example, features.IMAGE_KEY)[0]
+        grpc_client = client.GrpcClient(f"127.0.0.1:{server.port}", run_config.pusher.model_name)
+        version, [mask] = grpc_client.predict([image])
+        grpc_client.close()
+    finally:
+        server.stop()
+    assert version == 1
+    size = (feature(example, features.HEIGHT_KEY)[0], feature(example, features.WIDTH_KEY)[0])
+    serve = tf.saved_model.load(os.path.join(run_config.serving_model_dir(), "1")).signatures[
+        "serving_default"
+    ]
+    expected = serve(images=tf.constant([image]))["class_ids"][0].numpy()
+    assert mask.shape == size
+    np.testing.assert_array_equal(mask, expected[: size[0], : size[1]])
+
+
 def test_rerun_with_unchanged_inputs_is_cached(run_config, capsys):
     assert local_runner.run(run_config) == 0
     states = states_by_node(run_config)
     assert {n: states[n] for n in DETERMINISTIC} == {n: ["COMPLETE", "CACHED"] for n in DETERMINISTIC}
     # The same model, now judged against itself as the blessed baseline: blessed, not pushed again.
     assert states["Evaluator"] == ["COMPLETE", "COMPLETE"]
-    assert f"pushed as version 1 to {run_config.serving_model_dir()}/1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"pushed as version 1 to {run_config.serving_model_dir()}/1" in out
+    assert re.search(r"\] Transform: cached in [\d.]+ s", out)
     assert sorted(os.listdir(run_config.serving_model_dir())) == ["1"]
 
 
@@ -182,6 +250,7 @@ def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, tmp_path, ca
     assert local_runner.run(cfg) == 1
     err = capsys.readouterr().err
     assert "DataGate stopped the run before Transform" in err
+    assert "deeplab-tfx run: FAILED in component DataGate after" in err
     assert "split train: feature 'image/source'" in err and "split eval" not in err
     states = states_by_node(cfg)
     assert states["VocExampleGen"][-1] == "CACHED" and states["DataGate"][-1] == "FAILED"
@@ -189,7 +258,9 @@ def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, tmp_path, ca
 
     allowed = config_lib.apply_overrides(cfg, ["validation.allow_anomalies=true"])
     assert local_runner.run(allowed) == 0
-    decision = json.load(open(os.path.join(latest_output_uri(cfg, "DataGateDecision"), "decision.json")))
+    decision = json.load(
+        open(os.path.join(latest_output_uri(cfg, DataGateDecision.TYPE_NAME), "decision.json"))
+    )
     assert decision["passed"] is True and list(decision["anomalies"]) == ["train"]
     assert decision["anomalies"]["train"][0]["feature"] == "image/source"
 

@@ -26,7 +26,7 @@ ANOMALIES_FILE = "SchemaDiff.pb"
 class DataGateDecision(types.Artifact):
     """decision.json: {"passed", "allow_anomalies", "anomalies": {split: [{feature, ...}]}}."""
 
-    TYPE_NAME = "DataGateDecision"
+    TYPE_NAME = "deeplab_tfx.DataGateDecision"
 
 
 class DataGateError(RuntimeError):

@@ -42,7 +42,7 @@ REPORT_JSON = "report.json"
 class RunReport(types.Artifact):
     """index.html, its PNG figures and report.json."""
 
-    TYPE_NAME = "RunReport"
+    TYPE_NAME = "deeplab_tfx.RunReport"
 
 
 def eval_samples(examples_uri: str, model_dir: str, count: int) -> list:
@@ -162,11 +162,14 @@ def RunReportGen(  # noqa: N802 - TFX component names are classes.
     pushed_model: InputArtifact[standard_artifacts.PushedModel],
     report: OutputArtifact[RunReport],
     publish_dir: Parameter[str],
-    pipeline_name: Parameter[str],
+    title: Parameter[str],
     samples: Parameter[int] = 6,
 ):
-    """Builds the run report and publishes it to ``publish_dir``."""
-    build(report.uri, pipeline_name, examples, transform_graph, model, model_run, evaluation, blessing,
+    """Builds the run report (headed ``title``) and publishes it to ``publish_dir``.
+
+    ``title``, not ``pipeline_name``: TFX's Airflow launcher reserves that execution property.
+    """
+    build(report.uri, title, examples, transform_graph, model, model_run, evaluation, blessing,
           pushed_model, samples)  # fmt: skip
     if publish_dir:
         publish(report.uri, publish_dir)

@@ -17,7 +17,7 @@ INPUT_FINGERPRINT_KEY = "input_fingerprint"
 class RejectedRecords(types.Artifact):
     """Dead-letter output: rejected.jsonl (id, source, split, kind, reason), summary.json, report.md."""
 
-    TYPE_NAME = "RejectedRecords"
+    TYPE_NAME = "deeplab_tfx.RejectedRecords"
 
 
 class VocExampleGenSpec(types.ComponentSpec):
