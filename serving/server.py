@@ -22,7 +22,6 @@ from typing import Dict, Optional
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import any_pb2  # noqa: F401 - Any.Pack on metadata
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
