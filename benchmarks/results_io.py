@@ -1,6 +1,7 @@
 """What every benchmark shares: where results go, the machine they came from, the JSON file."""
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ def save(path: str, benchmark: str, **figures) -> dict:
     result = {
         "benchmark": benchmark,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **figures,
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -6,7 +6,7 @@ in-process through ``serving_default``, and through ``deeplab-tfx serve`` over g
 concurrent clients. The difference is what serving costs: serialisation, gRPC, the request
 checks and the thread hand-offs.
 
-    python -m benchmarks.serving_latency --model-base-path demo/pipeline/serving/deeplab
+    python -m benchmarks.serving_latency [--model-base-path demo/pipeline/serving/deeplab]
 """
 
 import io
@@ -22,9 +22,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from benchmarks import results_io
+from benchmarks import fixtures, results_io
 from components.serving_pusher import layout
-from serving import client
+from serving import client, server
 from trainer.export import SERVING_DEFAULT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,13 +84,18 @@ def start_server(base: str, name: str) -> tuple:
 
 def main():
     p = results_io.parser(__doc__, "serving_latency")
-    p.add_argument("--model-base-path", default=os.path.join(ROOT, "demo", "pipeline", "serving", "deeplab"))
+    p.add_argument(
+        "--model-base-path",
+        help="a pushed model's base path (e.g. demo/pipeline/serving/deeplab); default: the tiny "
+        "config's model, built once under benchmarks/.work",
+    )
     p.add_argument("--model-name", default="deeplab")
     p.add_argument("--requests", type=int, default=200)
     args = p.parse_args()
+    args.model_base_path = args.model_base_path or fixtures.served_model()
     versions = layout.versions(args.model_base_path)
     if not versions:
-        raise SystemExit(f"no pushed version under {args.model_base_path}: run `make demo` first")
+        raise SystemExit(f"no pushed version under {args.model_base_path}")
     image = voc_sized_jpeg()
     signature = tf.saved_model.load(os.path.join(args.model_base_path, str(versions[-1]))).signatures[
         SERVING_DEFAULT
@@ -99,6 +104,19 @@ def main():
 
     def in_process():
         signature(images=images)["class_ids"].numpy()
+
+    # The server's own request handling, in this process and without gRPC: the same request
+    # through PredictionService.Predict, the answer parsed as the client parses it. What it
+    # adds to in_process is the checks and proto conversions; what the server adds to it is
+    # gRPC's transport and the hand-off between two processes.
+    models = server.ModelVersions(args.model_name, args.model_base_path, warm=lambda servable: None)
+    models.poll()
+    service = server.PredictionService(server.Predictor({args.model_name: models}))
+    request = client.GrpcClient("127.0.0.1:1", args.model_name).request([image])  # connects lazily: never
+
+    def through_handler():
+        response = service.Predict(request, None)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     proc, address = start_server(args.model_base_path, args.model_name)
     try:
@@ -109,12 +127,13 @@ def main():
                 stubs.client = client.GrpcClient(address, args.model_name)
             stubs.client.predict([image])
 
-        for call in (in_process, through_server):  # warm up both paths
+        for call in (in_process, through_handler, through_server):  # warm up every path
             for _ in range(10):
                 call()
         figures = {}
         for clients in (1, 8):  # interleaved per concurrency level: noise hits both paths alike
             figures[f"in_process_{clients}"] = measure(in_process, clients, args.requests)
+            figures[f"handler_{clients}"] = measure(through_handler, clients, args.requests)
             figures[f"server_{clients}"] = measure(through_server, clients, args.requests)
     finally:
         proc.terminate()
@@ -122,6 +141,9 @@ def main():
     overhead = {
         f"{c}_clients": {
             "p50_overhead": figures[f"server_{c}"]["p50_ms"] / figures[f"in_process_{c}"]["p50_ms"] - 1,
+            # Where the p50 difference goes, in ms: request handling, then gRPC and processes.
+            "handler_ms": figures[f"handler_{c}"]["p50_ms"] - figures[f"in_process_{c}"]["p50_ms"],
+            "transport_ms": figures[f"server_{c}"]["p50_ms"] - figures[f"handler_{c}"]["p50_ms"],
             "throughput_ratio": figures[f"server_{c}"]["requests_per_s"]
             / figures[f"in_process_{c}"]["requests_per_s"],
         }

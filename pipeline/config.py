@@ -72,7 +72,7 @@ class TrainerConfig:
     # Model.
     backbone: str = "resnet50"  # resnet50 | mobilenetv2
     width: float = 1.0  # MobileNetV2 width multiplier (alpha)
-    output_stride: int = 16  # 16 | 8
+    output_stride: int = 16  # 16 | 8 | 32 (32: no dilation, as keras_hub's DeepLabV3+)
     # "imagenet" (downloads where a network exists), a local .h5 of the keras.applications
     # model without top, or "" for random init.
     backbone_weights: str = "imagenet"

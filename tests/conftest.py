@@ -5,23 +5,15 @@ import io
 import os
 import shutil
 
-import apache_beam as beam
 import numpy as np
 import pytest
 import scipy.io
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 from PIL import Image
-from tensorflow_metadata.proto.v0 import schema_pb2
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-from tfx.utils import io_utils
-from tfx_bsl.public import tfxio
 
-from components.voc_example_gen import beam_ingest
 from datasets import synthetic_voc
 from pipeline import config as config_lib
-from transform import preprocessing
+from transform import analysis
 
 # Small images keep the suite inside the CI budget; the formats are the real ones.
 MAX_SIDE = 96
@@ -84,39 +76,10 @@ def feature(example, key):
     return list(getattr(value, kind).value) if kind else []
 
 
-def analyze(examples, out, custom_config):
-    """Runs preprocessing_fn through tft_beam on the train split, as the Transform component does."""
-    schema_path = config_lib.resolve_path("pipeline/schema/schema.pbtxt")
-    schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
-    source = tfxio.TFExampleRecord(
-        file_pattern=os.path.join(examples, "Split-train", "*"), telemetry_descriptors=["test"], schema=schema
-    )
-    transform_dir = os.path.join(out, "transform_graph")
-    with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out, "tmp"), force_tf_compat_v1=False):
-        raw = p | source.BeamSource()
-        transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing.preprocessing_fn(inputs, custom_config)
-        )
-        _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
-    # The raw metadata, as the Transform component writes it beside the transform graph.
-    metadata_io.write_metadata(
-        dataset_metadata.DatasetMetadata(schema), os.path.join(transform_dir, "metadata")
-    )
-    return tft.TFTransformOutput(transform_dir)
-
-
-def ingest_and_analyze(dataset: str, out: str, image_size: int) -> tuple:
-    """(raw Examples uri, TFTransformOutput) of ``dataset``: ingested, then analyzed like Transform does.
-
-    The transform graph is at ``transform_dir(examples_uri)``.
-    """
-    examples = os.path.join(out, "examples")
-    beam_ingest.run(lambda: beam.Pipeline(), dataset, dataset, examples, os.path.join(out, "rej"))
-    return examples, analyze(examples, out, {"image_size": image_size})
-
-
-def transform_dir(examples_uri: str) -> str:
-    return os.path.join(os.path.dirname(examples_uri), "transform_graph")
+# Shared with the benchmarks: the Transform component's analysis, outside TFX.
+analyze = analysis.analyze
+ingest_and_analyze = analysis.ingest_and_analyze
+transform_dir = analysis.transform_dir
 
 
 @pytest.fixture(scope="session")

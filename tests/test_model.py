@@ -12,7 +12,7 @@ SIZE = 64
 
 
 @pytest.mark.parametrize("backbone, width", [("mobilenetv2", 0.35), ("resnet50", 1.0)])
-@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("output_stride", [16, 8, 32])
 def test_output_shapes_and_feature_strides(backbone, width, output_stride):
     net = model.build_deeplabv3plus(
         SIZE, backbone=backbone, output_stride=output_stride, width=width, aspp_filters=32, decoder_filters=32
@@ -50,15 +50,27 @@ def test_missing_weights_file_is_named():
         model.build_backbone("resnet50", (SIZE, SIZE, 3), 16, weights="no/such.h5")
 
 
-def test_degenerate_atrous_rates_equal_the_full_convolution():
-    # Rates 12 and 18 on an 8x8 map: only the centre tap can read data; AtrousConv2D computes
-    # it as a 1x1 conv, which must equal TF's dilated conv exactly (up to float sums).
-    x = tf.random.stateless_normal((2, 8, 8, 5), seed=(1, 2))
-    for rate in (6, 8, 12, 18):
+@pytest.mark.parametrize("size", [8, 13])
+def test_atrous_conv_equals_tf_dilated_conv_forward_and_backward(size):
+    # AtrousConv2D computes dilation by space-to-batch (13 is not a multiple of any rate, so
+    # the padding and cropping are exercised) and a rate >= the map as the 1x1 centre conv;
+    # outputs and gradients must equal TF's own dilated conv (up to float sums).
+    x = tf.random.stateless_normal((2, size, size, 5), seed=(1, 2))
+    for rate in (1, 2, 6, 8, 12, 18):
         layer = model.AtrousConv2D(4, 3, padding="same", dilation_rate=rate)
-        out = layer(x)
-        reference = tf.nn.conv2d(x, layer.kernel, strides=1, padding="SAME", dilations=rate) + layer.bias
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            out = layer(x)
+            reference = tf.nn.convolution(x, layer.kernel, padding="SAME", dilations=rate) + layer.bias
+            ours_sum, reference_sum = tf.reduce_sum(out * out), tf.reduce_sum(reference * reference)
         np.testing.assert_allclose(out.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+        for wrt in (x, layer.kernel):
+            np.testing.assert_allclose(
+                tape.gradient(ours_sum, wrt).numpy(),
+                tape.gradient(reference_sum, wrt).numpy(),
+                rtol=1e-4,
+                atol=1e-4,
+            )
 
 
 def test_aspp_config_round_trip():

@@ -1,0 +1,59 @@
+"""Transform's analysis outside TFX: ingest a dataset and analyze it as the pipeline would.
+
+The tests and the benchmarks need a transform graph without running a pipeline. This runs
+the same ``preprocessing_fn`` through ``tft_beam.AnalyzeDataset`` on the train split and
+writes the graph and the raw metadata where the Transform component writes them, so
+``tft.TFTransformOutput`` and the trainer cannot tell the difference.
+"""
+
+import os
+
+import apache_beam as beam
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+from tfx.utils import io_utils
+from tfx_bsl.public import tfxio
+
+from components.voc_example_gen import beam_ingest
+from pipeline import config as config_lib
+from transform import preprocessing
+
+TRANSFORM_GRAPH = "transform_graph"
+
+
+def analyze(examples_uri: str, out: str, custom_config: dict) -> tft.TFTransformOutput:
+    """Analyzes the train split of ``examples_uri`` into ``<out>/transform_graph``."""
+    schema_path = config_lib.resolve_path("pipeline/schema/schema.pbtxt")
+    schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
+    source = tfxio.TFExampleRecord(
+        file_pattern=os.path.join(beam_ingest.split_dir(examples_uri, "train"), "*"),
+        telemetry_descriptors=["deeplab-tfx"],
+        schema=schema,
+    )
+    graph_dir = os.path.join(out, TRANSFORM_GRAPH)
+    with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out, "tmp"), force_tf_compat_v1=False):
+        raw = p | source.BeamSource()
+        transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing.preprocessing_fn(inputs, custom_config)
+        )
+        _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
+    # The raw metadata, as the Transform component writes it beside the transform graph.
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema), os.path.join(graph_dir, "metadata"))
+    return tft.TFTransformOutput(graph_dir)
+
+
+def ingest_and_analyze(dataset: str, out: str, image_size: int) -> tuple:
+    """``(raw Examples uri, TFTransformOutput)`` of a VOC/SBD-format dataset at ``image_size``.
+
+    The Examples go to ``<out>/examples``, the graph to ``transform_dir(examples_uri)``.
+    """
+    examples = os.path.join(out, "examples")
+    beam_ingest.run(lambda: beam.Pipeline(), dataset, dataset, examples, os.path.join(out, "rejected"))
+    return examples, analyze(examples, out, {"image_size": image_size})
+
+
+def transform_dir(examples_uri: str) -> str:
+    """The transform graph that ``ingest_and_analyze`` made for ``examples_uri``."""
+    return os.path.join(os.path.dirname(examples_uri), TRANSFORM_GRAPH)
