@@ -19,7 +19,7 @@ own process, one after another in one run:
 The architectures differ in how much they compute, so each gets its forward GFLOPs per image
 (TF's profiler on the traced graph), and GFLOP/s achieved says how well each uses the CPU
 regardless; images/s and the ratios to keras_hub are the headline. Float32 everywhere, no XLA
-(neither model is compiled with it by default on CPU).
+(our Trainer does not use it; keras_hub is compiled with ``jit_compile=False`` to match).
 
     python -m benchmarks.train_step
 """
