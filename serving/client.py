@@ -123,16 +123,30 @@ class RestClient:
         pass
 
 
+def _read_bytes(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(data)
+
+
 def write_results(image_path: str, image_bytes: bytes, mask: np.ndarray, out_dir: str) -> tuple:
-    """``<stem>.png`` (palette PNG of class ids, VOC colours) and ``<stem>_overlay.jpg``."""
-    os.makedirs(out_dir, exist_ok=True)
+    """``<stem>.png`` (palette PNG of class ids, VOC colours) and ``<stem>_overlay.jpg``.
+
+    Through ``tf.io.gfile``: ``out_dir`` may be a bucket (``gs://...``) as well as a directory.
+    """
+    tf.io.gfile.makedirs(out_dir)
     stem = os.path.splitext(os.path.basename(image_path))[0]
     mask_path = os.path.join(out_dir, f"{stem}.png")
-    with open(mask_path, "wb") as f:
-        f.write(palette.encode_palette_png(mask))
+    _write_bytes(mask_path, palette.encode_palette_png(mask))
     image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+    overlay = io.BytesIO()
+    Image.fromarray(palette.overlay(image, mask)).save(overlay, format="JPEG", quality=90)
     overlay_path = os.path.join(out_dir, f"{stem}_overlay.jpg")
-    Image.fromarray(palette.overlay(image, mask)).save(overlay_path, quality=90)
+    _write_bytes(overlay_path, overlay.getvalue())
     return mask_path, overlay_path
 
 
@@ -144,7 +158,7 @@ def predict_files(server: str, model_name: str, paths: List[str], out_dir: str, 
     try:
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
-            images = [open(p, "rb").read() for p in batch]
+            images = [_read_bytes(p) for p in batch]
             served, masks = client.predict(images, deadline_s)
             for path, data, mask in zip(batch, images, masks, strict=True):
                 mask_path, _ = write_results(path, data, mask, out_dir)

@@ -5,6 +5,12 @@ newer version completely (SavedModel, then the warm-up requests of its
 ``assets.extra/tf_serving_warmup_requests``) before it becomes the one requests get, then drops
 the old one. A request holds its own reference to the version it started on, so a swap never
 fails a request in flight: "load new, then unload old".
+
+Only complete versions are candidates (``layout.versions``: ``saved_model.pb``, written last, is
+there). On an object store a version is written in place, so an integer directory may be
+half-written for a while, or for ever if its push died; TF Serving tries such a directory and
+retries, this server does not try it until it is complete. All reads go through ``tf.io.gfile``
+(``tf.saved_model.load`` does too), so ``--model-base-path`` may be ``gs://``.
 """
 
 import dataclasses
@@ -45,7 +51,7 @@ def load_servable(path: str, version: int) -> Servable:
 
 def replay_warmup(servable: Servable, call: Callable) -> int:
     """Sends the version's warm-up requests through ``call(servable, signature, inputs)``."""
-    if not os.path.exists(os.path.join(servable.path, warmup.WARMUP_FILE)):
+    if not tf.io.gfile.exists(os.path.join(servable.path, warmup.WARMUP_FILE)):
         return 0
     logs = warmup.read(servable.path)
     for log in logs:
@@ -76,7 +82,9 @@ class ModelVersions:
         while not self.poll() and time.time() < deadline:
             time.sleep(min(self._poll_seconds, 0.5))
         if self._current is None:
-            raise FileNotFoundError(f"no loadable version (an integer directory) under {self.base_path}")
+            raise FileNotFoundError(
+                f"no loadable version (an integer directory with saved_model.pb) under {self.base_path}"
+            )
         self._thread = threading.Thread(target=self._run, name=f"poll-{self.name}", daemon=True)
         self._thread.start()
 
@@ -93,7 +101,7 @@ class ModelVersions:
                 logging.exception("polling %s failed", self.base_path)
 
     def poll(self) -> bool:
-        """Loads the newest version if it is newer than the served one; True if one is served."""
+        """Loads the newest complete version if it is newer than the served one; True if one is served."""
         versions = layout.versions(self.base_path)
         current = self._current.version if self._current else 0
         newest = versions[-1] if versions else 0

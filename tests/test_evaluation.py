@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import re
+import uuid
 
 import numpy as np
 import pytest
@@ -12,14 +14,21 @@ from ml_metadata.metadata_store import metadata_store
 from PIL import Image
 from tfx import v1 as tfx
 
+from components.run_report.component import INDEX, REPORT_JSON, RunReport, RunReportGen
 from components.serving_pusher import layout, warmup
-from components.serving_pusher.component import NOT_PUSHED_REASON, PUSHED, PUSHED_VERSION
+from components.serving_pusher.component import (
+    NOT_PUSHED_REASON,
+    PUSHED,
+    PUSHED_DESTINATION,
+    PUSHED_VERSION,
+    ServingPusher,
+)
 from evaluation import iou, tfma_metrics
 from pipeline import config as config_lib
-from pipeline import features
+from pipeline import features, local_runner, storage
 from pipeline.pipeline import validation_and_push
 from tests import reference
-from tests.conftest import feature, png_indices, read_examples
+from tests.conftest import feature, png_indices, read_examples, transform_dir
 from trainer.export import SERVING_DEFAULT, SERVING_EXAMPLES
 from transform import palette
 
@@ -109,6 +118,31 @@ def _saved_model(tmp_path, name="model"):
     return str(path)
 
 
+def _ram(name: str) -> str:
+    """A fresh root on ``ram://``, TF's in-memory filesystem: like ``gs://`` it is reached only
+    through gfile and has no directory rename. It lives as long as the process, across tests."""
+    return f"ram://{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _read(uri: str) -> bytes:
+    with tf.io.gfile.GFile(uri, "rb") as f:
+        return f.read()
+
+
+def _files(root: str) -> set:
+    """Paths of the files under ``root``, relative to it.
+
+    ``ram://`` lists by name prefix: ``assets/`` also shows ``.extra`` when ``assets.extra/`` is
+    its sibling (TF 2.16). Such names do not exist, so they are left out.
+    """
+    found = set()
+    for directory, _, files in tf.io.gfile.walk(root):
+        relative = directory[len(root) :].strip("/")
+        real = [name for name in files if tf.io.gfile.exists(os.path.join(directory, name))]
+        found |= {os.path.join(relative, name) for name in real}
+    return found
+
+
 def test_versions_increase_and_old_ones_stay(tmp_path):
     base = str(tmp_path / "serving" / "deeplab")
     a, b = _saved_model(tmp_path, "a"), _saved_model(tmp_path, "b")
@@ -119,10 +153,12 @@ def test_versions_increase_and_old_ones_stay(tmp_path):
     assert layout.versions(base) == [1, 2]
     assert open(os.path.join(base, "1", "saved_model.pb"), "rb").read() == b"graph of a"
     assert open(os.path.join(base, "2", "saved_model.pb"), "rb").read() == b"graph of b"
-    # A version made by someone else is never written to: the next push goes above it.
+    # A version made by someone else is never written to: the next push goes above it, even
+    # when that directory is not a version a server would load (no saved_model.pb yet).
     os.makedirs(os.path.join(base, "7"))
     assert layout.push(a, base, source="model/3") == (8, True)
     assert os.listdir(os.path.join(base, "7")) == []
+    assert layout.versions(base) == [1, 2, 8]
 
 
 def test_a_crash_mid_push_leaves_no_version_a_server_would_load(tmp_path):
@@ -130,7 +166,7 @@ def test_a_crash_mid_push_leaves_no_version_a_server_would_load(tmp_path):
     model = _saved_model(tmp_path)
 
     def fail(staging_dir):
-        assert os.path.exists(os.path.join(staging_dir, "saved_model.pb")), "fails after the copy"
+        assert os.path.exists(os.path.join(staging_dir, "variables", "variables.index")), "after the copy"
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
@@ -142,6 +178,33 @@ def test_a_crash_mid_push_leaves_no_version_a_server_would_load(tmp_path):
     assert layout.versions(base) == []
     assert layout.push(model, base, source="model/1") == (1, True)
     assert sorted(os.listdir(base)) == ["1"]
+
+
+def test_a_push_interrupted_on_an_object_store_leaves_an_incomplete_version_never_reused(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # code that wrote ram:// paths with os would write here
+    base = _ram("interrupted") + "/deeplab"
+    model = _saved_model(tmp_path)
+
+    def fail(version_dir):
+        assert tf.io.gfile.exists(os.path.join(version_dir, "variables", "variables.index"))
+        assert not tf.io.gfile.exists(os.path.join(version_dir, "saved_model.pb")), "it comes last"
+        raise OSError("connection reset")
+
+    with pytest.raises(OSError, match="connection reset"):
+        layout.push(model, base, source="model/1", add_files=fail)
+    # The files were written in place: version 1 has some, but not saved_model.pb, which is
+    # what tells TF Serving (and our server) that a version is complete. Not a version...
+    assert tf.io.gfile.listdir(base) == ["1"]
+    assert tf.io.gfile.exists(os.path.join(base, "1", "variables", "variables.index"))
+    assert layout.versions(base) == []
+    # ... and its number is not used again (a server may have given up on it).
+    assert layout.push(model, base, source="model/1") == (2, True)
+    assert layout.versions(base) == [2] and sorted(tf.io.gfile.listdir(base)) == ["1", "2"]
+    assert not tf.io.gfile.exists(os.path.join(base, "1", "saved_model.pb"))
+    assert layout.provenance(os.path.join(base, "2")) == {"source": "model/1"}
+    assert not os.path.exists(tmp_path / "ram:")
 
 
 # Evaluator -> ServingPusher on LocalDagRunner, judging given models through Importers
@@ -187,6 +250,110 @@ def _props(artifact):
     return {k: getattr(v, v.WhichOneof("value")) for k, v in artifact.custom_properties.items()}
 
 
+def _push_and_report_on_ram(root: str, inputs: dict, db: str) -> None:
+    """Importers of ``inputs`` (on ``root``) -> ServingPusher -> RunReportGen, all writing to ``root``.
+
+    LocalDagRunner runs these Python-function components in this process, where ``ram://`` lives.
+    """
+    importers = {
+        "examples": tfx.types.standard_artifacts.Examples,
+        "transform_graph": tfx.types.standard_artifacts.TransformGraph,
+        "model": tfx.types.standard_artifacts.Model,
+        "model_run": tfx.types.standard_artifacts.ModelRun,
+        "evaluation": tfx.types.standard_artifacts.ModelEvaluation,
+        "blessing": tfx.types.standard_artifacts.ModelBlessing,
+    }
+    nodes = {
+        key: tfx.dsl.Importer(
+            source_uri=inputs[key], artifact_type=kind, properties=inputs.get(f"{key}_properties"),
+            custom_properties=inputs.get(f"{key}_custom_properties"),
+        ).with_id(key)
+        for key, kind in importers.items()
+    }  # fmt: skip
+    given = {key: node.outputs["result"] for key, node in nodes.items()}
+    pusher = ServingPusher(
+        model=given["model"], model_blessing=given["blessing"], evaluation=given["evaluation"],
+        examples=given["examples"], model_base_path=f"{root}/serving/deeplab", model_name="deeplab",
+        warmup_requests=4,
+    )  # fmt: skip
+    report = RunReportGen(
+        examples=given["examples"], transform_graph=given["transform_graph"], model=given["model"],
+        model_run=given["model_run"], evaluation=given["evaluation"], blessing=given["blessing"],
+        pushed_model=pusher.outputs["pushed_model"], publish_dir=f"{root}/pipeline/report",
+        title="object store", samples=2,
+    )  # fmt: skip
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="object_store", pipeline_root=f"{root}/pipeline", enable_cache=False,
+        components=[*nodes.values(), pusher, report],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(db),
+    )  # fmt: skip
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+
+FIGURES = {"class_iou", "confusion_matrix", "data", "samples", "training_curves"}
+
+
+def _check_push_and_report_on_an_object_store(local: dict, tmp_path) -> None:
+    """The ServingPusher and RunReportGen components with every input and output on ``ram://``.
+
+    ``local``: the Beam-made inputs (Beam cannot write ``ram://``), copied there first.
+    """
+    root = _ram("components")
+    split_counts = {s: len(read_examples(local["examples"], s)) for s in features.SPLITS}
+    inputs = {key: f"{root}/in/{key}" for key in local}
+    for key, path in local.items():
+        storage.copy_tree(path, inputs[key])
+    inputs.update(
+        examples_properties={"split_names": json.dumps(list(features.SPLITS))},
+        examples_custom_properties={f"num_examples_{s}": n for s, n in split_counts.items()},
+        blessing_custom_properties={"blessed": 1},  # the Evaluator's, set on its artifact
+    )
+    db = str(tmp_path / "object_store.sqlite")
+    _push_and_report_on_ram(root, inputs, db)
+    store_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(db)
+    store = metadata_store.MetadataStore(store_config)
+
+    # The push: version 1 on the object store, complete, with its provenance and warm-up requests.
+    base, [pushed] = f"{root}/serving/deeplab", store.get_artifacts_by_type("PushedModel")
+    assert {k: _props(pushed)[k] for k in (PUSHED, PUSHED_VERSION, PUSHED_DESTINATION)} == {
+        PUSHED: 1, PUSHED_VERSION: "1", PUSHED_DESTINATION: f"{base}/1"
+    }  # fmt: skip
+    assert pushed.uri.startswith(f"{root}/pipeline/ServingPusher/")
+    assert layout.versions(base) == [1] and layout.provenance(f"{base}/1") == {"source": inputs["model"]}
+    model_files = _files(os.path.join(local["model"], "Format-Serving"))
+    assert _files(f"{base}/1") == model_files | {warmup.WARMUP_FILE, layout.PROVENANCE_FILE}
+    requests = [log.predict_log.request for log in warmup.read(f"{base}/1")]
+    first_eval = read_examples(local["examples"], features.EVAL_SPLIT)[:4]
+    sent = [tf.make_ndarray(r.inputs[warmup.IMAGES_INPUT])[0] for r in requests]
+    assert sent == [feature(e, features.IMAGE_KEY)[0] for e in first_eval]
+
+    # The report, in the RunReport artifact and published: the Evaluator's numbers, the push,
+    # and exactly the figures the page shows, each a PNG.
+    [artifact] = store.get_artifacts_by_type(RunReport.TYPE_NAME)
+    assert artifact.uri.startswith(f"{root}/pipeline/RunReportGen/")
+    overall = dict(tfma.load_eval_result(inputs["evaluation"]).slicing_metrics)[()][""][""]
+    publish_dir = f"{root}/pipeline/report"
+    for where in (artifact.uri, publish_dir):
+        report = json.loads(_read(f"{where}/{REPORT_JSON}"))
+        page = _read(f"{where}/{INDEX}").decode()
+        decision = {"blessed": True, "reasons": [], "pushed_version": 1, "pushed_destination": f"{base}/1"}
+        assert report["decision"] == decision and re.search(r"id='pushed-version'>1<", page)
+        assert report["model_uri"] == inputs["model"] and report["split_counts"] == split_counts
+        assert report["evaluation"]["overall"]["mean_iou"] == overall["mean_iou"]["doubleValue"]
+        assert set(report["figures"]) == FIGURES
+        assert set(re.findall(r"src='([^']+)'", page)) == set(report["figures"].values())
+        assert set(tf.io.gfile.listdir(where)) == {INDEX, REPORT_JSON, *report["figures"].values()}
+        for name in report["figures"].values():
+            with Image.open(io.BytesIO(_read(f"{where}/{name}"))) as figure:
+                assert figure.format == "PNG" and figure.size[0] > 300, name
+    # `deeplab-tfx run`'s closing lines read the report on the object store too.
+    lines = local_runner.run_summary(store_config, publish_dir)
+    assert f"blessed; pushed as version 1 to {base}/1" in lines
+    assert f"report: {publish_dir}/index.html" in lines
+    assert any(line.startswith("Evaluator: mean IoU ") for line in lines), lines
+    assert any(line.startswith("Trainer: best eval mean IoU ") for line in lines), lines
+
+
 @pytest.fixture(scope="module")
 def serving_copies(trained_model, untrained_model, tmp_path_factory):
     """The two models, each in a directory laid out like a Trainer's Model artifact."""
@@ -201,7 +368,7 @@ def serving_copies(trained_model, untrained_model, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_blessing_pushing_and_scores(learning_data, serving_copies, tmp_path):
+def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copies, tmp_path):
     examples_uri, _ = learning_data
     root = str(tmp_path / "run")
 
@@ -218,6 +385,16 @@ def test_blessing_pushing_and_scores(learning_data, serving_copies, tmp_path):
     cfg, out = _judge(root, examples_uri, serving_copies["trained"], "trained")
     assert _props(out["ModelBlessing"])["blessed"] == 1
     assert _props(out["PushedModel"])[PUSHED_VERSION] == "1" and layout.versions(base) == [1]
+    # The same judgement, pushed and reported by the components on an object store.
+    local = {
+        "examples": examples_uri,
+        "transform_graph": transform_dir(examples_uri),
+        "model": os.path.dirname(serving_copies["trained"]),
+        "model_run": os.path.join(os.path.dirname(trained_model[0]), "run"),
+        "evaluation": out["ModelEvaluation"].uri,
+        "blessing": out["ModelBlessing"].uri,
+    }
+    _check_push_and_report_on_an_object_store(local, tmp_path)
 
     # TFMA's scores (as users load them) equal the numpy reference on the same predictions.
     result = tfma.load_eval_result(out["ModelEvaluation"].uri)

@@ -6,12 +6,15 @@ place users look. It reads what the run produced: split counts (ExampleGen), cla
 (Transform), training history (Trainer's ModelRun), scores and slices (Evaluator, through
 ``tfma.load_eval_result``), the blessing and its reasons, and the pushed version. Sample
 predictions come from the model's own ``serving_examples`` signature, as TFMA's did.
+
+Everything goes through ``tf.io.gfile``: with a ``gs://`` pipeline root (Kubeflow, Vertex AI)
+the report is written there, not to a local directory inside the container. How a report is
+published so that readers never see a mix of two runs is ``publish``'s docstring.
 """
 
+import hashlib
 import json
 import os
-import shutil
-import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -30,13 +33,14 @@ from components.serving_pusher.component import (
     serving_path,
 )
 from evaluation import tfma_metrics, verdict
-from pipeline import features
+from pipeline import features, storage
 from trainer.export import SERVING_EXAMPLES
 from trainer.training import HISTORY_FILE
 from transform import preprocessing
 
 INDEX = "index.html"
 REPORT_JSON = "report.json"
+FIGURE_SUFFIX = ".png"
 
 
 class RunReport(types.Artifact):
@@ -72,6 +76,16 @@ def eval_samples(examples_uri: str, model_dir: str, count: int) -> list:
     return samples
 
 
+def figure_name(key: str, png: bytes) -> str:
+    """``<key>-<hash of the content>.png``: a new figure never takes the name of an old one."""
+    return f"{key}-{hashlib.sha256(png).hexdigest()[:16]}{FIGURE_SUFFIX}"
+
+
+def _write(path: str, data) -> None:
+    with tf.io.gfile.GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
 def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_model: types.Artifact) -> dict:
     blessed = bool(blessing.get_int_custom_property("blessed"))
     decision = {"blessed": blessed, "reasons": [] if blessed else verdict.reasons(evaluation.uri)}
@@ -86,7 +100,7 @@ def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_mod
 def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, model_run, evaluation,
           blessing, pushed_model, samples: int) -> dict:  # fmt: skip
     """Writes the report into ``out_dir``; returns what ``report.json`` holds."""
-    os.makedirs(out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(out_dir)
     scores = eval_results.load(evaluation.uri)
     overall = scores["overall"]
     split_counts = {s: examples.get_int_custom_property(f"num_examples_{s}") for s in features.SPLITS}
@@ -96,8 +110,9 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
     figs = {}
 
     def draw(key, fn, *args):
-        figs[key] = f"{key}.png"
-        fn(*args, os.path.join(out_dir, figs[key]))
+        png = fn(*args)
+        figs[key] = figure_name(key, png)
+        _write(os.path.join(out_dir, figs[key]), png)
 
     draw("class_iou", figures.class_iou_bars, overall["class_iou"], overall["mean_iou"])
     draw("confusion_matrix", figures.confusion_heatmap, overall["confusion_matrix"])
@@ -128,27 +143,41 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
         "history": history,
         "figures": figs,
     }
-    with open(os.path.join(out_dir, REPORT_JSON), "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    with open(os.path.join(out_dir, INDEX), "w") as f:
-        f.write(page.render(report))
+    _write(os.path.join(out_dir, REPORT_JSON), json.dumps(report, indent=1, default=str))
+    _write(os.path.join(out_dir, INDEX), page.render(report))
     return report
 
 
+def _figures_named(report_json: str) -> set:
+    """The figure files a ``report.json`` names; none if there is no report there yet."""
+    if not tf.io.gfile.exists(report_json):
+        return set()
+    with tf.io.gfile.GFile(report_json) as f:
+        return set(json.load(f).get("figures", {}).values())
+
+
 def publish(report_dir: str, publish_dir: str) -> None:
-    """Replaces ``publish_dir`` with a copy of ``report_dir``, swapping whole directories so a
-    reader never sees a mix of two runs' files."""
-    parent = os.path.dirname(os.path.abspath(publish_dir))
-    os.makedirs(parent, exist_ok=True)
-    incoming = os.path.join(parent, f".report-{uuid.uuid4().hex}")
-    shutil.copytree(report_dir, incoming)
-    if os.path.exists(publish_dir):
-        old = os.path.join(parent, f".report-old-{uuid.uuid4().hex}")
-        os.rename(publish_dir, old)
-        os.rename(incoming, publish_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(incoming, publish_dir)
+    """Publishes the report in ``report_dir`` to ``publish_dir``, never showing a reader two runs.
+
+    One mechanism for local disk and object stores, which cannot swap directories: figures are
+    named by their content (``figure_name``), so a run's figures never overwrite the ones an
+    earlier page names. They are copied first, then ``report.json``, then ``index.html``, each
+    replaced whole (``storage.replace_file``), so whichever page or JSON a reader gets, every
+    figure it names is there. Only then are the figures named by neither this report nor the
+    previous one removed: a reader who loaded the previous page a moment ago still gets its
+    images. Not guaranteed: ``index.html`` and ``report.json`` read during a publish may be of
+    two runs (each names its model); two runs publishing at the same moment may leave one's
+    page naming figures the other removed.
+    """
+    with tf.io.gfile.GFile(os.path.join(report_dir, REPORT_JSON)) as f:
+        current = set(json.load(f)["figures"].values())
+    keep = current | _figures_named(os.path.join(publish_dir, REPORT_JSON))
+    tf.io.gfile.makedirs(publish_dir)
+    for name in [*sorted(current), REPORT_JSON, INDEX]:
+        storage.replace_file(os.path.join(report_dir, name), os.path.join(publish_dir, name))
+    for name in tf.io.gfile.listdir(publish_dir):
+        if name.endswith(FIGURE_SUFFIX) and name not in keep:
+            tf.io.gfile.remove(os.path.join(publish_dir, name))
 
 
 @component

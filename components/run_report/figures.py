@@ -1,4 +1,7 @@
-"""The report's pictures (PNG, matplotlib's Agg backend: no display needed)."""
+"""The report's pictures: PNG bytes (matplotlib's Agg backend: no display needed).
+
+Bytes, not files: the report names each figure by its content and writes it through gfile.
+"""
 
 import io
 
@@ -15,13 +18,15 @@ from transform import palette  # noqa: E402
 _NAMES = features.CLASS_NAMES
 
 
-def _save(fig, path: str) -> None:
+def _png(fig) -> bytes:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=90)
     plt.close(fig)
+    return out.getvalue()
 
 
-def class_iou_bars(class_iou: list, mean_iou: float, path: str) -> None:
+def class_iou_bars(class_iou: list, mean_iou: float) -> bytes:
     """Horizontal bars, one per class in the VOC colour; classes never seen are marked n/a."""
     fig, ax = plt.subplots(figsize=(7, 6))
     values = [v if v is not None else 0.0 for v in class_iou]
@@ -35,10 +40,10 @@ def class_iou_bars(class_iou: list, mean_iou: float, path: str) -> None:
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("IoU (eval split, original resolution)")
     ax.legend(loc="lower right")
-    _save(fig, path)
+    return _png(fig)
 
 
-def confusion_heatmap(matrix: np.ndarray, path: str) -> None:
+def confusion_heatmap(matrix: np.ndarray) -> bytes:
     """Rows (truth) normalised to 1, so every class is readable whatever its pixel share."""
     rows = matrix.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -50,10 +55,10 @@ def confusion_heatmap(matrix: np.ndarray, path: str) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     fig.colorbar(image, ax=ax, label="share of the true class's pixels")
-    _save(fig, path)
+    return _png(fig)
 
 
-def training_curves(epochs: list, path: str) -> None:
+def training_curves(epochs: list) -> bytes:
     steps = [row["step"] for row in epochs]
     fig, (loss_ax, iou_ax, lr_ax) = plt.subplots(1, 3, figsize=(12, 3.5))
     for key, label in (("loss", "train"), ("val_loss", "eval")):
@@ -72,10 +77,10 @@ def training_curves(epochs: list, path: str) -> None:
         ax.set_xlabel("step")
         if ax is not lr_ax:
             ax.legend()
-    _save(fig, path)
+    return _png(fig)
 
 
-def data_summary(split_counts: dict, class_pixels: dict, path: str) -> None:
+def data_summary(split_counts: dict, class_pixels: dict) -> bytes:
     """Examples per split, and the train split's pixels per class (log scale: background dominates)."""
     fig, (split_ax, class_ax) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 4]})
     split_ax.bar(list(split_counts), list(split_counts.values()), color="#4c72b0")
@@ -87,10 +92,10 @@ def data_summary(split_counts: dict, class_pixels: dict, path: str) -> None:
     class_ax.set_yscale("log")
     class_ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     class_ax.set_title("train pixels per class (Transform's counts)")
-    _save(fig, path)
+    return _png(fig)
 
 
-def samples_grid(samples: list, path: str) -> None:
+def samples_grid(samples: list) -> bytes:
     """One row per eval image: image | ground truth | prediction | prediction over the image."""
     fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.6 * len(samples)), squeeze=False)
     for row, (name, image_bytes, truth, predicted) in zip(axes, samples, strict=True):
@@ -102,4 +107,4 @@ def samples_grid(samples: list, path: str) -> None:
             ax.imshow(panel)
             ax.set_title(f"{name}: {title}" if title == "image" else title, fontsize=8)
             ax.axis("off")
-    _save(fig, path)
+    return _png(fig)

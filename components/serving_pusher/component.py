@@ -4,9 +4,11 @@ TFX 1.16's Pusher names versions by Unix time and copies files straight into the
 directory, which TF Serving may load while it is half-written. This one keeps the Pusher's
 outputs (a ``PushedModel`` with ``pushed``, ``pushed_destination``, ``pushed_version``, so
 TFX tooling reads it as usual) and differs where serving needs it: versions 1, 2, 3, ...
-appear only complete (``layout.py``), carry warm-up requests built from eval images
+are never loaded half-written, on local disk or object stores, and concurrent pushes do not
+collide (``layout.py`` says what holds where), carry warm-up requests built from eval images
 (``warmup.py``), and a model that was not blessed is not pushed, with the Evaluator's
-reasons recorded on the output in plain words.
+reasons recorded on the output in plain words. Every file goes through ``tf.io.gfile``, so
+``model_base_path`` may be ``gs://`` as well as a local directory.
 """
 
 import logging
@@ -50,10 +52,10 @@ def ServingPusher(  # noqa: N802 - TFX component names are classes.
         pushed_model.set_string_custom_property(NOT_PUSHED_REASON, why)
         return
 
-    def add_warmup(staging_dir: str) -> None:
+    def add_warmup(version_dir: str) -> None:
         if warmup_requests > 0:
             images = warmup.eval_images(examples.uri, warmup_requests)
-            warmup.write(staging_dir, warmup.prediction_logs(images, model_name))
+            warmup.write(version_dir, warmup.prediction_logs(images, model_name))
 
     version, new = layout.push(serving_path(model), model_base_path, source=model.uri, add_files=add_warmup)
     destination = os.path.join(model_base_path, str(version))

@@ -4,9 +4,9 @@ The first call of a SavedModel builds and optimises its graph, which takes secon
 replays these requests when it loads a version, before marking it AVAILABLE, so no client pays
 for it. The requests are real eval images, one per request, in the form clients send them
 (``serving_default``, encoded JPEG bytes), so the replay exercises the path real requests take.
+Read and written through ``tf.io.gfile``, so the examples and the version may be on object stores.
 """
 
-import glob
 import os
 
 import tensorflow as tf
@@ -21,7 +21,7 @@ IMAGES_INPUT = "images"  # serving_default's input (trainer/export.py)
 
 def eval_images(examples_uri: str, count: int) -> list:
     """The encoded JPEG bytes of the first ``count`` eval examples, in file order."""
-    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")))
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")))
     if not files:
         raise FileNotFoundError(f"no eval split under {examples_uri}")
     images = []
@@ -46,7 +46,7 @@ def prediction_logs(images: list, model_name: str) -> list:
 
 def write(version_dir: str, logs: list) -> str:
     path = os.path.join(version_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for log in logs:
             writer.write(log.SerializeToString())
