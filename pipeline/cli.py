@@ -61,6 +61,16 @@ def _make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _foreign_entries(output: str, own: set) -> list:
+    """Entries of ``output`` that ``deeplab-tfx ingest`` did not write (none if it does not exist)."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(output):
+        return [output] if tf.io.gfile.exists(output) else []
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(output))  # gs:// lists dirs as "name/"
+    return sorted(name for name in names if name not in own and not name.startswith("beam-temp-"))
+
+
 def _ingest(args: argparse.Namespace) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -80,15 +90,29 @@ def _ingest(args: argparse.Namespace) -> int:
     if not cfg.data.voc_root:
         print("deeplab-tfx ingest: --voc-root (or data.voc_root) is required", file=sys.stderr)
         return 2
-    os.makedirs(args.output, exist_ok=True)
+    # The output is replaced whole, so that running ingest (or `make demo`) again leaves only the
+    # new run: no old shards beside the new ones. Only an output ingest wrote itself is deleted;
+    # anything else there (a mistyped --output, a user's files) makes it refuse.
+    examples = os.path.join(args.output, "examples")
+    foreign = _foreign_entries(args.output, {os.path.basename(examples), *beam_ingest.REPORT_FILES})
+    if foreign:
+        print(
+            f"deeplab-tfx ingest: --output {args.output} holds what ingest did not write "
+            f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); ingest replaces its output "
+            "whole, so give a new directory or one an earlier ingest wrote",
+            file=sys.stderr,
+        )
+        return 2
     beam_args = cfg.beam_pipeline_args()
     logging.info("ingest: beam args %s", beam_args)
     try:
+        # beam_ingest.run checks the lists before it deletes the old output (a bad list leaves it
+        # as it was), then replaces it.
         summary = beam_ingest.run(
             lambda: beam.Pipeline(options=PipelineOptions(beam_args)),
             voc_root=cfg.data.voc_root,
             sbd_root=cfg.data.sbd_root or None,
-            examples_uri=os.path.join(args.output, "examples"),
+            examples_uri=examples,
             rejected_dir=args.output,
             max_rejected_fraction=cfg.ingest.max_rejected_fraction,
             num_shards=cfg.ingest.num_shards,
@@ -115,7 +139,7 @@ def _ingest(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pipeline import local_runner
 
-    return local_runner.run(_load(args, {}))
+    return local_runner.run(_load(args, {}), to_nodes=args.to_nodes)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -191,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_ingest)
 
     p = sub.add_parser("run", help="run the pipeline locally (LocalDagRunner, SQLite ML Metadata)")
+    p.add_argument(
+        "--to",
+        dest="to_nodes",
+        action="append",
+        default=[],
+        metavar="COMPONENT",
+        help="run only up to this component (a TFX partial run), e.g. --to DataGate to validate new data",
+    )
     _add_config_args(p)
     p.set_defaults(func=_run)
 

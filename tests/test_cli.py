@@ -1,13 +1,16 @@
 """``deeplab-tfx make-dataset`` and ``deeplab-tfx ingest`` as a user runs them."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import read_list, sbd_path, voc_path
+from datasets import synthetic_voc
+from pipeline import cli, features
+from tests.conftest import feature, read_examples, read_list, sbd_path, voc_path
 
 pytestmark = pytest.mark.slow
 CLI = os.path.join(os.path.dirname(sys.executable), "deeplab-tfx")
@@ -54,3 +57,77 @@ def test_ingest_exit_codes(tmp_path, dataset_copy):
         "ingest", "--voc-root", dataset_copy, "--output", str(tmp_path / "b"), "--set", "ingest.x=1"
     )
     assert result.returncode == 2 and "unknown config key 'ingest.x'" in result.stderr
+
+
+@pytest.fixture
+def cli_main():
+    """``deeplab-tfx`` in this process (no interpreter start-up); restores the log level it sets."""
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    yield cli.main
+    beam_logger.setLevel(level)
+
+
+def _ingest_args(root, out, *more):
+    # In this process, and without --setup_file (whose sdist build costs DirectRunner 10 s a job).
+    local = ["--direct-running-mode", "in_memory", "--set", "beam.setup_file="]
+    return ["ingest", "--voc-root", root, "--sbd-root", root, "--output", out, *local, *more]
+
+
+def _splits(root):
+    """(train ids, eval ids) by the train_aug rule, from the list files."""
+    seg = voc_path(root, "ImageSets", "Segmentation")
+    voc_train, voc_val = set(read_list(f"{seg}/train.txt")), set(read_list(f"{seg}/val.txt"))
+    sbd = set(read_list(sbd_path(root, "train.txt"))) | set(read_list(sbd_path(root, "val.txt")))
+    return sorted((voc_train | sbd) - voc_val), sorted(voc_val)
+
+
+def test_ingest_twice_into_one_output_keeps_only_the_second_run(dataset_dir, tmp_path, cli_main, capsys):
+    # `make demo` twice: the second ingest replaces the first, and the summary counts the disk.
+    # Other shard names the second time (3 shards, then 1), as a changed config or runner gives.
+    small = str(tmp_path / "small")
+    synthetic_voc.make_dataset(small, num_images=12, seed=5, max_side=48, workers=1)
+    out = str(tmp_path / "out")
+    assert cli_main(_ingest_args(dataset_dir, out, "--num-shards", "3")) == 0
+    assert cli_main(_ingest_args(small, out)) == 0, capsys.readouterr().err[-3000:]
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    train, val = _splits(small)
+    on_disk = {
+        split: sorted(
+            feature(e, features.FILENAME_KEY)[0].decode() for e in read_examples(f"{out}/examples", split)
+        )
+        for split in features.SPLITS
+    }
+    assert on_disk == {"train": train, "eval": val}
+    summary = json.load(open(f"{out}/summary.json"))
+    assert summary["splits"] == printed["splits"] == {"train": len(train), "eval": len(val)}
+    assert summary["listed"] == len(train) + len(val) and summary["rejected"] == []
+    assert sorted(os.listdir(out)) == ["examples", "rejected.jsonl", "report.md", "summary.json"]
+    assert sorted(os.listdir(f"{out}/examples")) == ["Split-eval", "Split-train"]
+    # A third run whose lists are refused leaves the second's output as it was.
+    shards = sorted(os.listdir(f"{out}/examples/Split-train"))
+    open(voc_path(small, "ImageSets", "Segmentation", "val.txt"), "w").close()
+    assert cli_main(_ingest_args(small, out)) == 2
+    assert json.load(open(f"{out}/summary.json")) == summary
+    assert sorted(os.listdir(f"{out}/examples/Split-train")) == shards
+
+
+def test_ingest_refuses_an_output_holding_files_it_did_not_write(dataset_dir, tmp_path, cli_main, capsys):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "todo.txt").write_text("mine")
+    (out / "summary.json").write_text("{}")
+    assert cli_main(_ingest_args(dataset_dir, str(out))) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "notes" in err, err
+    assert sorted(os.listdir(out)) == ["notes", "summary.json"] and (out / "notes" / "todo.txt").exists()
+
+
+def test_ingest_with_an_empty_val_list_exits_2_naming_it(dataset_copy, tmp_path, cli_main, capsys):
+    val = voc_path(dataset_copy, "ImageSets", "Segmentation", "val.txt")
+    open(val, "w").close()
+    assert cli_main(_ingest_args(dataset_copy, str(tmp_path / "out"))) == 2
+    err = capsys.readouterr().err
+    assert "split eval is empty" in err and val in err, err
+    assert not (tmp_path / "out" / "examples").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import apache_beam as beam
 import numpy as np
@@ -211,3 +212,92 @@ def _by_id(examples):
     return {
         feature(e, features.FILENAME_KEY)[0]: {k: feature(e, k) for k in e.features.feature} for e in examples
     }
+
+
+def _ids_on_disk(out, split):
+    return sorted(feature(e, features.FILENAME_KEY)[0].decode() for e in read_examples(out, split))
+
+
+def test_a_programming_error_fails_the_run_naming_the_id_and_the_frame(dataset_dir, tmp_path, monkeypatch):
+    # Fault injection: a bug (here a TypeError) while encoding one record must stop the run,
+    # not become a dead-lettered record that passes below max_rejected_fraction.
+    victim = sources.plan_items(dataset_dir, dataset_dir)[5]
+    real_encode = records.encode
+
+    def encode_with_a_bug(item, files, checked):
+        if item.image_id == victim.image_id:
+            raise TypeError("an injected bug")
+        return real_encode(item, files, checked)
+
+    monkeypatch.setattr(records, "encode", encode_with_a_bug)
+    with pytest.raises(beam_ingest.UnexpectedRecordError) as err:
+        _ingest(dataset_dir, str(tmp_path), max_rejected_fraction=0.5)
+    message = str(err.value)
+    assert f"{victim.image_id} ({victim.source}, {victim.split})" in message
+    assert victim.image_path in message and victim.mask_path in message
+    assert "TypeError: an injected bug" in message
+    line = encode_with_a_bug.__code__.co_firstlineno + 2
+    assert f"{__file__}:{line} in encode_with_a_bug" in message
+
+
+def test_a_voc_val_id_with_broken_voc_files_is_rejected_and_its_sbd_copy_not_trained_on(
+    dataset_copy, tmp_path
+):
+    seg = voc_path(dataset_copy, "ImageSets", "Segmentation")
+    val = read_list(f"{seg}/val.txt")
+    sbd = set(read_list(sbd_path(dataset_copy, "train.txt")) + read_list(sbd_path(dataset_copy, "val.txt")))
+    missing, corrupt = [i for i in val if i in sbd][:2]
+    os.remove(voc_path(dataset_copy, "JPEGImages", f"{missing}.jpg"))
+    os.remove(voc_path(dataset_copy, "SegmentationClass", f"{missing}.png"))
+    open(voc_path(dataset_copy, "SegmentationClass", f"{corrupt}.png"), "wb").write(b"\x89PNG\r\n\x1a\n")
+    with open(f"{seg}/val.txt", "wb") as f:  # and the list saved with a BOM and CRLF, first id first
+        f.write(("\ufeff" + "\r\n".join([missing] + [i for i in val if i != missing]) + "\r\n").encode())
+    for image_id in (missing, corrupt):  # the SBD copies are intact and could be used
+        assert os.path.exists(sbd_path(dataset_copy, "cls", f"{image_id}.mat"))
+
+    summary = _ingest(dataset_copy, str(tmp_path), max_rejected_fraction=0.5)
+    assert {(r["id"], r["source"], r["split"], r["kind"]) for r in summary.rejected} == {
+        (missing, "voc", "eval", records.MISSING_FILE),
+        (corrupt, "voc", "eval", records.CORRUPT_MASK),
+    }
+    examples = str(tmp_path / "examples")
+    assert _ids_on_disk(examples, "eval") == sorted(set(val) - {missing, corrupt})
+    assert not {missing, corrupt} & set(_ids_on_disk(examples, "train"))
+
+
+def _empty(path):
+    open(path, "w").close()
+
+
+@pytest.mark.parametrize("case", ["empty val", "empty train", "train lists only val ids"])
+def test_an_empty_split_fails_before_any_work_naming_the_lists(dataset_copy, tmp_path, case):
+    seg = voc_path(dataset_copy, "ImageSets", "Segmentation")
+    train_lists = [f"{seg}/train.txt", sbd_path(dataset_copy, "train.txt"), sbd_path(dataset_copy, "val.txt")]
+    if case == "empty val":
+        _empty(f"{seg}/val.txt")
+        split, named = "eval", [f"{seg}/val.txt"]
+    else:
+        for path in train_lists:
+            if case == "empty train":
+                _empty(path)
+            else:
+                shutil.copyfile(f"{seg}/val.txt", path)
+        split, named = "train", train_lists
+    with pytest.raises(sources.ListFileError) as err:
+        _ingest(dataset_copy, str(tmp_path))
+    message = str(err.value)
+    assert f"split {split} is empty" in message and all(path in message for path in named), message
+    if case == "train lists only val ids":
+        assert "every id they list is in VOC val" in message
+    assert not (tmp_path / "examples").exists() and not (tmp_path / "rejected").exists()
+
+
+def test_a_split_emptied_by_rejections_fails_the_run(dataset_copy, tmp_path):
+    seg = voc_path(dataset_copy, "ImageSets", "Segmentation")
+    val = read_list(f"{seg}/val.txt")
+    for image_id in val:
+        os.remove(voc_path(dataset_copy, "SegmentationClass", f"{image_id}.png"))
+    message = f"split eval: all {len(val)} listed ids were rejected"
+    with pytest.raises(beam_ingest.EmptySplitError, match=message):
+        _ingest(dataset_copy, str(tmp_path), max_rejected_fraction=0.5)
+    assert len(json.load(open(tmp_path / "rejected" / "summary.json"))["rejected"]) == len(val)

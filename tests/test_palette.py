@@ -1,6 +1,8 @@
 """The VOC colour map and its arithmetic inverse."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -53,6 +55,36 @@ def test_every_24_bit_colour_is_classified_right():
     ids, ok = palette.colors_to_ids(rgb)
     assert ok.sum() == len(palette.VALID_INDICES)
     np.testing.assert_array_equal(np.sort(ids[ok]), np.array(palette.VALID_INDICES))
+
+
+def png_chunks(data: bytes) -> list:
+    """``[(type, payload)]`` of a PNG, each CRC checked: what a decoder will see besides pixels."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, payload = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length : at + 12 + length])[0] == zlib.crc32(kind + payload)
+        chunks.append((kind.decode("ascii"), payload))
+        at += 12 + length
+    return chunks
+
+
+def assert_canonical_mask_png(data: bytes) -> None:
+    """IHDR (8-bit palette), the 256-colour VOC PLTE, IDAT, IEND: no tRNS, gAMA, text or other chunk."""
+    chunks = png_chunks(data)
+    kinds = [kind for kind, _ in chunks]
+    assert kinds[:2] == ["IHDR", "PLTE"] and kinds[-1] == "IEND", kinds
+    assert set(kinds[2:-1]) == {"IDAT"}, kinds
+    assert chunks[0][1][8:10] == bytes([8, 3]), "bit depth 8, colour type 3 (palette)"
+    assert chunks[1][1] == bytes(palette.flat_palette())
+
+
+def test_palette_png_has_only_the_critical_chunks():
+    # Transform decodes masks by colour after an RGBA decode: a tRNS chunk would make class
+    # pixels semi-transparent, hence off-palette, hence void.
+    ids = np.array([[0, 1, 20], [255, 15, 0]], np.uint8)
+    assert_canonical_mask_png(palette.encode_palette_png(ids))
 
 
 def test_palette_png_round_trip():

@@ -2,16 +2,19 @@
 
 import io
 import os
+import random
+import struct
 
 import numpy as np
 import pytest
 import scipy.io
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from components.voc_example_gen import records, sources
 from pipeline import features
 from tests.conftest import feature, png_indices, sbd_segmentation
-from transform import palette
+from tests.test_palette import assert_canonical_mask_png, png_chunks
+from transform import palette, preprocessing
 
 
 def _item(root, source, split=features.TRAIN_SPLIT):
@@ -45,9 +48,12 @@ def test_voc_record_holds_the_contract(dataset_dir):
     assert feature(example, features.HEIGHT_KEY) == [height]
     assert feature(example, features.WIDTH_KEY) == [width]
     assert feature(example, features.SOURCE_KEY) == [b"voc"]
-    assert feature(example, features.MASK_KEY) == [png], "a valid VOC PNG goes in untouched"
-    assert feature(example, features.MASK_FORMAT_KEY) == [b"png"]
     ids = png_indices(png)
+    stored = feature(example, features.MASK_KEY)[0]
+    assert stored == palette.encode_palette_png(ids), "every mask is stored in our one encoding"
+    assert_canonical_mask_png(stored)
+    np.testing.assert_array_equal(png_indices(stored), ids)
+    assert feature(example, features.MASK_FORMAT_KEY) == [b"png"]
     assert feature(example, features.CLASSES_PRESENT_KEY) == [c for c in np.unique(ids) if 0 < c < 255]
     assert set(example.features.feature) == {
         features.IMAGE_KEY,
@@ -167,6 +173,84 @@ def test_palette_png_is_read_by_index_and_repainted_in_voc_colours(dataset_copy,
     assert png != open(item.mask_path, "rb").read(), "re-encoded"
     np.testing.assert_array_equal(png_indices(png), ids)
     assert Image.open(io.BytesIO(png)).getpalette() == palette.flat_palette()
+
+
+def _save_with_chunks(path, ids, chunks):
+    """A VOC palette PNG (VOC colours) carrying the given ancillary chunks, as other tools write them."""
+    img = Image.fromarray(ids.astype(np.uint8), "P")
+    img.putpalette(palette.flat_palette())
+    options = {}
+    if "tRNS" in chunks:  # background opaque, classes half transparent, void fully
+        options["transparency"] = bytes([255] + [128] * 254 + [0])
+    if chunks - {"tRNS"}:
+        info = PngImagePlugin.PngInfo()
+        info.add(b"gAMA", struct.pack(">I", 45455))
+        info.add_text("Software", "a label tool")
+        options.update(pnginfo=info, dpi=(72, 72))
+    img.save(path, **options)
+    assert chunks <= {kind for kind, _ in png_chunks(open(path, "rb").read())}
+
+
+@pytest.mark.parametrize("chunks", [{"tRNS"}, {"gAMA", "tEXt", "pHYs"}], ids=["tRNS", "gAMA-tEXt-pHYs"])
+def test_masks_with_ancillary_chunks_are_stored_in_the_canonical_encoding(dataset_copy, chunks):
+    item = _item(dataset_copy, features.SOURCE_VOC)
+    ids = png_indices(open(item.mask_path, "rb").read())
+    assert len(np.unique(ids)) >= 3, "background, a class and void at least"
+    _save_with_chunks(item.mask_path, ids, chunks)
+    example = records.build_example(item)
+    stored = feature(example, features.MASK_KEY)[0]
+    assert_canonical_mask_png(stored)
+    np.testing.assert_array_equal(png_indices(stored), ids)
+    # What Transform reads: the same indices, nothing off-palette.
+    decoded, off_palette = preprocessing.decode_mask(stored)
+    np.testing.assert_array_equal(decoded.numpy(), ids)
+    assert int(off_palette) == 0
+    present = sorted(int(c) for c in np.unique(png_indices(stored)) if 0 < c < features.NUM_CLASSES)
+    assert feature(example, features.CLASSES_PRESENT_KEY) == present and present
+
+
+def _damaged(data: bytes, rng: random.Random) -> bytes:
+    data = bytearray(data)
+    at = rng.randrange(len(data))
+    how = rng.choice(["flip", "cut", "zero", "insert"])
+    if how == "flip":
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif how == "cut":
+        del data[at:]
+    elif how == "zero":
+        data[at : at + 32] = bytes(len(data[at : at + 32]))
+    else:
+        data[at:at] = rng.randbytes(rng.randint(1, 16))
+    return bytes(data)
+
+
+def test_damaged_images_and_masks_are_rejected_as_data_never_raised(dataset_copy):
+    # Ingestion fails the run on any exception that is not ``Rejected``: so every way a file
+    # can be damaged must come out as a rejection kind. 100 seeded damages per format; .mat
+    # files only truncated (scipy 1.12's loadmat can crash the process on other damage).
+    voc, sbd = _item(dataset_copy, features.SOURCE_VOC), _item(dataset_copy, features.SOURCE_SBD)
+    rng = random.Random(14)
+    kinds = {}
+    for item, path, allowed in (
+        (voc, voc.image_path, {records.CORRUPT_IMAGE, records.SIZE_MISMATCH}),
+        (voc, voc.mask_path, {records.CORRUPT_MASK, records.SIZE_MISMATCH, records.OUT_OF_PALETTE}),
+        (sbd, sbd.mask_path, {records.CORRUPT_MASK, records.INVALID_LABEL}),
+    ):
+        original = open(path, "rb").read()
+        for n in range(100):
+            if path.endswith(".mat"):
+                damaged = original[: len(original) * n // 100]
+            else:
+                damaged = _damaged(original, rng)
+            open(path, "wb").write(damaged)
+            try:
+                records.build_example(item)
+            except records.Rejected as e:
+                assert e.kind in allowed and path in e.reason, (e.kind, e.reason)
+                kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        open(path, "wb").write(original)
+    assert kinds[records.CORRUPT_IMAGE] > 30 and kinds[records.CORRUPT_MASK] > 100, kinds
 
 
 def test_rgb_colour_outside_the_palette(dataset_copy):

@@ -54,6 +54,28 @@ def test_out_of_palette_colours_become_255_and_are_counted():
     assert counts[0] == 1 and counts[features.NUM_CLASSES] == 1 and counts[-1] == 2
 
 
+def test_every_24_bit_colour_is_classified_right_by_the_transform_graph():
+    # Exhaustive, on the TF code Transform runs (test_palette checks the numpy copy): all 2^24
+    # colours once, as four 1024x4096 RGB PNGs (about 2 s, a few hundred MB at the peak).
+    # Expected codes come from the colour map alone, not from the hash table under test.
+    class_of = {}
+    for index in palette.VALID_INDICES:
+        r, g, b = (int(v) for v in palette.VOC_COLORMAP[index])
+        class_of[r << 16 | g << 8 | b] = index
+    mask_codes = tf.function(preprocessing.mask_codes)  # a graph, as in the Transform
+    stripe = 1024 * 4096
+    found = {}
+    for start in range(0, 1 << 24, stripe):
+        colours = np.arange(start, start + stripe, dtype=np.uint32)
+        rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=-1).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(rgb.reshape(1024, 4096, 3), "RGB").save(buf, format="PNG", compress_level=1)
+        codes = mask_codes(tf.constant(buf.getvalue())).numpy().reshape(-1)
+        in_palette = np.flatnonzero(codes != palette.OFF_PALETTE)
+        found.update(zip((start + in_palette).tolist(), codes[in_palette].tolist(), strict=True))
+    assert found == class_of
+
+
 @pytest.mark.parametrize("height, width", [(375, 500), (500, 333), (64, 64), (20, 100)])
 def test_resize_and_pad_keeps_the_aspect_ratio_and_pads_labels_with_255(height, width):
     size = 128

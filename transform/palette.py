@@ -59,8 +59,9 @@ def _color_table() -> tuple:
     the 22 valid colours and above 255 for every other colour. ``modulus`` is the smallest
     above 255 that gives the valid colours distinct slots: above 255, no colour that shares a
     valid colour's G and B can land in its slot, which is the only way an XOR could come out
-    below 256 (checked over all 2^24 colours in the tests). Empty slots hold 0, giving
-    ``x = v >= 2^24``. Replaces the 64 MB 256^3 table of the seed tutorials.
+    below 256 (checked over all 2^24 colours, here and in Transform's TF graph, by the tests).
+    Empty slots hold 0, giving ``x = v >= 2^24``. Replaces the 64 MB 256^3 table of the seed
+    tutorials.
     """
     colors = pack_rgba(VOC_COLORMAP[list(VALID_INDICES)])
     modulus = next(m for m in range(256, 1 << 16) if len(set(np.mod(colors, m).tolist())) == len(colors))
@@ -101,7 +102,12 @@ def overlay(image: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarra
 
 
 def encode_palette_png(ids: np.ndarray) -> bytes:
-    """Class ids ``[H, W]`` as a palette PNG in the VOC colours, the format VOC ships masks in."""
+    """Class ids ``[H, W]`` as a palette PNG in the VOC colours, the format VOC ships masks in.
+
+    The one encoding ingestion stores every mask in: IHDR, the 256-colour VOC PLTE, IDAT and
+    IEND only. No tRNS above all, since Transform decodes masks to RGBA and reads a colour
+    with alpha below 255 as off-palette (void).
+    """
     import io
 
     from PIL import Image

@@ -1,19 +1,23 @@
 """The Beam job behind VocExampleGen and ``deeplab-tfx ingest``: one code path for both.
 
 The driver lists ids (cheap, and it decides the splits); workers read, validate and encode
-(the expensive part, spread by Beam). Records that fail go to a dead-letter JSON-lines file
-with their id, source, split, kind and reason, and bump a Beam counter per kind. Only after
-the job has finished does the driver judge the rejected fraction: it counts the dead-letter
-file, which every runner writes, rather than relying on metrics some runners do not report.
+(the expensive part, spread by Beam). Records whose data is bad (``records.Rejected``) go to
+a dead-letter JSON-lines file with their id, source, split, kind and reason, and bump a Beam
+counter per kind; any other exception is a bug or an outage and fails the job. Only after the
+job has finished does the driver judge the result, from what every runner leaves on storage
+rather than from metrics some runners do not report: the dead-letter file, and the records
+read back from the written shards, which must be exactly the listed ids minus the rejected.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import os
 import time
+import traceback
 from typing import Callable, Iterable, Optional
 
 import apache_beam as beam
@@ -27,6 +31,7 @@ REJECTED_TAG = "rejected"
 REJECTED_FILE = "rejected.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
+REPORT_FILES = (REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
 # TFX's Examples convention: Split-<name>/data_tfrecord-SSSSS-of-NNNNN.gz
 EXAMPLE_FILE_PREFIX = "data_tfrecord"
 
@@ -35,6 +40,21 @@ _log = logging.getLogger(__name__)
 
 class TooManyRejectedError(RuntimeError):
     """More records were rejected than ``max_rejected_fraction`` allows."""
+
+
+class EmptySplitError(TooManyRejectedError):
+    """Every listed id of a split was rejected: nothing to train or evaluate on."""
+
+
+class UnexpectedRecordError(RuntimeError):
+    """An exception that is no data problem, raised while ingesting one id: fails the job.
+
+    One message argument only, so that Beam can re-raise it with the step name appended.
+    """
+
+
+class OutputMismatchError(RuntimeError):
+    """The records read back from the shards are not the listed ids minus the rejected ones."""
 
 
 @dataclasses.dataclass
@@ -71,11 +91,10 @@ class _ToExample(beam.DoFn):
         except records.Rejected as e:
             yield self._reject(item, e.kind, e.reason)
             return
-        except Exception as e:  # noqa: BLE001 - a bad record must never take the job down.
-            yield self._reject(
-                item, records.UNEXPECTED, f"{item.image_path} + {item.mask_path}: " f"{type(e).__name__}: {e}"
-            )
-            return
+        except Exception as e:
+            # Not the data's fault (the readers classify every data problem): dead-lettering it
+            # would pass silently below max_rejected_fraction, so it stops the job instead.
+            raise UnexpectedRecordError(_unexpected(item, e)) from e
         finally:
             self._seen += 1
             if self._seen % 200 == 0:
@@ -99,6 +118,16 @@ class _ToExample(beam.DoFn):
                 sort_keys=True,
             ),
         )
+
+
+def _unexpected(item: sources.WorkItem, error: Exception) -> str:
+    """Says which id and files were being ingested, what was raised and where (innermost frame)."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return (
+        f"ingesting {item.image_id} ({item.source}, {item.split}) raised {type(error).__name__}: {error} "
+        f"at {frame.filename}:{frame.lineno} in {frame.name}; its files: {item.image_path}, "
+        f"{item.mask_path}. Data problems are rejected by kind, so this is a bug or a storage outage."
+    )
 
 
 def split_dir(examples_uri: str, split: str) -> str:
@@ -145,6 +174,59 @@ def _counters(result) -> dict:
     return dict(sorted(totals.items()))
 
 
+def remove_previous_outputs(examples_uri: str, rejected_dir: str) -> None:
+    """Deletes what an earlier run into the same places wrote: its shards and its reports.
+
+    Shard names depend on the shard count, so a rerun (a retried executor, ``deeplab-tfx
+    ingest`` run twice) would otherwise leave old shards beside the new ones, and every reader
+    of ``Split-<name>/*`` would see both.
+    """
+    for split in features.SPLITS:
+        if tf.io.gfile.exists(split_dir(examples_uri, split)):
+            tf.io.gfile.rmtree(split_dir(examples_uri, split))
+    for name in REPORT_FILES:
+        if tf.io.gfile.exists(os.path.join(rejected_dir, name)):
+            tf.io.gfile.remove(os.path.join(rejected_dir, name))
+
+
+def written_ids(examples_uri: str, split: str) -> list:
+    """The ``image/filename`` of every record in a split's shards, read back from storage."""
+    pattern = os.path.join(split_dir(examples_uri, split), f"{EXAMPLE_FILE_PREFIX}-*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        return []
+    spec = {features.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string)}
+    batches = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+        .batch(1024)
+        .map(lambda serialized: tf.io.parse_example(serialized, spec)[features.FILENAME_KEY])
+    )
+    return [name.decode() for batch in batches.as_numpy_iterator() for name in batch]
+
+
+def _check_written(items: list, rejected: list, on_disk: dict) -> None:
+    """Every listed id is written once or rejected, and nothing else is written."""
+    expected = {split: set() for split in features.SPLITS}
+    for item in items:
+        expected[item.split].add(item.image_id)
+    for row in rejected:
+        expected[row["split"]].discard(row["id"])
+    problems = []
+    for split, ids in on_disk.items():
+        counts = collections.Counter(ids)
+        for what, found in (
+            ("missing", sorted(expected[split] - set(counts))),
+            ("not listed for it", sorted(set(counts) - expected[split])),
+            ("written more than once", sorted(i for i, n in counts.items() if n > 1)),
+        ):
+            if found:
+                problems.append(f"{split}: {len(found)} ids {what} ({', '.join(found[:5])})")
+    if problems:
+        raise OutputMismatchError(
+            "the written shards are not the listed ids minus the rejected ones: " + "; ".join(problems)
+        )
+
+
 def read_rejected(rejected_dir: str) -> list:
     path = os.path.join(rejected_dir, REJECTED_FILE)
     if not tf.io.gfile.exists(path):
@@ -163,19 +245,23 @@ def run(
     max_rejected_fraction: float = 0.01,
     num_shards: int = 0,
 ) -> IngestSummary:
-    """Lists, runs the Beam job, writes the report and enforces ``max_rejected_fraction``.
+    """Lists, runs the Beam job, writes the report and judges what was written.
 
-    Raises ``sources.ListFileError`` when a split list is unreadable (before any work), and
-    ``TooManyRejectedError`` after the job when too much was rejected; the dead-letter file
-    and report are written either way, so nothing is lost.
+    Raises, before any work, ``sources.ListFileError`` when a split list is unreadable or a
+    split would be empty. The job fails with ``UnexpectedRecordError`` (or the runner's wrapper
+    of it) on any exception that is no data problem. After the job, the report is written from
+    the records read back from storage, then ``OutputMismatchError`` if they are not the listed
+    ids minus the rejected, ``TooManyRejectedError`` when too much was rejected, and
+    ``EmptySplitError`` when rejection emptied a split; the dead-letter file and report are
+    there in every case, so nothing is lost without a word. What an earlier run wrote to the
+    same places is deleted first.
     """
     items = sources.plan_items(voc_root, sbd_root)
     planned = sources.count_by_split(items)
     _log.info(
         "VocExampleGen: %d ids listed (%s)", len(items), ", ".join(f"{k} {v}" for k, v in planned.items())
     )
-    if not items:
-        raise sources.ListFileError(f"the split lists under {voc_root} name no ids")
+    remove_previous_outputs(examples_uri, rejected_dir)
     tf.io.gfile.makedirs(rejected_dir)
     start = time.time()
     pipeline = make_pipeline()
@@ -185,9 +271,8 @@ def run(
     seconds = time.time() - start
 
     rejected = read_rejected(rejected_dir)
-    written = dict(planned)
-    for row in rejected:
-        written[row["split"]] -= 1
+    on_disk = {split: written_ids(examples_uri, split) for split in features.SPLITS}
+    written = {split: len(ids) for split, ids in on_disk.items()}
     summary = IngestSummary(
         splits=written,
         rejected=rejected,
@@ -206,6 +291,7 @@ def run(
         seconds,
         len(items) / seconds,
     )
+    _check_written(items, rejected, on_disk)
     if summary.rejected_fraction > max_rejected_fraction:
         raise TooManyRejectedError(
             f"VocExampleGen rejected {len(rejected)} of {len(items)} ids "
@@ -213,6 +299,13 @@ def run(
             f"{max_rejected_fraction} allows. Most common reasons: {_top_kinds(rejected)}. "
             f"Every rejected id and its reason: {os.path.join(rejected_dir, REPORT_FILE)}"
         )
+    for split, count in written.items():
+        if not count:
+            raise EmptySplitError(
+                f"split {split}: all {planned[split]} listed ids were rejected, and the pipeline cannot "
+                f"train or evaluate on nothing. Every rejected id and its reason: "
+                f"{os.path.join(rejected_dir, REPORT_FILE)}"
+            )
     return summary
 
 

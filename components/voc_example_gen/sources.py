@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import unicodedata
 from typing import Iterable, Optional
 
 import tensorflow as tf
@@ -67,42 +68,59 @@ def resolve_sbd_root(root: str) -> str:
     )
 
 
+# Ids are file-name stems: "x.jpg" in a list would look for x.jpg.jpg (and reject it as missing).
+_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".mat")
+
+
 def read_id_list(path: str) -> tuple:
-    """Reads one id per line; blank lines are skipped, duplicates kept once."""
+    """Reads one id per line; blank lines are skipped, duplicates kept once.
+
+    Lists are read as editors save them: UTF-8 with or without a byte-order mark, LF or CRLF
+    line ends, whitespace around an id. Any other character that cannot be part of an id, and
+    that no one sees on screen (zero-width space, a BOM inside the file, direction marks, soft
+    hyphen, control characters), fails with the file and line. Reading such an id as written
+    would not just reject it as missing: a VOC val id spelled differently from its SBD copy
+    would no longer be subtracted from train, and the benchmark would train on its eval data.
+    """
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             raw = f.read()
     except tf.errors.OpError as e:
         raise ListFileError(f"cannot read split list {path}: {e.message}") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ListFileError(f"split list {path} is not text (byte {e.start} is not UTF-8)") from e
     ids = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        image_id = line.strip()
+    for number, line in enumerate(text.split("\n"), start=1):
+        image_id = line.strip()  # also the \r of CRLF
         if not image_id:
             continue
-        if len(image_id.split()) != 1 or "/" in image_id:
-            raise ListFileError(f"split list {path} line {number}: {line!r} is not an image id")
+        where = f"split list {path} line {number}: {line!r}"
+        hidden = next((c for c in image_id if unicodedata.category(c)[0] in "CZ"), None)
+        if hidden is not None:
+            name = unicodedata.name(hidden, "a control character")
+            raise ListFileError(
+                f"{where} is not an image id: it holds U+{ord(hidden):04X} ({name}); "
+                "remove it (an editor may not show it)"
+            )
+        if "/" in image_id or "\\" in image_id:
+            raise ListFileError(f"{where} is not an image id: ids are file names without a directory")
+        if image_id.lower().endswith(_FILE_SUFFIXES):
+            raise ListFileError(
+                f"{where} is a file name: list the image id ({os.path.splitext(image_id)[0]}), as VOC does"
+            )
         ids.append(image_id)
     return tuple(sorted(set(ids)))
 
 
-def read_lists(voc_root: str, sbd_root: Optional[str]) -> SourceLists:
-    """Reads the split lists of both sources (SBD's are empty without an SBD root)."""
+def list_paths(voc_root: str, sbd_root: Optional[str]) -> dict:
+    """``{SourceLists field: path}`` of the split lists under resolved roots (SBD's with an SBD root)."""
     seg = os.path.join(voc_root, "ImageSets", "Segmentation")
-    lists = SourceLists(
-        voc_train=read_id_list(os.path.join(seg, "train.txt")),
-        voc_val=read_id_list(os.path.join(seg, "val.txt")),
-    )
+    paths = {"voc_train": os.path.join(seg, "train.txt"), "voc_val": os.path.join(seg, "val.txt")}
     if sbd_root:
-        lists = dataclasses.replace(
-            lists,
-            sbd_train=read_id_list(os.path.join(sbd_root, "train.txt")),
-            sbd_val=read_id_list(os.path.join(sbd_root, "val.txt")),
-        )
-    return lists
+        paths.update(sbd_train=os.path.join(sbd_root, "train.txt"), sbd_val=os.path.join(sbd_root, "val.txt"))
+    return paths
 
 
 def assign_splits(lists: SourceLists) -> dict:
@@ -119,11 +137,63 @@ def assign_splits(lists: SourceLists) -> dict:
     return plan
 
 
+def _spelling(image_id: str) -> str:
+    """An id without case and punctuation: two ids alike here are one image spelled two ways."""
+    return "".join(c for c in image_id.casefold() if c.isalnum())
+
+
+def check_val_ids_spelled_alike(lists: SourceLists, paths: dict) -> None:
+    """Refuses a VOC val id that another list spells differently (``2007_000032,``, ``2007_000032.``).
+
+    Train is the other lists minus the VOC val ids *as spelled*: a misspelled val id would be
+    rejected as missing while the other list's copy of the image went to train. Caught here,
+    whatever the misspelling, before any work.
+    """
+    val = {_spelling(image_id): image_id for image_id in lists.voc_val}
+    for name in ("voc_train", "sbd_train", "sbd_val"):
+        for image_id in getattr(lists, name):
+            twin = val.get(_spelling(image_id))
+            if twin is not None and twin != image_id:
+                raise ListFileError(
+                    f"{paths['voc_val']} lists {twin!r} and {paths[name]} lists {image_id!r}: one image "
+                    "spelled two ways would reach train as well as eval; spell it alike in both"
+                )
+
+
+def check_no_split_is_empty(assignment: dict, lists: SourceLists, paths: dict) -> None:
+    """Refuses a plan with an empty split, naming the lists responsible.
+
+    An empty eval split is accepted by every component up to the Evaluator, which fails after
+    the whole training: fail here instead, before any work.
+    """
+    planned = {split for split, _ in assignment.values()}
+    if features.EVAL_SPLIT not in planned:
+        raise ListFileError(f"split {features.EVAL_SPLIT} is empty: {paths['voc_val']} lists no ids")
+    if features.TRAIN_SPLIT not in planned:
+        names = [name for name in ("voc_train", "sbd_train", "sbd_val") if name in paths]
+        why = (
+            f"every id they list is in VOC val ({paths['voc_val']}), and eval ids never reach train"
+            if any(getattr(lists, name) for name in names)
+            else "they list no ids"
+        )
+        raise ListFileError(
+            f"split {features.TRAIN_SPLIT} is empty: {', '.join(paths[name] for name in names)}: {why}"
+        )
+
+
 def plan_items(voc_root: str, sbd_root: Optional[str] = None) -> list:
-    """Lists every id to ingest with its files, in a stable order (eval first, then train)."""
+    """Lists every id to ingest with its files, in a stable order (eval first, then train).
+
+    Raises ``ListFileError`` when a list cannot be read, spells a VOC val id unlike another list
+    does, or leaves a split empty.
+    """
     voc_root = resolve_voc_root(voc_root)
     sbd_root = resolve_sbd_root(sbd_root) if sbd_root else None
-    assignment = assign_splits(read_lists(voc_root, sbd_root))
+    paths = list_paths(voc_root, sbd_root)
+    lists = SourceLists(**{name: read_id_list(path) for name, path in paths.items()})
+    check_val_ids_spelled_alike(lists, paths)
+    assignment = assign_splits(lists)
+    check_no_split_is_empty(assignment, lists, paths)
     items = []
     for image_id, (split, source) in assignment.items():
         if source == features.SOURCE_VOC:
