@@ -36,7 +36,16 @@ def make_eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
             metric.per_slice_thresholds.add(slicing_specs=[overall], threshold=mean_iou_threshold(config))
         metrics.append(metric)
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES, inference_batch_size=config.batch_size)],
+        # TF_GENERIC: call the signature. Left to guess, TFMA sees a model that reloads as Keras
+        # (its layers are registered) and takes the Keras path, which its Beam workers, which do
+        # not import the trainer, cannot rebuild.
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name=SERVING_EXAMPLES,
+                inference_batch_size=config.batch_size,
+                model_type=tfma.TF_GENERIC,
+            )
+        ],
         slicing_specs=[overall] + [tfma.SlicingSpec(feature_keys=[key]) for key in SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
         options=tfma.Options(include_default_metrics={"value": False}),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.utils import data_utils as keras_data_utils  # what keras.applications download with
 
 from pipeline import features
 from trainer import losses, model
@@ -43,6 +44,22 @@ def test_dilated_backbone_loads_pretrained_weights_unchanged(tmp_path, output_st
     assert dilated.get_layer("block_16_depthwise").dilation_rate == (
         (2, 2) if output_stride == 16 else (4, 4)
     )
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
+def test_imagenet_weights_that_cannot_load_fail_the_build_and_say_what_to_do(backbone, monkeypatch):
+    # No network here, but a developer's machine may have one (or a Keras cache): the download
+    # is made to fail, as it does offline, so the test means the same everywhere.
+    def offline(fname, origin, *args, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras_data_utils, "get_file", offline)
+    with pytest.raises(model.BackboneWeightsError) as failure:
+        model.build_backbone(backbone, (SIZE, SIZE, 3), 16, width=0.35 if backbone == "mobilenetv2" else 1.0,
+                             weights="imagenet")  # fmt: skip
+    message = str(failure.value)
+    assert "URL fetch failure" in message, "the cause is kept"
+    assert "trainer.backbone_weights=/path/to/" in message and 'trainer.backbone_weights=""' in message
 
 
 def test_missing_weights_file_is_named():

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from pipeline import features
 from pipeline.config import TrainerConfig
 from tests import reference
 from tests.conftest import feature, png_indices, read_examples, transform_dir
+from tests.helpers import examples as examples_lib
 from trainer import callbacks, distribute, optimization, training
 from trainer.export import SERVING_DEFAULT
 
@@ -84,6 +84,99 @@ def test_mixed_precision_model_keeps_float32_logits():
         distribute.set_policy(previous)
 
 
+# Restarts: what the best-checkpoint and history callbacks keep when BackupAndRestore resumes.
+
+
+class _Scores(keras.callbacks.Callback):
+    """Puts each epoch's given ``val_score`` in the logs: an evaluation whose results we choose."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_score"] = self.scores[epoch]
+
+
+class _Snapshots(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch + 1] = self.model.get_weights()
+
+
+class _PreemptedError(RuntimeError):
+    pass
+
+
+class _PreemptAtStep(keras.callbacks.Callback):
+    """Ends the process's training abruptly, as a preemption would: no on_train_end runs."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise _PreemptedError()
+
+
+def _tiny_fit(directory, scores, preempt_at=None) -> tuple:
+    """Fits a two-layer model for ``len(scores)`` epochs of 4 steps, backing up every 2 steps."""
+    keras.utils.set_random_seed(len(scores))
+    inputs = keras.Input((3,))
+    net = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
+    net.compile(keras.optimizers.SGD(0.1), "mse")
+    best = callbacks.BestCheckpoint(str(directory / "best"), "val_score")
+    history = callbacks.HistoryWriter(str(directory / "history.json"))
+    snapshots = _Snapshots()
+    cbs = [keras.callbacks.BackupAndRestore(str(directory / "backup"), save_freq=2), _Scores(scores), best,
+           history, snapshots]  # fmt: skip
+    if preempt_at:
+        cbs.append(_PreemptAtStep(preempt_at))
+    x, y = np.random.default_rng(0).normal(size=(2, 16, 3)).astype(np.float32)
+    try:
+        net.fit(x, y[:, :2], batch_size=4, epochs=len(scores), callbacks=cbs, verbose=0)
+    except _PreemptedError:
+        pass
+    return net, best, history, snapshots
+
+
+def _assert_same_weights(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_best_weights_and_history_survive_a_restart_and_stale_ones_do_not(tmp_path):
+    scores = [0.5, 0.8, 0.1, 0.2, 0.3]
+    # Preempted at step 11 (epoch 3), after the backup of step 10 and the best epoch, 2.
+    _, _, _, before = _tiny_fit(tmp_path, scores, preempt_at=11)
+    assert sorted(before.weights) == [1, 2]
+    best_dir = str(tmp_path / "best")
+    assert callbacks.read_best(tf.train.latest_checkpoint(best_dir)) == (0.8, 2)
+
+    net, best, history, _ = _tiny_fit(tmp_path, scores)  # resumes: epochs 3-5 score worse
+    assert (best.best, best.best_epoch) == (0.8, 2)
+    _assert_same_weights(net.get_weights(), before.weights[2])  # what training ends with
+    on_disk = tf.train.latest_checkpoint(best_dir)
+    assert callbacks.read_best(on_disk) == (0.8, 2), "a worse epoch replaced the best checkpoint"
+    reloaded = keras.models.clone_model(net)
+    reloaded.load_weights(on_disk)
+    _assert_same_weights(reloaded.get_weights(), before.weights[2])
+    assert [r["epoch"] for r in history.epochs] == [1, 2, 3, 4, 5]
+    assert [r["val_score"] for r in history.epochs] == scores
+
+    # A new run in the same directories (nothing to resume): the old best and history are stale.
+    net, best, history, snapshots = _tiny_fit(tmp_path, [0.1, 0.2])
+    assert (best.best, best.best_epoch) == (0.2, 2)
+    _assert_same_weights(net.get_weights(), snapshots.weights[2])
+    assert callbacks.read_best(tf.train.latest_checkpoint(best_dir)) == (0.2, 2)
+    assert [r["epoch"] for r in json.load(open(tmp_path / "history.json"))["epochs"]] == [1, 2]
+
+
 @pytest.mark.slow
 def test_mirrored_step_on_two_devices_equals_one_device():
     out = subprocess.run(
@@ -102,6 +195,7 @@ def test_mirrored_step_on_two_devices_equals_one_device():
 
 
 def _job(analyzed, out, **overrides) -> dict:
+    """TrainingJob fields for the analyzed test dataset, written under ``out``."""
     examples_uri, _ = analyzed
     job = dict(
         train_files=[os.path.join(examples_uri, "Split-train", "*")],
@@ -124,7 +218,8 @@ def _spawn(spec: dict, path: str, env=None) -> tuple:
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.helpers.train_process", path],
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, stdout=out,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
     return proc, log
 
@@ -148,8 +243,26 @@ def _free_ports(n):
     return ports
 
 
+@pytest.fixture(scope="module")
+def eval_in_four_files(analyzed, tmp_path_factory):
+    """The test dataset's eval split rewritten as 4 files: more files than the 2 workers."""
+    examples_uri, _ = analyzed
+    out = str(tmp_path_factory.mktemp("eval_in_four_files"))
+    return examples_lib.reshard(os.path.join(examples_uri, "Split-eval", "*"), out, 4)
+
+
+def _keras_mean_iou(model_dir, tft_output, eval_files, batch_size) -> float:
+    """Mean IoU of an exported model over ``eval_files`` in this one process: the Keras model
+    reloaded from the SavedModel, Transform outputs, argmax, scored by numpy (tests/reference)."""
+    net = keras.models.load_model(model_dir, compile=False)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(eval_files, compression_type="GZIP")]
+    out = tft_output.transform_features_layer()(tf.io.parse_example(records, tft_output.raw_feature_spec()))
+    predictions = np.argmax(net.predict(out[features.IMAGE], batch_size=batch_size, verbose=0), axis=-1)
+    return reference.scores(list(zip(out[features.LABEL].numpy(), predictions, strict=True)))["mean_iou"]
+
+
 @pytest.mark.slow
-def test_multi_worker_mirrored_with_two_local_workers(analyzed, tmp_path):
+def test_multi_worker_mirrored_with_two_local_workers(analyzed, eval_in_four_files, tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     # Backbone batch-norm frozen: tracing the gradients of 52 synchronized batch-norms takes TF
@@ -161,8 +274,9 @@ def test_multi_worker_mirrored_with_two_local_workers(analyzed, tmp_path):
     procs = []
     for index in range(2):
         spec = {
+            # 6 steps: an epoch of 4 and one of 2, not two of 4.
             "config": config,
-            "job": _job(analyzed, str(tmp_path), train_steps=4),
+            "job": _job(analyzed, str(tmp_path), train_steps=6, eval_files=eval_in_four_files),
             "result": str(tmp_path / f"result{index}.json"),
         }
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
@@ -172,41 +286,83 @@ def test_multi_worker_mirrored_with_two_local_workers(analyzed, tmp_path):
     results = [json.load(open(tmp_path / f"result{i}.json")) for i in range(2)]
     assert [r["replicas"] for r in results] == [2, 2]
     assert [r["global_batch_size"] for r in results] == [8, 8]
-    assert [r["steps"] for r in results] == [4, 4]
+    assert [r["steps"] for r in results] == [6, 6]
     # Both took part in the (collective) export; only the chief's copy stays.
     loaded = tf.saved_model.load(str(tmp_path / "serving"))
     assert SERVING_DEFAULT in loaded.signatures
     assert not [d for d in os.listdir(tmp_path) if d.startswith(".scratch")]
-    assert json.load(open(tmp_path / "run" / training.HISTORY_FILE))["epochs"][-1]["step"] == 4
+    history = json.load(open(tmp_path / "run" / training.HISTORY_FILE))["epochs"]
+    assert [r["step"] for r in history] == [4, 6]
+    # The 6th and last step used the rate of a poly schedule 6 steps long, not 8.
+    schedule = optimization.WarmupPolyDecay(SMALL["learning_rate"], 6, SMALL["warmup_steps"])
+    assert history[-1]["learning_rate"] == pytest.approx(float(schedule(5)))
+    # Each worker evaluated its half of the images; the mIoU they agree on is the exported
+    # (best) weights' over all of them, counted once, as one process computes it.
+    _, tft_output = analyzed
+    expected = _keras_mean_iou(str(tmp_path / "serving"), tft_output, eval_in_four_files, batch_size=4)
+    assert results[0]["best_mean_iou"] == results[1]["best_mean_iou"]
+    assert results[0]["best_mean_iou"] == pytest.approx(expected, abs=1e-6)
+    assert results[0]["best_mean_iou"] == max(r[f"val_{training.MEAN_IOU}"] for r in history)
+
+
+def _class_absent_from(examples) -> int:
+    present = {c for e in examples for c in feature(e, features.CLASSES_PRESENT_KEY)}
+    absent = sorted(set(range(1, features.NUM_CLASSES)) - present)
+    assert absent, "the test needs a class that no eval image shows"
+    return absent[0]
 
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_backup(analyzed, tmp_path):
-    # About 0.1 s a step: the first run is killed seconds into its 300 steps.
-    config = dict(SMALL, steps_per_epoch=150, backup_every_steps=10)
-    spec = {
-        "config": config,
-        "job": _job(analyzed, str(tmp_path), train_steps=300),
-        "result": str(tmp_path / "result.json"),
-    }
+    examples_uri, _ = analyzed
+    # 55 steps in epochs of 10 (the last one of 5), a backup every 5 steps. The first process
+    # learns from the real masks and is killed at step 23: it has finished epochs 1 and 2 and
+    # resumes from the backup of step 20. The restarted one learns from masks that paint every
+    # pixel in a class no eval image shows, at a higher rate, so epochs 3-6 score clearly
+    # worse: the best epoch is one from before the kill.
+    config = dict(SMALL, steps_per_epoch=10, backup_every_steps=5)
+    job = _job(analyzed, str(tmp_path), train_steps=55)
+    first = {"config": config, "job": job, "result": str(tmp_path / "result.json"),
+             "weights_dir": str(tmp_path / "epochs"), "kill_at_step": 23}  # fmt: skip
     backup = tmp_path / "run" / "backup"
-    first, first_log = _spawn(spec, str(tmp_path / "spec.json"))
-    deadline = time.time() + 300
-    while not (backup / "chief" / "checkpoint").exists():  # Keras writes the chief's state there
-        assert first.poll() is None, open(first_log).read()[-3000:]
-        assert time.time() < deadline, "no backup written"
-        time.sleep(0.2)
-    time.sleep(0.5)  # let it get a few steps past the backup
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert not (tmp_path / "result.json").exists() and not (tmp_path / "serving").exists()
+    proc, log = _spawn(first, str(tmp_path / "first.json"))
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, open(log).read()[-3000:]
+    assert sorted(os.listdir(tmp_path / "epochs")) == ["epoch1.npz", "epoch2.npz"]
+    assert (backup / "chief" / "checkpoint").exists() and not (tmp_path / "serving").exists()
 
-    log = _wait(_spawn(spec, str(tmp_path / "spec.json")))
+    wrong = examples_lib.relabel(
+        os.path.join(examples_uri, "Split-train", "*"), str(tmp_path / "wrong"),
+        _class_absent_from(read_examples(examples_uri, features.EVAL_SPLIT)),
+    )  # fmt: skip
+    restart = {"config": dict(config, learning_rate=0.1), "job": dict(job, train_files=wrong),
+               "result": str(tmp_path / "result.json")}  # fmt: skip
+    log = _wait(_spawn(restart, str(tmp_path / "restart.json")))
     result = json.load(open(tmp_path / "result.json"))
-    assert 0 < result["resumed_from_step"] < 300 and result["resumed_from_step"] % 10 == 0
-    assert result["steps"] == 300
-    assert "resumed from the backup at step" in log
+    assert result["resumed_from_step"] == 20 and "resumed from the backup at step 20" in log
+    assert result["steps"] == 55, "exactly the steps asked for"
     assert not (backup / "chief").exists(), "a finished training deletes its backup"
+
+    history = json.load(open(tmp_path / "run" / training.HISTORY_FILE))["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6], "epochs from before the kill are kept"
+    assert [r["step"] for r in history] == [10, 20, 30, 40, 50, 55]
+    # The 55th and last step used the rate of a poly schedule 55 steps long (from the restart's base).
+    schedule = optimization.WarmupPolyDecay(0.1, 55, SMALL["warmup_steps"])
+    assert history[-1]["learning_rate"] == pytest.approx(float(schedule(54)))
+    scores = [r[f"val_{training.MEAN_IOU}"] for r in history]
+    best_epoch = 1 + int(np.argmax(scores[:2]))
+    assert max(scores[2:]) < scores[best_epoch - 1], f"the restart should have done worse: {scores}"
+    assert (result["best_epoch"], result["best_mean_iou"]) == (best_epoch, scores[best_epoch - 1])
+
+    # The export and the best checkpoint both hold that epoch's weights, saved before the kill.
+    with np.load(tmp_path / "epochs" / f"epoch{best_epoch}.npz") as saved:
+        expected = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    exported = keras.models.load_model(str(tmp_path / "serving"), compile=False)
+    _assert_same_weights(exported.get_weights(), expected)
+    on_disk = tf.train.latest_checkpoint(str(tmp_path / "run" / training.BEST_CHECKPOINT_DIR))
+    assert callbacks.read_best(on_disk) == (pytest.approx(scores[best_epoch - 1]), best_epoch)
+    exported.load_weights(on_disk)
+    _assert_same_weights(exported.get_weights(), expected)
     assert (tmp_path / "serving" / "saved_model.pb").exists()
 
 

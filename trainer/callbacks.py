@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -43,36 +44,117 @@ class StartStep(keras.callbacks.Callback):
             logging.getLogger(__name__).info("resumed from the backup at step %d", self.step)
 
 
-class KeepBestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the best ``monitor`` value in memory and restores them at the end.
+class StopAtStep(keras.callbacks.Callback):
+    """Ends training once the optimizer has taken ``last_step`` steps, mid-epoch if need be.
 
-    In memory rather than re-read from the checkpoint: every worker of a multi-worker job sees
-    the same all-reduced metric, so all restore the same weights without waiting on the chief's
-    file write.
+    ``fit`` runs whole epochs of ``steps_per_epoch``; when the steps asked for are not a multiple
+    of it, the last epoch is cut short here. Keras still evaluates that epoch and calls
+    ``on_epoch_end`` (tf_keras 2.16 ``Model.fit`` checks ``stop_training`` after each batch,
+    then validates). Every worker of a multi-worker job counts the same steps, so all stop
+    together.
+
+    One case stays a step over: a short last epoch whose final step was backed up, killed
+    before ``fit`` returned. Keras resumes such a backup mid-epoch (only a backup of an epoch's
+    last batch resumes at the next epoch), so the restarted run takes one more step.
     """
 
-    def __init__(self, monitor: str, enabled: bool = True):
+    def __init__(self, last_step: int):
         super().__init__()
-        self.monitor, self.enabled = monitor, enabled
-        self.best, self.best_epoch, self._weights = -math.inf, None, None
+        self.last_step = last_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.last_step:
+            self.model.stop_training = True
+
+
+def _resumed(model: keras.Model) -> bool:
+    """Whether ``BackupAndRestore`` restored a backup: a fresh model has taken no step yet."""
+    return int(model.optimizer.iterations.numpy()) > 0
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of the best ``monitor`` value on disk, through restarts, and puts
+    them back in the model when training ends (``restore``).
+
+    One callback instead of Keras' ``ModelCheckpoint(save_best_only=True)`` and a copy in
+    memory: after a kill and a ``BackupAndRestore`` resume both started again from minus
+    infinity, so the first epoch after the restart overwrote a better checkpoint and a worse
+    model could be exported. Here the best value and epoch are saved in the checkpoint with
+    the weights and read back when the run resumes.
+
+    A checkpoint is never changed in place: each improvement is a new ``best-<n>`` checkpoint
+    (model weights without the optimizer, loadable with ``model.load_weights``, plus
+    ``best_value`` and ``best_epoch``), then TF's ``checkpoint`` file is replaced atomically to
+    name it, then the previous one is deleted (``tf.train.CheckpointManager``). A kill at any
+    moment leaves one complete best checkpoint. TF's checkpoint I/O works on ``gs://`` paths.
+
+    Resumed (the optimizer step restored by ``BackupAndRestore`` is past 0, so this callback
+    must come after it): the checkpoint in ``directory`` is this run's, and its value is the
+    one to beat. Not resumed: whatever ``directory`` holds is from another run and is deleted.
+    Every worker of a multi-worker job saves into its own ``directory``
+    (``distribute.output_dir``) and reads it back: saving reads the batch-norm moving
+    statistics, sync-on-read variables, which is a collective that every worker must join.
+    """
+
+    def __init__(self, directory: str, monitor: str, restore: bool = True):
+        super().__init__()
+        self.directory, self.monitor, self.restore = directory, monitor, restore
+        self.best, self.best_epoch = -math.inf, None
+        # Plain variables, made outside any strategy scope: each worker saves its own.
+        self._value = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_value")
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        self._manager = None
+
+    def on_train_begin(self, logs=None):
+        if not _resumed(self.model) and tf.io.gfile.exists(self.directory):
+            tf.io.gfile.rmtree(self.directory)
+        # A model over the same layers, without the optimizer: the checkpoint holds weights only.
+        weights = keras.Model(self.model.inputs, self.model.outputs)
+        checkpoint = tf.train.Checkpoint(root=weights, best_value=self._value, best_epoch=self._epoch)
+        self._manager = tf.train.CheckpointManager(
+            checkpoint, self.directory, max_to_keep=1, checkpoint_name="best"
+        )
+        latest = self._manager.latest_checkpoint
+        if latest:
+            self.best, self.best_epoch = read_best(latest)
+            logging.getLogger(__name__).info(
+                "resumed: the best %s so far is %.4f, epoch %d", self.monitor, self.best, self.best_epoch
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and value > self.best:
-            self.best, self.best_epoch = float(value), epoch + 1
-            if self.enabled:
-                self._weights = self.model.get_weights()
+        if value is None or not float(value) > self.best:  # NaN never counts as better
+            return
+        self.best, self.best_epoch = float(value), epoch + 1
+        self._value.assign(self.best)
+        self._epoch.assign(self.best_epoch)
+        number = self._number(self._manager.latest_checkpoint) + 1
+        self._manager.save(checkpoint_number=number)
 
     def on_train_end(self, logs=None):
-        if self.enabled and self._weights is not None:
-            self.model.set_weights(self._weights)
+        latest = self._manager.latest_checkpoint
+        if self.restore and latest:
+            self._manager.checkpoint.read(latest).expect_partial()
+
+    @staticmethod
+    def _number(path: Optional[str]) -> int:
+        return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def read_best(checkpoint: str) -> tuple:
+    """``(value, epoch)`` saved with a ``BestCheckpoint`` checkpoint."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    value = reader.get_tensor("best_value/.ATTRIBUTES/VARIABLE_VALUE")
+    epoch = reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE")
+    return float(value), int(epoch)
 
 
 class HistoryWriter(keras.callbacks.Callback):
     """Writes per-epoch metrics and the learning rate to a JSON file after every epoch.
 
     The run report draws the training curves from it; rewriting it each epoch means a killed
-    run still leaves the curves so far.
+    run still leaves the curves so far. ``learning_rate`` is the rate the epoch's last step
+    used (Keras 2.16 optimizers return the schedule's current value, not the schedule).
     """
 
     def __init__(self, path: str, enabled: bool = True):
@@ -81,10 +163,15 @@ class HistoryWriter(keras.callbacks.Callback):
         self.epochs = []
 
     def on_train_begin(self, logs=None):
-        # A resumed run keeps the epochs its killed predecessor finished.
+        # A resumed run keeps the epochs its killed predecessor finished (it must come after
+        # BackupAndRestore); a fresh one does not take up another run's.
+        self.epochs = []
         if tf.io.gfile.exists(self.path):
-            with tf.io.gfile.GFile(self.path) as f:
-                self.epochs = json.load(f)["epochs"]
+            if _resumed(self.model):
+                with tf.io.gfile.GFile(self.path) as f:
+                    self.epochs = json.load(f)["epochs"]
+            elif self.enabled:
+                tf.io.gfile.remove(self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         step = self.model.optimizer.iterations

@@ -13,8 +13,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from pipeline.config import PRECISIONS, STRATEGIES
 
 
 def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
@@ -84,12 +83,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
-
-
-def worker_count() -> int:
-    """Worker processes in the TF_CONFIG cluster (chief included); 1 outside a cluster."""
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 def output_dir(path: str, strategy: tf.distribute.Strategy) -> str:

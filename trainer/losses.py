@@ -8,6 +8,7 @@ import tf_keras as keras
 from pipeline import features
 
 
+@keras.utils.register_keras_serializable(package="deeplab_tfx")
 class IgnoreLabelCrossEntropy(keras.losses.Loss):
     """Sparse softmax cross-entropy over pixels whose label is not ``ignore_label``.
 

@@ -10,7 +10,6 @@ cloned with the stride of the later stages removed and their convolutions dilate
 (Chen et al., 2017), which keeps every kernel's shape, so pretrained weights load unchanged.
 """
 
-import logging
 import os
 from typing import Optional, Sequence
 
@@ -18,13 +17,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import features
-
-_log = logging.getLogger(__name__)
-BACKBONES = ("resnet50", "mobilenetv2")
+from pipeline.config import BACKBONES, OUTPUT_STRIDES
 
 # Layers
 
 
+@keras.utils.register_keras_serializable(package="deeplab_tfx")
 class BackbonePreprocess(keras.layers.Layer):
     """Scales 0-255 RGB the way the backbone's ImageNet weights expect it."""
 
@@ -107,6 +105,7 @@ def _dilated_conv(inputs, kernel, rates):
     return conv(inputs, tf.convert_to_tensor(kernel))
 
 
+@keras.utils.register_keras_serializable(package="deeplab_tfx")
 class ASPP(keras.layers.Layer):
     """Atrous Spatial Pyramid Pooling: a 1x1 branch, three atrous 3x3 branches, image pooling.
 
@@ -146,6 +145,14 @@ class ASPP(keras.layers.Layer):
         self.pooling = branch(1, 1, "aspp_pool")
         self.project = branch(1, 1, "aspp_project")
         self.drop = keras.layers.Dropout(self.dropout)
+        # Built here with their input shapes (as keras_hub's SpatialPyramidPooling does), not on
+        # first call: the shapes are then saved, and `tf_keras.models.load_model` can rebuild
+        # the branches of an exported model ("You must provide an `input_shape`" otherwise).
+        shape = tf.TensorShape(input_shape)
+        for b in self.branches:
+            b.build(shape)
+        self.pooling.build(tf.TensorShape([shape[0], 1, 1, shape[-1]]))
+        self.project.build(shape[:-1].concatenate([self.filters * (len(self.branches) + 1)]))
         super().build(input_shape)
 
     @tf.autograph.experimental.do_not_convert
@@ -204,6 +211,10 @@ def _dilation_plan(backbone: str, output_stride: int) -> dict:
     return plan
 
 
+class BackboneWeightsError(RuntimeError):
+    """``backbone_weights: imagenet`` could not be loaded (no network, or no such weights)."""
+
+
 def _backbone_weights(weights: Optional[str]) -> Optional[str]:
     if not weights or weights == "imagenet":
         return weights or None
@@ -238,8 +249,8 @@ def build_backbone(
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-    if output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
 
     def make(w):
         if backbone == "resnet50":
@@ -251,16 +262,18 @@ def build_backbone(
     weights = _backbone_weights(weights)
     try:
         base = make(weights)
-    except Exception as e:  # noqa: BLE001 - no network: say so, then train from scratch.
+    except Exception as e:
         if weights != "imagenet":
             raise
-        _log.warning(
-            "could not load ImageNet weights for %s (%s); training from random init. "
-            "Set trainer.backbone_weights to a local .h5 file to start from them.",
-            backbone,
-            e,
-        )
-        base = make(None)
+        # No fallback to random init: that would train for hours to a model far worse than one
+        # started from ImageNet (about ten points of mIoU), with only a log line to say why.
+        raise BackboneWeightsError(
+            f"could not load the ImageNet weights of {backbone} from keras.applications ({e}). "
+            "Where this machine has no network, download keras.applications' weights file of the "
+            f"{backbone} without top elsewhere and set trainer.backbone_weights=/path/to/..._notop.h5 "
+            "(e.g. resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5; MobileNetV2's end in "
+            '_no_top.h5), or set trainer.backbone_weights="" to train from random init'
+        ) from e
 
     plan = _dilation_plan(backbone, output_stride)
 

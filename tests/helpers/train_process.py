@@ -4,24 +4,61 @@ Used by the tests that need what one pytest process cannot give: several workers
 MultiWorkerMirroredStrategy cluster, a training that is killed and started again, a TF
 runtime with two logical CPU devices. Arguments come as one JSON file:
 ``{"config": {TrainerConfig fields}, "job": {TrainingJob fields}, "result": path}``; the
-TrainingResult is written to ``result`` as JSON.
+TrainingResult is written to ``result`` as JSON. Optional keys, for the restart test:
+
+* ``"weights_dir"``: after every epoch, the model's weights go to ``<dir>/epoch<N>.npz``
+  (``get_weights`` order), so a test can tell which epoch's weights were exported.
+* ``"kill_at_step"``: the process SIGKILLs itself once the optimizer has taken this many
+  steps. A kill at a chosen step, not after a sleep, keeps the test independent of the
+  machine's load; SIGKILL, so nothing of the trainer's gets to clean up.
 """
 
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
+
+import numpy as np
+import tf_keras as keras
 
 from pipeline import config as config_lib
 from trainer import training
 
 
+class SaveWeightsEachEpoch(keras.callbacks.Callback):
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        np.savez(os.path.join(self.directory, f"epoch{epoch + 1}.npz"), *self.model.get_weights())
+
+
+class KillAtStep(keras.callbacks.Callback):
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(path: str) -> None:
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s:%(name)s:%(message)s")
+    logging.info("process started")
     with open(path) as f:
         spec = json.load(f)
     config = config_lib.from_dict(config_lib.TrainerConfig, spec["config"])
-    result = training.train(config, training.TrainingJob(**spec["job"]))
+    extra = []
+    if spec.get("weights_dir"):
+        extra.append(SaveWeightsEachEpoch(spec["weights_dir"]))
+    if spec.get("kill_at_step"):
+        extra.append(KillAtStep(spec["kill_at_step"]))
+    result = training.train(config, training.TrainingJob(**spec["job"]), extra_callbacks=extra)
     with open(spec["result"], "w") as f:
         json.dump(dataclasses.asdict(result), f)
 
