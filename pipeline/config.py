@@ -9,7 +9,10 @@ from the command line; every key is checked, so a typo fails loudly instead of b
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
 import os
+import re
 import typing
 from typing import Any, Iterable, Mapping, Optional
 
@@ -20,9 +23,91 @@ import yaml
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(PROJECT_ROOT, "pipeline", "configs")
 
+# Choices spelled once here; the trainer and the runners import them.
+BACKBONES = ("resnet50", "mobilenetv2")
+OUTPUT_STRIDES = (8, 16, 32)
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+# keras.applications has ImageNet weights for MobileNetV2 at these widths only.
+MOBILENETV2_IMAGENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+class ConfigError(ValueError):
+    """A config names an unknown key, or a value of the wrong type or one that cannot work."""
+
+
+class Rule(typing.NamedTuple):
+    """A check on one config value and the words that say what it must be."""
+
+    check: typing.Callable[[Any], bool]
+    says: str
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: v in choices, f"one of {', '.join(map(repr, choices))}")
+
+
+def at_least(low) -> Rule:
+    return Rule(lambda v: _number(v) and v >= low, f"a number >= {low}")
+
+
+def above(low) -> Rule:
+    return Rule(lambda v: _number(v) and v > low, f"a number > {low}")
+
+
+def between(low, high, high_open=False) -> Rule:
+    bracket = ")" if high_open else "]"
+    return Rule(
+        lambda v: _number(v) and low <= v and (v < high if high_open else v <= high),
+        f"a number in [{low}, {high}{bracket}",
+    )
+
+
+def matches(pattern: str, says: str) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None, says)
+
+
+NAME = matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a name of letters, digits, '_', '.' and '-'")
+NOT_EMPTY = matches(r"\S.*", "a non-empty string")
+
+
+def _iso_date(value) -> bool:
+    try:
+        datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class _Checked:
+    """Checks every value of a config section when it is made, so a value that cannot work
+    (``trainer.backbone=resnet18``, ``ingest.max_rejected_fraction=.nan``) fails when the config
+    loads, naming the key, rather than minutes into a run or by switching a check off.
+
+    ``RULES`` maps field names to ``Rule``s; ``check_together`` covers rules across fields.
+    ``dataclasses.replace`` runs the checks too, since it makes a new instance.
+    """
+
+    RULES: typing.ClassVar[dict] = {}
+
+    def __post_init__(self):
+        for name, rule in self.RULES.items():
+            value = getattr(self, name)
+            if not rule.check(value):
+                raise ConfigError(f"{name}={value!r} cannot work: it must be {rule.says}")
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules that relate several fields; raise ``ConfigError`` naming them."""
+
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Checked):
     """Where the raw datasets are. Either root may be the archive's top directory."""
 
     voc_root: str = ""  # holds VOCdevkit/VOC2012 (or is VOC2012 itself)
@@ -30,7 +115,7 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(_Checked):
     """VocExampleGen settings."""
 
     # The run fails when more than this fraction of listed ids is rejected (dead-lettered).
@@ -38,9 +123,11 @@ class IngestConfig:
     # TFRecord shards per split; 0 lets the runner choose (good for Dataflow autoscaling).
     num_shards: int = 0
 
+    RULES = {"max_rejected_fraction": between(0, 1), "num_shards": at_least(0)}
+
 
 @dataclasses.dataclass(frozen=True)
-class ValidationConfig:
+class ValidationConfig(_Checked):
     """Schema and data-gate settings."""
 
     # Curated schema imported by ImportSchemaGen; empty: SchemaGen infers one.
@@ -51,7 +138,7 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformConfig:
+class TransformConfig(_Checked):
     """Transform settings (passed to ``preprocessing_fn`` as ``custom_config``)."""
 
     # Longer image side after the aspect-preserving resize; images are padded to a square.
@@ -60,9 +147,12 @@ class TransformConfig:
     # image stays in 0-255 and the model's own preprocessing scales it.
     normalize_image: bool = False
 
+    # keras.applications' backbones need 32 px at least.
+    RULES = {"image_size": between(32, 4096)}
+
 
 @dataclasses.dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(_Checked):
     """Model, optimisation, distribution and fault-tolerance settings of the Trainer.
 
     Defaults are the DeepLabV3+ VOC recipe (ResNet-50, output stride 16, SGD momentum 0.9,
@@ -116,9 +206,50 @@ class TrainerConfig:
     # default at 500x375 beyond a batch of two: off by default).
     with_probabilities: bool = False
 
+    RULES = {
+        "backbone": one_of(*BACKBONES),
+        "width": above(0),
+        "output_stride": one_of(*OUTPUT_STRIDES),
+        "aspp_filters": at_least(1),
+        "decoder_filters": at_least(1),
+        "low_level_filters": at_least(1),
+        "dropout": between(0, 1, high_open=True),
+        "batch_size_per_replica": at_least(1),
+        "train_steps": at_least(1),
+        "steps_per_epoch": at_least(1),
+        "eval_steps": at_least(0),
+        "learning_rate": above(0),
+        "warmup_steps": at_least(0),
+        "end_learning_rate": at_least(0),
+        "poly_power": above(0),
+        "momentum": between(0, 1, high_open=True),
+        "weight_decay": at_least(0),
+        "class_weight_power": at_least(0),
+        "min_scale": above(0),
+        "max_scale": above(0),
+        "shuffle_buffer": at_least(1),
+        "seed": at_least(0),
+        "strategy": one_of(*STRATEGIES),
+        "mixed_precision": one_of(*PRECISIONS),
+        "backup_every_steps": at_least(0),
+    }
+
+    def check_together(self) -> None:
+        if self.min_scale > self.max_scale:
+            raise ConfigError(f"min_scale={self.min_scale} is above max_scale={self.max_scale}")
+        if (
+            self.backbone == "mobilenetv2"
+            and self.backbone_weights == "imagenet"
+            and self.width not in MOBILENETV2_IMAGENET_WIDTHS
+        ):
+            raise ConfigError(
+                f"width={self.width} with backbone_weights='imagenet': ImageNet weights exist for "
+                f"MobileNetV2 widths {MOBILENETV2_IMAGENET_WIDTHS} only (or set backbone_weights='')"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
-class EvaluatorConfig:
+class EvaluatorConfig(_Checked):
     """Evaluator settings: what a model must score to be blessed (and so pushed)."""
 
     # Value threshold: overall eval mean IoU (original resolution, void ignored) at least this.
@@ -129,9 +260,11 @@ class EvaluatorConfig:
     # Images per model call in TFMA (its default adapts up to 1000: too many 512 px images).
     batch_size: int = 8
 
+    RULES = {"min_mean_iou": between(0, 1), "max_mean_iou_drop": between(0, 1), "batch_size": at_least(1)}
+
 
 @dataclasses.dataclass(frozen=True)
-class PusherConfig:
+class PusherConfig(_Checked):
     """Where blessed models go: ``<serving_dir>/<model_name>/<version>/``, TF Serving's layout."""
 
     serving_dir: str = ""  # "": <pipeline_root>/serving
@@ -140,17 +273,22 @@ class PusherConfig:
     # version so that the first real request does not pay for graph warm-up; 0: none.
     warmup_requests: int = 4
 
+    # The model name is a directory and TF Serving's model_spec.name.
+    RULES = {"model_name": NAME, "warmup_requests": at_least(0)}
+
 
 @dataclasses.dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(_Checked):
     """The run report (``<pipeline_root>/report/index.html``)."""
 
     # Eval images shown as image | ground truth | prediction | overlay.
     samples: int = 6
 
+    RULES = {"samples": at_least(0)}
+
 
 @dataclasses.dataclass(frozen=True)
-class VertexConfig:
+class VertexConfig(_Checked):
     """Train on Vertex AI custom training instead of in the Trainer's own container."""
 
     enabled: bool = False
@@ -162,9 +300,11 @@ class VertexConfig:
     # More than one: a chief and replica_count - 1 workers (multi_worker_mirrored).
     replica_count: int = 1
 
+    RULES = {"accelerator_count": at_least(0), "replica_count": at_least(1)}
+
 
 @dataclasses.dataclass(frozen=True)
-class KubeflowConfig:
+class KubeflowConfig(_Checked):
     """``deeplab-tfx compile kubeflow``: the container every component runs in."""
 
     # Built from this repository's Dockerfile (setup.py installs pipeline/, components/, ...).
@@ -173,17 +313,21 @@ class KubeflowConfig:
     # setup.py) are resolved against it, not against the compiling machine's checkout.
     project_root: str = "/deeplab-tfx"
 
+    RULES = {"image": NOT_EMPTY}
+
 
 @dataclasses.dataclass(frozen=True)
-class AirflowConfig:
+class AirflowConfig(_Checked):
     """``pipeline/airflow_dag.py``: the DAG's schedule."""
 
     schedule: str = "@weekly"  # cron expression or preset; "" for manual runs only
     start_date: str = "2026-01-01"
 
+    RULES = {"start_date": Rule(_iso_date, "a date or time in ISO 8601, e.g. 2026-01-01")}
+
 
 @dataclasses.dataclass(frozen=True)
-class MySqlConfig:
+class MySqlConfig(_Checked):
     """A shared ML Metadata store (production); empty ``host``: SQLite at ``metadata_path``.
 
     The password comes from the environment (``DEEPLAB_TFX_MYSQL_PASSWORD``), never a config.
@@ -194,9 +338,11 @@ class MySqlConfig:
     database: str = "mlmd"
     username: str = "mlmd"
 
+    RULES = {"port": between(1, 65535)}
+
 
 @dataclasses.dataclass(frozen=True)
-class BeamConfig:
+class BeamConfig(_Checked):
     """Beam settings shared by every Beam-powered component."""
 
     runner: str = "DirectRunner"
@@ -211,9 +357,15 @@ class BeamConfig:
     # Passed through as they are, e.g. ("--project=p", "--region=r", "--temp_location=gs://...").
     extra_args: tuple = ()
 
+    RULES = {
+        "runner": NOT_EMPTY,
+        "direct_running_mode": one_of(*DIRECT_RUNNING_MODES),
+        "direct_num_workers": at_least(0),
+    }
+
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(_Checked):
     """Everything ``create_pipeline`` and the runners need."""
 
     pipeline_name: str = "deeplab-tfx"
@@ -234,6 +386,8 @@ class PipelineConfig:
     kubeflow: KubeflowConfig = KubeflowConfig()
     airflow: AirflowConfig = AirflowConfig()
     mysql: MySqlConfig = MySqlConfig()
+
+    RULES = {"pipeline_name": NAME, "pipeline_root": NOT_EMPTY}
 
     def serving_model_dir(self) -> str:
         """``<serving_dir>/<model_name>``: TF Serving's ``--model_base_path``."""
@@ -257,10 +411,6 @@ class PipelineConfig:
                 f"--direct_num_workers={self.beam.direct_num_workers}",
             ]
         return args + list(self.beam.extra_args)
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or a value of the wrong type."""
 
 
 def resolve_path(path: str) -> str:
@@ -316,7 +466,7 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _set(node: Any, path: list, value: Any, where: str) -> Any:
+def _set(node: Any, path: list, value: Any, where: str, section: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(node)}
     if path[0] not in fields:
         raise ConfigError(f"unknown config key {where!r} (known: {', '.join(sorted(fields))})")
@@ -325,13 +475,13 @@ def _set(node: Any, path: list, value: Any, where: str) -> Any:
     if len(path) == 1:
         new = _coerce(hints[path[0]], value, where)
     elif dataclasses.is_dataclass(current):
-        new = _set(current, path[1:], value, where)
+        new = _set(current, path[1:], value, where, f"{section}{path[0]}.")
     else:
         raise ConfigError(f"config key {where!r}: {path[0]!r} is not a section")
-    return dataclasses.replace(node, **{path[0]: new})
+    return _make(dataclasses.replace, node, {path[0]: new}, section, "")
 
 
-def _build(cls: type, raw: Mapping, where: str) -> Any:
+def _build(cls: type, raw: Mapping, where: str, section: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -342,10 +492,20 @@ def _build(cls: type, raw: Mapping, where: str) -> Any:
         if dataclasses.is_dataclass(hints[name]):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: section {name!r} must be a mapping")
-            values[name] = _build(hints[name], value, where)
+            values[name] = _build(hints[name], value, where, f"{section}{name}.")
         else:
             values[name] = _coerce(hints[name], value, f"{where}: {name}")
-    return cls(**values)
+    return _make(lambda _, **kw: cls(**kw), cls, values, section, f"{where}: ")
+
+
+def _make(make, node: Any, values: dict, section: str, where: str) -> Any:
+    """``make(node, **values)``, with a failed check's message naming keys in full
+    (``trainer.backbone``, not ``backbone``)."""
+    try:
+        return make(node, **values)
+    except ConfigError as e:
+        names = "|".join(f.name for f in dataclasses.fields(node))
+        raise ConfigError(where + re.sub(rf"(?<![\w.])({names})=", rf"{section}\1=", str(e))) from None
 
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:

@@ -1,8 +1,14 @@
 """Names shared by every stage: feature keys, class list, label conventions.
 
 Defined once and imported everywhere (ExampleGen, schema, Transform, trainer, serving,
-EvalConfig) so that no key is ever spelled twice as a string literal. The raw keys follow
-TF Model Garden's segmentation convention, so its loaders read our TFRecords unchanged.
+EvalConfig) so that no key is ever spelled twice as a string literal.
+
+Compatibility with TF Model Garden, exactly (tests/test_model_garden_compatibility.py pins it):
+the raw keys and their types are those its segmentation ``Decoder`` parses, so the image,
+height and width read as ours do. The mask encoding is not: Model Garden decodes
+``image/segmentation/class/encoded`` with ``tf.io.decode_image(..., channels=1)``, which turns
+our palette PNG into luminance (class 6 becomes 89), not class ids; it expects grey PNGs of
+raw ids. Palette PNGs are the VOC format, and Transform decodes them in the graph.
 """
 
 # Raw tf.Example keys written by VocExampleGen (the data contract in DESIGN.md).

@@ -2,7 +2,8 @@
 
 Thin by design: it resolves paths against the working directory, picks the metadata store and
 reports the outcome; the DAG itself comes from ``create_pipeline``. For a shared metadata
-store set the config's ``mysql`` section (``metadata_connection``).
+store set the config's ``mysql`` section (``metadata_connection``). The pipeline root may be a
+bucket (``gs://``): what this reads and writes there goes through ``tf.io.gfile``.
 """
 
 import dataclasses
@@ -11,9 +12,12 @@ import logging
 import os
 import sys
 import time
+from typing import Sequence
 
+import tensorflow as tf
 from ml_metadata import metadata_store as mlmd
 from tfx import v1 as tfx
+from tfx.orchestration.pipeline import RunOptions
 
 from components.run_report.component import INDEX, REPORT_JSON, RunReport
 from pipeline import config as config_lib
@@ -51,20 +55,30 @@ def metadata_connection(config: config_lib.PipelineConfig):
     return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
 
 
-def run(config: config_lib.PipelineConfig) -> int:
-    """Runs the whole pipeline once; returns a process exit code."""
+def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
+    """Runs the pipeline once; returns a process exit code.
+
+    ``to_nodes``: run only these components and what they need (a TFX partial run), e.g.
+    ``("DataGate",)`` to ingest and validate new data without training.
+    """
     config = resolve_local_paths(config)
     if not config.data.voc_root:
         print("deeplab-tfx run: data.voc_root is not set (--set data.voc_root=DIR)", file=sys.stderr)
         return 2
-    os.makedirs(config.pipeline_root, exist_ok=True)
+    tf.io.gfile.makedirs(config.pipeline_root)
     metadata = metadata_connection(config)
     pipeline = create_pipeline(config, metadata_connection_config=metadata)
+    known = [c.id for c in pipeline.components]
+    unknown = sorted(set(to_nodes) - set(known))
+    if unknown:
+        print(f"deeplab-tfx run: no component {unknown} (the pipeline has {known})", file=sys.stderr)
+        return 2
+    run_options = RunOptions(to_nodes=list(to_nodes)) if to_nodes else None
     logging.info("running %s under %s", config.pipeline_name, config.pipeline_root)
     start = time.time()
     with progress.following(metadata, config.pipeline_name) as follower:
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            tfx.orchestration.LocalDagRunner().run(pipeline, run_options=run_options)
         except Exception as e:  # noqa: BLE001 - the trace for debugging, then one plain line.
             logging.exception("pipeline run failed")
             where = f" in component {follower.running}" if follower.running else ""
@@ -74,9 +88,12 @@ def run(config: config_lib.PipelineConfig) -> int:
             )
             return 1
     print(
-        f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s; "
-        f"outputs under {config.pipeline_root}, metadata in {config.metadata_path}"
+        f"deeplab-tfx run: {config.pipeline_name} finished in {time.time() - start:.0f} s"
+        + (f" (up to {', '.join(to_nodes)})" if to_nodes else "")
+        + f"; outputs under {config.pipeline_root}, metadata in {config.metadata_path}"
     )
+    if to_nodes:  # the summary below is of a whole run: training, evaluation, the report
+        return 0
     for line in run_summary(metadata, config.report_dir()):
         print(f"deeplab-tfx run: {line}")
     return 0
@@ -88,7 +105,7 @@ def run_summary(connection_config, report_dir: str) -> list:
     lines = [training_summary(store)]
     reports = store.get_artifacts_by_type(RunReport.TYPE_NAME)
     if reports:
-        with open(os.path.join(max(reports, key=lambda a: a.id).uri, REPORT_JSON)) as f:
+        with tf.io.gfile.GFile(os.path.join(max(reports, key=lambda a: a.id).uri, REPORT_JSON)) as f:
             report = json.load(f)
         overall, decision = report["evaluation"]["overall"], report["decision"]
         lines.append(
@@ -118,9 +135,9 @@ def training_summary(store: mlmd.MetadataStore) -> str:
     if not runs or not models:
         return ""
     history_path = os.path.join(max(runs, key=lambda a: a.id).uri, "history.json")
-    if not os.path.exists(history_path):
+    if not tf.io.gfile.exists(history_path):
         return ""
-    with open(history_path) as f:
+    with tf.io.gfile.GFile(history_path) as f:
         epochs = json.load(f)["epochs"]
     best = max(epochs, key=lambda row: row.get("val_mean_iou", -1.0))
     return (

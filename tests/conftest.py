@@ -19,6 +19,17 @@ from transform import analysis
 MAX_SIDE = 96
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reverse", action="store_true", help="run the tests in reverse order, to show none needs another"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory):
     """A 40-image VOC+SBD dataset (read-only: tests that corrupt files copy it first)."""

@@ -71,6 +71,55 @@ def test_bad_overrides_name_the_key(override, message):
         config_lib.load_config(None, [override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "trainer.backbone=resnet18",
+            "trainer.backbone='resnet18' cannot work: it must be one of 'resnet50'",
+        ),
+        (
+            "transform.image_size=-1",
+            r"transform.image_size=-1 cannot work: it must be a number in \[32, 4096\]",
+        ),
+        (
+            "ingest.max_rejected_fraction=.nan",
+            r"ingest.max_rejected_fraction=nan cannot work: .* in \[0, 1\]",
+        ),
+        ("ingest.max_rejected_fraction=1.5", r"ingest.max_rejected_fraction=1.5 cannot work"),
+        ("trainer.output_stride=4", "trainer.output_stride=4 cannot work: it must be one of 8, 16, 32"),
+        ("trainer.steps_per_epoch=0", r"trainer.steps_per_epoch=0 cannot work: it must be a number >= 1"),
+        ("trainer.learning_rate=.inf", "trainer.learning_rate=inf cannot work"),
+        ("trainer.strategy=horovod", "trainer.strategy='horovod' cannot work"),
+        ("trainer.mixed_precision=half", "trainer.mixed_precision='half' cannot work"),
+        ("trainer.min_scale=3", "trainer.min_scale=3.0 is above trainer.max_scale=1.5"),
+        (
+            "trainer.backbone_weights=imagenet;trainer.width=0.3",
+            "trainer.width=0.3 with trainer.backbone_weights='imagenet': ImageNet weights exist for",
+        ),
+        ("evaluator.min_mean_iou=-0.1", "evaluator.min_mean_iou=-0.1 cannot work"),
+        ("pusher.model_name=a/b", "pusher.model_name='a/b' cannot work"),
+        ("beam.direct_running_mode=fast", "beam.direct_running_mode='fast' cannot work"),
+        ("airflow.start_date=tomorrow", "airflow.start_date='tomorrow' cannot work"),
+        ("mysql.port=0", "mysql.port=0 cannot work"),
+        ("pipeline_name=", "pipeline_name='' cannot work"),
+    ],
+)
+def test_values_that_cannot_work_fail_at_load_naming_the_key(override, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load_config("tiny", override.split(";"))
+
+
+def test_yaml_values_are_checked_and_the_file_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  backbone: resnet18\n")
+    with pytest.raises(config_lib.ConfigError, match=f"{path}: trainer.backbone='resnet18' cannot work"):
+        config_lib.load_config(str(path))
+    # The Trainer's custom_config goes through the same checks.
+    with pytest.raises(config_lib.ConfigError, match="Trainer custom_config: train_steps=0 cannot work"):
+        config_lib.from_dict(config_lib.TrainerConfig, {"train_steps": 0}, where="Trainer custom_config")
+
+
 def test_unknown_yaml_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("ingest:\n  shards: 3\n")
@@ -115,7 +164,11 @@ def test_every_named_config_builds_the_pipeline(name):
     assert threshold["threshold"]["value_threshold"]["lower_bound"] == cfg.evaluator.min_mean_iou
     assert threshold["threshold"]["change_threshold"]["absolute"] == -cfg.evaluator.max_mean_iou_drop
     assert eval_config["model_specs"] == [
-        {"signature_name": "serving_examples", "inference_batch_size": cfg.evaluator.batch_size}
+        {
+            "signature_name": "serving_examples",
+            "inference_batch_size": cfg.evaluator.batch_size,
+            "model_type": "tf_generic",
+        }
     ]
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
     pusher = nodes["ServingPusher"]

@@ -151,6 +151,9 @@ def test_airflow_dag_runs_end_to_end(dataset_dir, tmp_path):
         f"data.voc_root={data}", f"data.sbd_root={data}", f"pipeline_root={tmp_path / 'run'}",
         "trainer.train_steps=4", "trainer.steps_per_epoch=2", "evaluator.min_mean_iou=0.0",
         "airflow.schedule=@daily",
+        # Airflow's orchestration is under test here; Beam's multi-process mode is the local
+        # pipeline tests' (its worker start-up cost a minute over the four Beam components).
+        "beam.direct_running_mode=in_memory",
     ]  # fmt: skip
     env = {
         **os.environ,

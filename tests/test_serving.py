@@ -1,6 +1,7 @@
 """``deeplab-tfx serve`` over real gRPC and HTTP on 127.0.0.1, called with the official stubs."""
 
 import io
+import logging
 import os
 import re
 import socket
@@ -26,6 +27,7 @@ from components.serving_pusher import layout, warmup
 from pipeline import config as config_lib
 from pipeline import features
 from serving import client
+from serving.server import Server
 from tests.conftest import feature, read_examples
 from trainer.export import SERVING_DEFAULT
 
@@ -216,12 +218,22 @@ def test_eight_concurrent_clients_fifty_requests_each(served):
     assert failures == [] and len(done) == 400
 
 
-def test_a_new_version_is_picked_up_without_failing_a_request(served):
-    image = served["images"][0]
+def test_a_new_version_is_picked_up_without_failing_a_request(
+    untrained_model, learning_data, tmp_path, caplog
+):
+    # Its own server and model directory: pushing version 2 must not change what other tests see.
+    caplog.set_level(logging.INFO, logger="root")
+    examples_uri, _ = learning_data
+    base = str(tmp_path / MODEL)
+    assert _push(untrained_model, base, examples_uri, "model/1") == (1, True)
+    server = Server(MODEL, base, port=0, poll_seconds=0.2)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    image = feature(read_examples(examples_uri, features.EVAL_SPLIT)[0], features.IMAGE_KEY)[0]
     stop, versions, failures = threading.Event(), [], []
 
     def loop():
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(served["channel"])
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         while not stop.is_set():
             try:
                 versions.append(stub.Predict(_request([image]), timeout=60).model_spec.version.value)
@@ -230,23 +242,29 @@ def test_a_new_version_is_picked_up_without_failing_a_request(served):
 
     thread = threading.Thread(target=loop)
     thread.start()
-    while len(versions) < 5:
-        time.sleep(0.05)
-    assert _push(served["model"], served["base"], served["examples"], "model/2") == (2, True)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not versions or versions[-1] != 2):
-        time.sleep(0.1)
-    time.sleep(0.5)
-    stop.set()
-    thread.join()
+    try:
+        while len(versions) < 5 and not failures:
+            time.sleep(0.05)
+        assert _push(untrained_model, base, examples_uri, "model/2") == (2, True)
+        deadline = time.time() + 120
+        while time.time() < deadline and (not versions or versions[-1] != 2):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
     assert failures == []
     assert versions[0] == 1 and versions[-1] == 2
     switch = versions.index(2)
     assert set(versions[:switch]) == {1} and set(versions[switch:]) == {2}, "no going back to version 1"
-    models = model_service_pb2_grpc.ModelServiceStub(served["channel"])
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MODEL
-    states = {s.version: s.state for s in models.GetModelStatus(request).model_version_status}
+    try:
+        states = {s.version: s.state for s in models.GetModelStatus(request).model_version_status}
+    finally:
+        channel.close()
+        server.stop()
     State = get_model_status_pb2.ModelVersionStatus.State  # noqa: N806
     assert states == {1: State.END, 2: State.AVAILABLE}
-    assert "model deeplab version 2 AVAILABLE (loaded and 2 warm-up requests" in open(served["log"]).read()
+    assert "model deeplab version 2 AVAILABLE (loaded and 2 warm-up requests" in caplog.text
