@@ -149,7 +149,7 @@ def main() -> None:
         print(f"demo figures: {args.out} (README: python -m benchmarks.demo_figures --write README.md "
               f"--from {args.out})")  # fmt: skip
         return
-    if args.source:
+    if args.source and not os.path.samefile(args.source, FIGURES):
         os.makedirs(os.path.dirname(FIGURES), exist_ok=True)
         shutil.copyfile(args.source, FIGURES)
     if args.write:

@@ -13,7 +13,7 @@ import shutil
 
 import numpy as np
 
-from components.voc_example_gen import sources
+from components.segmentation_example_gen import sources
 from datasets import synthetic_voc
 from pipeline import features
 

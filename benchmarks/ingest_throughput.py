@@ -1,4 +1,4 @@
-"""Ingestion throughput: VocExampleGen's Beam job vs reading the same files, in one run.
+"""Ingestion throughput: SegmentationExampleGen's Beam job vs reading the same files, in one run.
 
 Writes benchmarks/results/ingest_throughput.json and prints one line. The yardstick is the
 least any ingestion must do: read every listed file and parse the JPEG/PNG headers (and load
@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from benchmarks import fixtures, results_io
-from components.voc_example_gen import beam_ingest, records, sources
+from components.segmentation_example_gen import beam_ingest, records, sources
 
 
 def yardstick(root: str) -> float:

@@ -22,6 +22,7 @@ from tensorflow_model_analysis.metrics.preprocessors import image_preprocessors
 from benchmarks import results_io
 from evaluation import tfma_metrics
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from transform import palette
 
 HEIGHT, WIDTH = 375, 500
@@ -38,11 +39,11 @@ def make_pairs(count: int, seed: int = 0) -> list:
             y, x = rng.integers(0, HEIGHT - 60), rng.integers(0, WIDTH - 60)
             h, w = rng.integers(40, 200), rng.integers(40, 250)
             truth[y : y + h, x : x + w] = features.IGNORE_LABEL
-            truth[y + 3 : y + h - 3, x + 3 : x + w - 3] = rng.integers(1, features.NUM_CLASSES)
+            truth[y + 3 : y + h - 3, x + 3 : x + w - 3] = rng.integers(1, VOC_SPEC.num_classes)
         predicted = truth.copy()
         predicted[predicted == features.IGNORE_LABEL] = 0
         noise = rng.random(truth.shape) < 0.15
-        predicted[noise] = rng.integers(0, features.NUM_CLASSES, noise.sum())
+        predicted[noise] = rng.integers(0, VOC_SPEC.num_classes, noise.sum())
         extracts = {
             "features": {features.MASK_KEY: np.array([palette.encode_palette_png(truth)], dtype=object)},
             "predictions": {"class_ids": predicted, "height": np.int64(HEIGHT), "width": np.int64(WIDTH)},
@@ -52,8 +53,8 @@ def make_pairs(count: int, seed: int = 0) -> list:
 
 
 def ours():
-    preprocessor = tfma_metrics._ImageConfusion(features.NUM_CLASSES, features.IGNORE_LABEL)
-    combiner = tfma_metrics._SumMatrices(KEY, features.NUM_CLASSES)
+    preprocessor = tfma_metrics._ImageConfusion(VOC_SPEC.num_classes, features.IGNORE_LABEL)
+    combiner = tfma_metrics._SumMatrices(KEY, VOC_SPEC.num_classes)
     return preprocessor, combiner
 
 
@@ -62,7 +63,7 @@ def tfmas():
         ground_truth_key=features.MASK_KEY, prediction_key="class_ids", decode_prediction=False
     )
     combiner = tfma_seg._SemanticSegmentationConfusionMatrixCombiner(
-        KEY, class_ids=list(range(features.NUM_CLASSES)), ignore_ground_truth_id=features.IGNORE_LABEL
+        KEY, class_ids=list(range(VOC_SPEC.num_classes)), ignore_ground_truth_id=features.IGNORE_LABEL
     )
     return preprocessor, combiner
 
@@ -83,12 +84,12 @@ def run(contender, pairs, slices: int) -> tuple:
 
 
 def per_class(output) -> np.ndarray:
-    """``[3, 21]`` TP, FP, FN from either contender's output."""
+    """``[3, N]`` TP, FP, FN from either contender's output."""
     if KEY in output and isinstance(output[KEY], np.ndarray):
         matrix = output[KEY]
         tp = np.diag(matrix)
         return np.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp])
-    counts = np.zeros((3, features.NUM_CLASSES), np.int64)
+    counts = np.zeros((3, VOC_SPEC.num_classes), np.int64)
     for key, m in output.items():
         counts[:, key.sub_key.class_id] = (m.tp, m.fp, m.fn)
     return counts

@@ -3,7 +3,7 @@
 One generated dataset of VOC-sized images; each size is a nested subset of its ids (same
 split and source mix). Per size, in one run:
 
-- ingestion: VocExampleGen's Beam job on the DirectRunner, in memory, against the yardstick
+- ingestion: SegmentationExampleGen's Beam job on the DirectRunner, in memory, against the yardstick
   of reading the files and parsing their headers. Not ``multi_processing`` (what the configs
   run): its workers' start-up (about 10 s, each imports TensorFlow; see ingest_throughput)
   varied by 5 s between runs and drowned the per-image cost of a few hundred images;

@@ -35,6 +35,8 @@ import time
 import numpy as np
 
 from benchmarks import results_io
+from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC  # the benchmark's model heads: VOC's classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_SITE = os.path.join(ROOT, ".bench-site")
@@ -59,7 +61,7 @@ def batch(size: int, batch_size: int, label_size: int = 0, seed: int = 0) -> tup
     rng = np.random.default_rng(seed)
     label_size = label_size or size
     images = rng.uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
-    labels = rng.integers(0, 21, (batch_size, label_size, label_size)).astype(np.int64)
+    labels = rng.integers(0, VOC_SPEC.num_classes, (batch_size, label_size, label_size)).astype(np.int64)
     labels[rng.random(labels.shape) < 0.05] = 255
     return images, labels
 
@@ -88,11 +90,17 @@ def build(contender: str, size: int, config_name: str):
             dilation_rates=[6, 12, 18],
             image_shape=(size, size, 3),
         )
-        net = keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=21, activation=None)
+        net = keras_hub.models.DeepLabV3ImageSegmenter(
+            backbone=backbone, num_classes=VOC_SPEC.num_classes, activation=None
+        )
         net.compile(
             optimizer=keras.optimizers.SGD(0.007, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
-            metrics=[keras.metrics.MeanIoU(21, ignore_class=255, sparse_y_pred=False)],  # as ours
+            metrics=[
+                keras.metrics.MeanIoU(
+                    VOC_SPEC.num_classes, ignore_class=features.IGNORE_LABEL, sparse_y_pred=False
+                )
+            ],  # as ours
             jit_compile=False,
         )
         return net, size
@@ -100,7 +108,7 @@ def build(contender: str, size: int, config_name: str):
 
     if contender == "floor":
         base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
-        net = keras.Sequential([base, keras.layers.Conv2D(21, 1)])
+        net = keras.Sequential([base, keras.layers.Conv2D(VOC_SPEC.num_classes, 1)])
         net.compile(
             optimizer=keras.optimizers.SGD(0.007, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),

@@ -1,6 +1,6 @@
 """Materialize the transformed examples, or transform in the trainer? Bytes and time, one run.
 
-For VOC-sized images at the recipe's 512 px: the size of a raw tf.Example (what VocExampleGen
+For VOC-sized images at the recipe's 512 px: the size of a raw tf.Example (what SegmentationExampleGen
 writes) against a materialized transformed one (float32 image + int64 label, as Transform
 would write it), and how many examples/s the transform delivers inside a parallel tf.data
 pipeline on this machine (what ``materialize=False`` costs the trainer per epoch).
@@ -16,7 +16,7 @@ import apache_beam as beam
 import tensorflow as tf
 
 from benchmarks import results_io
-from components.voc_example_gen import beam_ingest
+from components.segmentation_example_gen import beam_ingest
 from datasets import synthetic_voc
 from pipeline import features
 from transform import preprocessing

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -35,8 +36,11 @@ import scipy.ndimage
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from pipeline import features
+from pipeline import dataset_spec, features
 from transform import palette
+
+VOC_CLASSES = dataset_spec.VOC_SPEC.num_classes
+VOID = features.IGNORE_LABEL
 
 # (width, height) of typical VOC images; portrait and landscape.
 _VOC_SIZES = ((500, 375), (500, 333), (500, 400), (500, 281), (375, 500), (333, 500), (400, 500))
@@ -65,12 +69,14 @@ class ClassStyle:
     texture: str
 
 
-def _class_styles() -> dict:
+@functools.cache
+def class_styles(num_classes: int = VOC_CLASSES) -> dict:
+    """``{class id: ClassStyle}`` of classes 1 to ``num_classes - 1`` (0 is the background)."""
     styles = {}
-    for c in range(1, features.NUM_CLASSES):
+    for c in range(1, num_classes):
         # Hues spread around the colour wheel, alternating light and dark, so that no two
         # classes share colour, shape and texture at once.
-        hue = (c - 1) / (features.NUM_CLASSES - 1)
+        hue = (c - 1) / (num_classes - 1)
         value = 0.95 if c % 2 else 0.6
         rgb = _hsv_to_rgb(hue, 0.85, value)
         styles[c] = ClassStyle(
@@ -87,9 +93,6 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple:
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
     r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
     return (int(r * 255), int(g * 255), int(b * 255))
-
-
-CLASS_STYLES = _class_styles()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +239,10 @@ class Scene:
     void: np.ndarray  # [H, W] bool: the VOC void band on object borders
 
 
-def draw_scene(rng: np.random.Generator, max_side: int = 500) -> Scene:
-    """Draws 1-3 (rarely 4) textured objects of random classes on a noisy background."""
+def draw_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int = VOC_CLASSES) -> Scene:
+    """Draws 1-3 (rarely 4) textured objects of random classes (1 to ``num_classes - 1``, each
+    in its ``class_styles`` look) on a noisy background."""
+    styles = class_styles(num_classes)
     base_w, base_h = _VOC_SIZES[rng.integers(len(_VOC_SIZES))]
     scale = max_side / 500
     width, height = max(16, int(round(base_w * scale))), max(16, int(round(base_h * scale)))
@@ -249,8 +254,8 @@ def draw_scene(rng: np.random.Generator, max_side: int = 500) -> Scene:
     num_objects = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.35, 0.22, 0.08]))
     side = min(width, height)
     for _ in range(num_objects):
-        c = int(rng.integers(1, features.NUM_CLASSES))
-        style = CLASS_STYLES[c]
+        c = int(rng.integers(1, num_classes))
+        style = styles[c]
         r = rng.uniform(0.18, 0.38) * side
         cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
         mask = _object_mask(style.shape, (width, height), cx, cy, r, rng.uniform(0, np.pi))
@@ -271,7 +276,7 @@ def draw_scene(rng: np.random.Generator, max_side: int = 500) -> Scene:
     tint = rng.uniform(90, 150, size=3)
     image = tint + 40 * (xx[..., None] - 0.5) * rng.uniform(-1, 1, 3) + 40 * (yy[..., None] - 0.5)
     for c in np.unique(classes[classes > 0]):
-        style = CLASS_STYLES[int(c)]
+        style = styles[int(c)]
         where = classes == c
         shade = _texture(style.texture, height, width, period)[where][:, None]
         image[where] = np.asarray(style.color, float) * shade
@@ -304,7 +309,7 @@ def _annotation_xml(image_id: str, scene: Scene) -> bytes:
     for k, c in enumerate(scene.instance_classes, start=1):
         ys, xs = np.nonzero(scene.instances == k)
         obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = features.CLASS_NAMES[c]
+        ET.SubElement(obj, "name").text = dataset_spec.VOC_CLASS_NAMES[c]
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "0"
@@ -333,7 +338,7 @@ def _write_sbd_mats(dataset_dir: str, image_id: str, scene: Scene) -> None:
     present = np.unique(scene.classes[scene.classes > 0]).astype(np.uint8).reshape(-1, 1)
     gt_cls = {
         "Segmentation": scene.classes,
-        "Boundaries": _boundaries(scene.classes, range(1, features.NUM_CLASSES)),
+        "Boundaries": _boundaries(scene.classes, range(1, VOC_CLASSES)),
         "CategoriesPresent": present,
     }
     gt_inst = {
@@ -359,10 +364,8 @@ def sbd_dir(out: str) -> str:
 
 def _write_one(args: tuple) -> None:
     out, image_id, index, seed, max_side, in_voc, in_sbd = args
-    scene = draw_scene(np.random.default_rng([seed, 1, index]), max_side)
-    buf = io.BytesIO()
-    Image.fromarray(scene.image).save(buf, format="JPEG", quality=90)
-    jpeg = buf.getvalue()
+    scene = draw_scene(scene_rng(seed, index), max_side)
+    jpeg = encode_jpeg(scene.image)
     voc = voc_dir(out)
     # Like the real archive, JPEGImages and Annotations hold every image, segmented or not.
     with open(os.path.join(voc, "JPEGImages", f"{image_id}.jpg"), "wb") as f:
@@ -370,8 +373,8 @@ def _write_one(args: tuple) -> None:
     with open(os.path.join(voc, "Annotations", f"{image_id}.xml"), "wb") as f:
         f.write(_annotation_xml(image_id, scene))
     if in_voc:
-        cls = np.where(scene.void, features.IGNORE_LABEL, scene.classes)
-        obj = np.where(scene.void, features.IGNORE_LABEL, scene.instances)
+        cls = np.where(scene.void, VOID, scene.classes)
+        obj = np.where(scene.void, VOID, scene.instances)
         with open(os.path.join(voc, "SegmentationClass", f"{image_id}.png"), "wb") as f:
             f.write(palette.encode_palette_png(cls))
         with open(os.path.join(voc, "SegmentationObject", f"{image_id}.png"), "wb") as f:
@@ -383,9 +386,37 @@ def _write_one(args: tuple) -> None:
         _write_sbd_mats(sbd, image_id, scene)
 
 
-def _write_list(path: str, ids: Sequence[str]) -> None:
+def scene_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of image ``index``'s scene: one per image, so workers draw the same bytes."""
+    return np.random.default_rng([seed, 1, index])
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_list(path: str, ids: Sequence[str]) -> None:
+    """One line per entry, ``\n`` ended."""
     with open(path, "w") as f:
         f.write("".join(f"{i}\n" for i in ids))
+
+
+def run_jobs(write_one, jobs: list, workers: Optional[int]) -> None:
+    """Runs ``write_one(job)`` for every job, in ``workers`` processes (default: one per core)."""
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    log = logging.getLogger(__name__)
+    if workers == 1:
+        results = map(write_one, jobs)
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(workers)
+        results = pool.map(write_one, jobs, chunksize=16)
+    for done, _ in enumerate(results, start=1):
+        if done % 100 == 0 or done == len(jobs):
+            log.info("make-dataset: %d/%d images written", done, len(jobs))
+    if workers != 1:
+        pool.shutdown()
 
 
 def make_dataset(
@@ -407,25 +438,14 @@ def make_dataset(
 
     voc_ids, sbd_ids = set(layout.voc_ids), set(layout.sbd_ids)
     jobs = [(out, i, n, seed, max_side, i in voc_ids, i in sbd_ids) for n, i in enumerate(layout.all_ids)]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    log = logging.getLogger(__name__)
-    if workers == 1:
-        results = map(_write_one, jobs)
-    else:
-        pool = concurrent.futures.ProcessPoolExecutor(workers)
-        results = pool.map(_write_one, jobs, chunksize=16)
-    for done, _ in enumerate(results, start=1):
-        if done % 100 == 0 or done == len(jobs):
-            log.info("make-dataset: %d/%d images written", done, len(jobs))
-    if workers != 1:
-        pool.shutdown()
+    run_jobs(_write_one, jobs, workers)
 
     seg = os.path.join(voc, "ImageSets", "Segmentation")
-    _write_list(os.path.join(seg, "train.txt"), layout.voc_train)
-    _write_list(os.path.join(seg, "val.txt"), layout.voc_val)
-    _write_list(os.path.join(seg, "trainval.txt"), layout.voc_ids)
-    _write_list(os.path.join(sbd, "train.txt"), layout.sbd_train)
-    _write_list(os.path.join(sbd, "val.txt"), layout.sbd_val)
+    write_list(os.path.join(seg, "train.txt"), layout.voc_train)
+    write_list(os.path.join(seg, "val.txt"), layout.voc_val)
+    write_list(os.path.join(seg, "trainval.txt"), layout.voc_ids)
+    write_list(os.path.join(sbd, "train.txt"), layout.sbd_train)
+    write_list(os.path.join(sbd, "val.txt"), layout.sbd_val)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(
             {

@@ -2,15 +2,23 @@
 
 Metrics come from ``evaluation.tfma_metrics`` (VOC scores at original resolution, and the
 confusion matrix as a TFMA plot, which ``tfma.view.render_plot`` draws); slices are
-overall, by ``image/source`` (VOC or SBD) and by class present (``image/segmentation/class/
-present``, so one slice per class: "mean IoU on images that contain a person"). The blessing
+overall, by ``image/source`` (``DatasetSpec.sources()``: VOC or SBD, or the dataset's name) and
+by class present (``image/segmentation/class/present``, so one slice per class: "mean IoU on
+images that contain class 3"). The blessing
 thresholds apply to the overall slice only: a rare class's slice is too small to gate on.
+
+The classes are the dataset spec's: every segmentation metric gets its ``num_classes`` and
+``class_names`` in its ``MetricConfig.config`` (JSON), so per-class IoUs and the confusion
+matrix have exactly that dataset's classes, and the EvalConfig the Evaluator stores with its
+results names them.
 """
+
+import json
 
 import tensorflow_model_analysis as tfma
 
 from evaluation import tfma_metrics
-from pipeline import features
+from pipeline import dataset_spec, features
 from pipeline.config import EvaluatorConfig
 from trainer.export import SERVING_EXAMPLES
 
@@ -28,11 +36,31 @@ def mean_iou_threshold(config: EvaluatorConfig) -> tfma.MetricThreshold:
     )
 
 
-def make_eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
+def metric_classes_config(spec: dataset_spec.DatasetSpec) -> str:
+    """The segmentation metrics' ``MetricConfig.config``: the spec's class count and names."""
+    return json.dumps({"num_classes": spec.num_classes, "class_names": list(spec.class_names)})
+
+
+def class_names(eval_config: tfma.EvalConfig) -> tuple:
+    """The class names an EvalConfig made by ``make_eval_config`` was made for (index: class id)."""
+    for spec in eval_config.metrics_specs:
+        for metric in spec.metrics:
+            if metric.module == METRICS_MODULE and metric.config:
+                return tuple(json.loads(metric.config)["class_names"])
+    raise ValueError(
+        "the EvalConfig has no segmentation metric with class names (not made by make_eval_config)"
+    )
+
+
+def make_eval_config(
+    config: EvaluatorConfig, spec: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
+) -> tfma.EvalConfig:
+    """The EvalConfig for models of ``spec``'s classes (the dataset spec of the Examples)."""
     overall = tfma.SlicingSpec()
     metrics = [tfma.MetricConfig(class_name="ExampleCount")]
+    classes = metric_classes_config(spec)
     for metric_class in tfma_metrics.METRIC_CLASSES:
-        metric = tfma.MetricConfig(class_name=metric_class.__name__, module=METRICS_MODULE)
+        metric = tfma.MetricConfig(class_name=metric_class.__name__, module=METRICS_MODULE, config=classes)
         if metric_class is tfma_metrics.SegmentationMeanIoU:
             metric.per_slice_thresholds.add(slicing_specs=[overall], threshold=mean_iou_threshold(config))
         metrics.append(metric)

@@ -14,10 +14,13 @@ from pipeline import features
 def confusion_matrix(
     labels: np.ndarray,
     predictions: np.ndarray,
-    num_classes: int = features.NUM_CLASSES,
+    num_classes: int,
     ignore_label: int = features.IGNORE_LABEL,
 ) -> np.ndarray:
     """``[C, C]`` int64 pixel counts of (true class, predicted class), void pixels excluded.
+
+    ``num_classes`` (C) is the dataset spec's, and has no default: a default could only be one
+    dataset's, and would size every other dataset's matrix wrong without a word.
 
     One ``bincount`` of ``true << 8 | predicted`` over uint16 codes gives every (true,
     predicted) pair of byte values at once: no pass per class, no boolean masking, and ids

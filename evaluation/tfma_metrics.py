@@ -1,4 +1,4 @@
-"""TFMA metrics for semantic segmentation: the VOC scores, and the 21x21 confusion matrix as a plot.
+"""TFMA metrics for semantic segmentation: the VOC scores, and the CxC confusion matrix as a plot.
 
 Used by the Evaluator through ``tfma.MetricConfig(module="evaluation.tfma_metrics", ...)``
 (``eval_config.py``). The model is called through its ``serving_examples`` signature, which
@@ -6,8 +6,14 @@ returns each image's mask at its original resolution (``class_ids`` padded to th
 largest image, with ``height`` and ``width``), and the ground truth is the raw example's PNG,
 so scores are at original resolution as the VOC benchmark defines them.
 
+Every metric takes ``num_classes`` (C) and ``class_names`` from the dataset spec, through the
+``MetricConfig``'s JSON (``eval_config.make_eval_config``): the matrix is ``[C, C]``, the
+per-class IoUs are sub-keys ``class_id`` 0 to C-1 (TFMA's own convention for per-class
+metrics; a ``SubKey`` holds no name), and the names travel in the EvalConfig the Evaluator
+writes beside its results, so the evaluation says which class each id is.
+
 Where the time goes: the preprocessor runs once per example, before TFMA fans examples out to
-their slices, and reduces the image pair to its ``[21, 21]`` confusion matrix with one
+their slices, and reduces the image pair to its ``[C, C]`` confusion matrix with one
 ``bincount``. The combiner then only adds small matrices, once per slice an example falls in
 (overall, its source, each class it contains). TFMA's ``SemanticSegmentationConfusionMatrix``
 instead compares full images four times per class in its combiner, for every slice.
@@ -26,7 +32,7 @@ only a text cell in ``render_slicing_metrics``'s table and is not a plot at all.
 """
 
 import io
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -36,7 +42,7 @@ from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tensorflow_model_analysis.utils import util
 
 from evaluation import iou
-from pipeline import features
+from pipeline import dataset_spec, features
 
 CONFUSION_MATRIX = "confusion_matrix"  # the plot
 MEAN_IOU = "mean_iou"
@@ -56,7 +62,8 @@ WIDTH_OUTPUT = "width"
 
 
 def decode_mask(png: bytes) -> np.ndarray:
-    """Class ids ``[H, W]`` of a VOC palette PNG: PIL's palette indices are the ids."""
+    """Class ids ``[H, W]`` of a record's mask (ingestion's canonical palette PNG, any dataset's
+    colours): PIL's palette indices are the ids."""
     return np.asarray(Image.open(io.BytesIO(png)))
 
 
@@ -95,6 +102,16 @@ class _ImageConfusion(metric_types.Preprocessor):
                 f"{where}: mask is {truth.shape[1]}x{truth.shape[0]} but the prediction is {width}x{height}"
             )
         predicted = np.asarray(predictions[CLASS_IDS_OUTPUT])[:height, :width]
+        beyond = predicted[(predicted >= self._num_classes) & (predicted != self._ignore_label)]
+        if beyond.size:
+            # A model of another dataset: above all the baseline, when one pipeline was run on two
+            # datasets and the resolver gave it the other dataset's latest blessed model.
+            model = f"model {self._model_name!r}" if self._model_name else "the model"
+            raise ValueError(
+                f"{where}: {model} predicts class id {int(beyond.max())} but the dataset has "
+                f"{self._num_classes} classes: it was trained on another dataset. Run each dataset as "
+                "a pipeline of its own (pipeline_name, pipeline_root), so that its baseline is its own"
+            )
         yield iou.confusion_matrix(truth, predicted, self._num_classes, self._ignore_label)
 
 
@@ -173,7 +190,7 @@ def _scores_of(kind: str, key: metric_types.MetricKey, matrix_key: metric_types.
 def _computations(
     kind: str,
     name: str,
-    num_classes: int = features.NUM_CLASSES,
+    num_classes: int,
     ignore_label: int = features.IGNORE_LABEL,
     model_names: Optional[List[str]] = None,
     example_weighted: bool = False,
@@ -201,21 +218,47 @@ def _computations(
     return computations
 
 
+def check_classes(num_classes: Optional[int], class_names: Optional[Sequence[str]]) -> None:
+    """Raises ValueError unless ``num_classes`` is a class count that ids in bytes can hold
+    (2 to ``MAX_CLASSES``: 255 is the ignore id) and ``class_names``, when given, has one name
+    per class. No default: one dataset's count would size every other dataset's matrix wrong."""
+    top = dataset_spec.MAX_CLASSES
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= top:
+        raise ValueError(
+            f"num_classes={num_classes!r} cannot work: the segmentation metrics need the dataset "
+            f"spec's number of classes, 2 to {top} (evaluation.eval_config.make_eval_config passes it)"
+        )
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+
+
 class _SegmentationMetric(metric_types.Metric):
     KIND = ""
 
     def __init__(
         self,
         name: Optional[str] = None,
-        num_classes: int = features.NUM_CLASSES,
+        num_classes: Optional[int] = None,
         ignore_label: int = features.IGNORE_LABEL,
+        class_names: Optional[Sequence[str]] = None,
     ):
+        """``num_classes`` and ``class_names``: the dataset spec's (``class_names`` is carried in
+        the metric's config, so the EvalConfig written with the results names the class ids)."""
+        check_classes(num_classes, class_names)
         kind = self.KIND
 
-        def create(name, num_classes, ignore_label, model_names=None, example_weighted=False):
+        def create(
+            name, num_classes, ignore_label, class_names=None, model_names=None, example_weighted=False
+        ):
             return _computations(kind, name, num_classes, ignore_label, model_names, example_weighted)
 
-        super().__init__(create, name=name or kind, num_classes=num_classes, ignore_label=ignore_label)
+        super().__init__(
+            create,
+            name=name or kind,
+            num_classes=num_classes,
+            ignore_label=ignore_label,
+            class_names=list(class_names) if class_names is not None else None,
+        )
 
 
 class SegmentationConfusionMatrixPlot(_SegmentationMetric):

@@ -45,24 +45,29 @@ def _load(args: argparse.Namespace, shorthands: dict) -> config_lib.PipelineConf
     return config_lib.load_config(args.config, overrides)
 
 
-def _make_dataset(args: argparse.Namespace) -> int:
-    from datasets import synthetic_voc
+# make-dataset --format: VOC 2012 + SBD, or a folder dataset of ``synthetic_folders.FORMATS``.
+VOC_FORMAT = "voc"
+DATASET_FORMATS = (VOC_FORMAT, "cihp", "oxford_pet")
 
-    layout = synthetic_voc.make_dataset(
-        args.out, args.num_images, seed=args.seed, max_side=args.max_side, workers=args.workers
-    )
-    print(
-        json.dumps(
-            {
-                "out": os.path.abspath(args.out),
-                "voc_train": len(layout.voc_train),
-                "voc_val": len(layout.voc_val),
-                "sbd_train": len(layout.sbd_train),
-                "sbd_val": len(layout.sbd_val),
-                "images": len(layout.all_ids),
-            }
+
+def _make_dataset(args: argparse.Namespace) -> int:
+    from datasets import synthetic_folders, synthetic_voc
+
+    options = dict(seed=args.seed, max_side=args.max_side, workers=args.workers)
+    summary = {"out": os.path.abspath(args.out)}
+    if args.format == VOC_FORMAT:
+        layout = synthetic_voc.make_dataset(args.out, args.num_images, **options)
+        summary.update(
+            voc_train=len(layout.voc_train),
+            voc_val=len(layout.voc_val),
+            sbd_train=len(layout.sbd_train),
+            sbd_val=len(layout.sbd_val),
         )
-    )
+    else:
+        layout = synthetic_folders.MAKERS[args.format](args.out, args.num_images, **options)
+        summary.update(format=args.format, train=len(layout.train), eval=len(layout.eval))
+    summary["images"] = len(layout.all_ids)
+    print(json.dumps(summary))
     return 0
 
 
@@ -76,19 +81,31 @@ def _foreign_entries(output: str, own: set) -> list:
     return sorted(name for name in names if name not in own and not name.startswith("beam-temp-"))
 
 
+# ingest's flags: shorthands for config keys.
+_INGEST_SHORTHANDS = {
+    "voc_root": "data.voc_root",
+    "sbd_root": "data.sbd_root",
+    "data_root": "data.root",
+    "max_rejected_fraction": "ingest.max_rejected_fraction",
+    "num_shards": "ingest.num_shards",
+    "direct_running_mode": "beam.direct_running_mode",
+}
+
+
+def _missing_root(cfg: config_lib.PipelineConfig) -> Optional[str]:
+    """What to tell the person when the dataset's layout needs a root the config lacks."""
+    key, value = cfg.required_data_root()
+    if value:
+        return None
+    flag = next("--" + attr.replace("_", "-") for attr, k in _INGEST_SHORTHANDS.items() if k == key)
+    return f"{flag} (or {key}) is required for dataset {cfg.dataset.name} (layout {cfg.dataset.layout})"
+
+
 def _ingest(args: argparse.Namespace) -> int:
-    cfg = _load(
-        args,
-        {
-            "voc_root": "data.voc_root",
-            "sbd_root": "data.sbd_root",
-            "max_rejected_fraction": "ingest.max_rejected_fraction",
-            "num_shards": "ingest.num_shards",
-            "direct_running_mode": "beam.direct_running_mode",
-        },
-    )
-    if not cfg.data.voc_root:
-        print("deeplab-tfx ingest: --voc-root (or data.voc_root) is required", file=sys.stderr)
+    cfg = _load(args, _INGEST_SHORTHANDS)
+    missing = _missing_root(cfg)
+    if missing:
+        print(f"deeplab-tfx ingest: {missing}", file=sys.stderr)
         return 2
     in_output = os.path.join(args.output, logs.LOG_DIR)
     log_dir = args.log_dir or logs.local_log_dir(in_output)
@@ -108,7 +125,7 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from components.voc_example_gen import beam_ingest, sources
+    from components.segmentation_example_gen import beam_ingest, sources
 
     # The output is replaced whole, so that running ingest (or `make demo`) again leaves only the
     # new run: no old shards beside the new ones. Only an output ingest wrote itself is deleted;
@@ -131,12 +148,14 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
         # as it was), then replaces it.
         summary = beam_ingest.run(
             lambda: beam.Pipeline(options=PipelineOptions(beam_args)),
-            voc_root=cfg.data.voc_root,
+            voc_root=cfg.data.voc_root or None,
             sbd_root=cfg.data.sbd_root or None,
             examples_uri=examples,
             rejected_dir=args.output,
             max_rejected_fraction=cfg.ingest.max_rejected_fraction,
             num_shards=cfg.ingest.num_shards,
+            dataset=cfg.dataset,
+            data_root=cfg.data.root or None,
         )
     except sources.ListFileError as e:
         print(f"deeplab-tfx ingest: {e}", file=logs.errors())
@@ -219,9 +238,10 @@ def _predict_captured(args: argparse.Namespace) -> int:
     from serving import client
 
     try:
+        spec = client.prediction_spec(args.model_base_path, args.dataset, args.version)
         written = client.predict_files(
             args.server, args.model_name, args.images, args.out, args.version, args.rest, args.batch_size,
-            args.deadline,
+            args.deadline, spec,
         )  # fmt: skip
     except client.ServerUnavailableError as e:
         print(f"deeplab-tfx predict: {e}", file=logs.errors())
@@ -253,17 +273,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-dataset", help="write a synthetic dataset in the VOC 2012 + SBD formats")
-    p.add_argument("--out", required=True, help="directory to create VOCdevkit/ and benchmark_RELEASE/ in")
+    p = sub.add_parser(
+        "make-dataset",
+        help="write a synthetic dataset in the formats of VOC 2012 + SBD, CIHP or Oxford-IIIT Pet",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory to write in (voc: VOCdevkit/ and benchmark_RELEASE/; cihp and oxford_pet: the "
+        "dataset's data.root)",
+    )
+    p.add_argument(
+        "--format",
+        choices=DATASET_FORMATS,
+        default=VOC_FORMAT,
+        help="voc: VOC 2012 + SBD archives; cihp: Images/ + Category_ids/ grey ids, no lists; oxford_pet: "
+        "images/ + annotations/trimaps/ + trainval.txt/test.txt (default voc)",
+    )
     p.add_argument("--num-images", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=500, help="longer image side (VOC: 500)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.set_defaults(func=_make_dataset)
 
-    p = sub.add_parser("ingest", help="run VocExampleGen's Beam job alone, no orchestrator")
+    p = sub.add_parser("ingest", help="run SegmentationExampleGen's Beam job alone, no orchestrator")
     p.add_argument("--voc-root", dest="voc_root", help="directory holding VOCdevkit/VOC2012")
     p.add_argument("--sbd-root", dest="sbd_root", help="directory holding benchmark_RELEASE/dataset")
+    p.add_argument(
+        "--data-root", dest="data_root", help="a folders dataset's root (with --set dataset=cihp, say)"
+    )
     p.add_argument(
         "--output", required=True, help="writes examples/, rejected.jsonl, summary.json and report.md there"
     )
@@ -322,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rest", action="store_true", help="use the REST API (b64 JSON) instead of gRPC")
     p.add_argument("--batch-size", type=int, default=8, help="images per request")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds to keep retrying UNAVAILABLE")
+    p.add_argument(
+        "--model-base-path", default=None,
+        help="<serving_dir>/<model_name>: draw masks in the classes' colours of the model there "
+        "(its assets.extra/dataset_spec.json)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dataset", default=None,
+        help="dataset spec (YAML path or name in datasets/specs) whose colours to draw masks in "
+        "when the model's directory cannot be read (default: VOC's)",
+    )  # fmt: skip
     p.set_defaults(func=_predict)
     return parser
 

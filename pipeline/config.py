@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
-import math
 import os
 import re
 import typing
@@ -19,10 +17,27 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
+from pipeline import dataset_spec
+from pipeline.checks import (  # noqa: F401 - ConfigError and the rules are part of this API
+    ISO_DATE,
+    NAME,
+    NOT_EMPTY,
+    Checked,
+    ConfigError,
+    Rule,
+    above,
+    at_least,
+    between,
+    matches,
+    one_of,
+)
+from pipeline.dataset_spec import DatasetSpec
+
 # Directory holding the `pipeline` package; relative paths in configs are resolved against it
 # so that a named config works from any working directory (and inside a container).
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(PROJECT_ROOT, "pipeline", "configs")
+DATASET_SPEC_DIR = os.path.join(PROJECT_ROOT, "datasets", "specs")
 
 # Choices spelled once here; the trainer and the runners import them.
 BACKBONES = ("resnet50", "mobilenetv2")
@@ -34,90 +49,19 @@ DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 MOBILENETV2_IMAGENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
-class ConfigError(ValueError):
-    """A config names an unknown key, or a value of the wrong type or one that cannot work."""
-
-
-class Rule(typing.NamedTuple):
-    """A check on one config value and the words that say what it must be."""
-
-    check: typing.Callable[[Any], bool]
-    says: str
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def one_of(*choices) -> Rule:
-    return Rule(lambda v: v in choices, f"one of {', '.join(map(repr, choices))}")
-
-
-def at_least(low) -> Rule:
-    return Rule(lambda v: _number(v) and v >= low, f"a number >= {low}")
-
-
-def above(low) -> Rule:
-    return Rule(lambda v: _number(v) and v > low, f"a number > {low}")
-
-
-def between(low, high, high_open=False) -> Rule:
-    bracket = ")" if high_open else "]"
-    return Rule(
-        lambda v: _number(v) and low <= v and (v < high if high_open else v <= high),
-        f"a number in [{low}, {high}{bracket}",
-    )
-
-
-def matches(pattern: str, says: str) -> Rule:
-    return Rule(lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None, says)
-
-
-NAME = matches(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "a name of letters, digits, '_', '.' and '-'")
-NOT_EMPTY = matches(r"\S.*", "a non-empty string")
-
-
-def _iso_date(value) -> bool:
-    try:
-        datetime.datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-class _Checked:
-    """Checks every value of a config section when it is made, so a value that cannot work
-    (``trainer.backbone=resnet18``, ``ingest.max_rejected_fraction=.nan``) fails when the config
-    loads, naming the key, rather than minutes into a run or by switching a check off.
-
-    ``RULES`` maps field names to ``Rule``s; ``check_together`` covers rules across fields.
-    ``dataclasses.replace`` runs the checks too, since it makes a new instance.
-    """
-
-    RULES: typing.ClassVar[dict] = {}
-
-    def __post_init__(self):
-        for name, rule in self.RULES.items():
-            value = getattr(self, name)
-            if not rule.check(value):
-                raise ConfigError(f"{name}={value!r} cannot work: it must be {rule.says}")
-        self.check_together()
-
-    def check_together(self) -> None:
-        """Rules that relate several fields; raise ``ConfigError`` naming them."""
-
-
 @dataclasses.dataclass(frozen=True)
-class DataConfig(_Checked):
-    """Where the raw datasets are. Either root may be the archive's top directory."""
+class DataConfig(Checked):
+    """Where the raw datasets are. Either VOC root may be the archive's top directory."""
 
     voc_root: str = ""  # holds VOCdevkit/VOC2012 (or is VOC2012 itself)
     sbd_root: str = ""  # holds benchmark_RELEASE/dataset; empty: VOC only
+    # A ``folders`` dataset (``dataset.layout``): holds its images and masks directories.
+    root: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
-class IngestConfig(_Checked):
-    """VocExampleGen settings."""
+class IngestConfig(Checked):
+    """SegmentationExampleGen settings."""
 
     # The run fails when more than this fraction of listed ids is rejected (dead-lettered).
     max_rejected_fraction: float = 0.01
@@ -128,10 +72,10 @@ class IngestConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidationConfig(_Checked):
+class ValidationConfig(Checked):
     """Schema and data-gate settings."""
 
-    # Curated schema imported by ImportSchemaGen; empty: SchemaGen infers one.
+    # Curated schema, completed from the dataset spec by DatasetSchemaGen; empty: SchemaGen infers one.
     schema_path: str = "pipeline/schema/schema.pbtxt"
     # TFX trains even when ExampleValidator finds anomalies; our gate stops the run unless
     # this is set.
@@ -139,7 +83,7 @@ class ValidationConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformConfig(_Checked):
+class TransformConfig(Checked):
     """Transform settings (passed to ``preprocessing_fn`` as ``custom_config``)."""
 
     # Longer image side after the aspect-preserving resize; images are padded to a square.
@@ -153,7 +97,7 @@ class TransformConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainerConfig(_Checked):
+class TrainerConfig(Checked):
     """Model, optimisation, distribution and fault-tolerance settings of the Trainer.
 
     Defaults are the DeepLabV3+ VOC recipe (ResNet-50, output stride 16, SGD momentum 0.9,
@@ -206,13 +150,13 @@ class TrainerConfig(_Checked):
     backup_dir: str = ""
     # Export the weights of the best eval mIoU (else the last ones).
     export_best: bool = True
-    # serving_default also returns [B, H, W, 21] probabilities (too big for gRPC's 4 MiB
-    # default at 500x375 beyond a batch of two: off by default).
+    # serving_default also returns [B, H, W, N] probabilities of the N classes (for VOC's 21,
+    # too big for gRPC's 4 MiB default at 500x375 beyond a batch of two: off by default).
     with_probabilities: bool = False
     # The exported signatures refuse (INVALID_ARGUMENT, before decoding) an image whose header
     # declares more pixels than this: a few KB can declare 30000x30000, and the masks at original
-    # resolution cost 21 float32 logits per pixel (12 GB at 12000x12000). 25 MP covers photos
-    # of today's phones; serving works at 512 px anyway.
+    # resolution cost N float32 logits per pixel (VOC's 21: 12 GB at 12000x12000). 25 MP covers
+    # photos of today's phones; serving works at 512 px anyway.
     max_image_pixels: int = 25_000_000
     # ... and a request whose images together declare more than this: the limit above bounds one
     # image, not a request, and 16 JPEGs of 10 KB declaring 2500x2500 each (100 MP) cost 1.15 GB
@@ -269,7 +213,7 @@ class TrainerConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluatorConfig(_Checked):
+class EvaluatorConfig(Checked):
     """Evaluator settings: what a model must score to be blessed (and so pushed)."""
 
     # Value threshold: overall eval mean IoU (original resolution, void ignored) at least this.
@@ -284,7 +228,7 @@ class EvaluatorConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class PusherConfig(_Checked):
+class PusherConfig(Checked):
     """Where blessed models go: ``<serving_dir>/<model_name>/<version>/``, TF Serving's layout."""
 
     serving_dir: str = ""  # "": <pipeline_root>/serving
@@ -298,7 +242,7 @@ class PusherConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReportConfig(_Checked):
+class ReportConfig(Checked):
     """The run report (``<pipeline_root>/report/index.html``)."""
 
     # Eval images shown as image | ground truth | prediction | overlay.
@@ -308,7 +252,7 @@ class ReportConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class VertexConfig(_Checked):
+class VertexConfig(Checked):
     """Train on Vertex AI custom training instead of in the Trainer's own container."""
 
     enabled: bool = False
@@ -324,7 +268,7 @@ class VertexConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class KubeflowConfig(_Checked):
+class KubeflowConfig(Checked):
     """``deeplab-tfx compile kubeflow``: the container every component runs in."""
 
     # Built from this repository's Dockerfile (setup.py installs pipeline/, components/, ...).
@@ -337,17 +281,17 @@ class KubeflowConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class AirflowConfig(_Checked):
+class AirflowConfig(Checked):
     """``pipeline/airflow_dag.py``: the DAG's schedule."""
 
     schedule: str = "@weekly"  # cron expression or preset; "" for manual runs only
     start_date: str = "2026-01-01"
 
-    RULES = {"start_date": Rule(_iso_date, "a date or time in ISO 8601, e.g. 2026-01-01")}
+    RULES = {"start_date": ISO_DATE}
 
 
 @dataclasses.dataclass(frozen=True)
-class MySqlConfig(_Checked):
+class MySqlConfig(Checked):
     """A shared ML Metadata store (production); empty ``host``: SQLite at ``metadata_path``.
 
     The password comes from the environment (``DEEPLAB_TFX_MYSQL_PASSWORD``), never a config.
@@ -362,7 +306,7 @@ class MySqlConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class BeamConfig(_Checked):
+class BeamConfig(Checked):
     """Beam settings shared by every Beam-powered component."""
 
     runner: str = "DirectRunner"
@@ -385,7 +329,7 @@ class BeamConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig(_Checked):
+class PipelineConfig(Checked):
     """Everything ``create_pipeline`` and the runners need."""
 
     pipeline_name: str = "deeplab-tfx"
@@ -394,6 +338,9 @@ class PipelineConfig(_Checked):
     metadata_path: str = ""
     enable_cache: bool = True
     data: DataConfig = DataConfig()
+    # The dataset's classes and mask format: a mapping, or a spec file's path or name
+    # (``datasets/specs/<name>.yaml``). VOC by default.
+    dataset: DatasetSpec = DatasetSpec()
     ingest: IngestConfig = IngestConfig()
     validation: ValidationConfig = ValidationConfig()
     transform: TransformConfig = TransformConfig()
@@ -408,6 +355,12 @@ class PipelineConfig(_Checked):
     mysql: MySqlConfig = MySqlConfig()
 
     RULES = {"pipeline_name": NAME, "pipeline_root": NOT_EMPTY}
+
+    def required_data_root(self) -> tuple:
+        """``(config key, value)`` of the root the dataset's layout cannot do without."""
+        if self.dataset.layout == dataset_spec.FOLDERS:
+            return "data.root", self.data.root
+        return "data.voc_root", self.data.voc_root
 
     def serving_model_dir(self) -> str:
         """``<serving_dir>/<model_name>``: TF Serving's ``--model_base_path``."""
@@ -438,6 +391,29 @@ def resolve_path(path: str) -> str:
     if not path or "://" in path or os.path.isabs(path):
         return path
     return os.path.join(PROJECT_ROOT, path)
+
+
+def load_dataset_spec(path_or_name: str, where: str = "dataset") -> DatasetSpec:
+    """A dataset spec from a YAML file, or by name from ``datasets/specs/`` (``cihp``, ``oxford_pet``)."""
+    return _build(DatasetSpec, _dataset_spec_mapping(path_or_name, where), path_or_name)
+
+
+def _dataset_spec_mapping(path_or_name: str, where: str) -> Mapping:
+    path = path_or_name
+    if not os.path.exists(path):
+        named = os.path.join(DATASET_SPEC_DIR, f"{path_or_name}.yaml")
+        path = named if os.path.exists(named) else resolve_path(path_or_name)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as e:
+        names = ", ".join(sorted(f[:-5] for f in os.listdir(DATASET_SPEC_DIR) if f.endswith(".yaml")))
+        raise ConfigError(
+            f"{where}={path_or_name!r}: cannot read {path!r}: {e.strerror} (named specs: {names})"
+        ) from e
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"dataset spec {path!r} must be a mapping at the top level")
+    return raw
 
 
 def named_configs() -> list:
@@ -504,7 +480,9 @@ def _insert(raw: dict, cls: type, path: list, value: Any, where: str) -> None:
     if path[0] not in fields:
         raise ConfigError(f"unknown config key {where!r} (known: {', '.join(sorted(fields))})")
     kind = typing.get_type_hints(cls)[path[0]]
-    if len(path) == 1:
+    if len(path) == 1 and kind is DatasetSpec and isinstance(value, str):
+        raw[path[0]] = dict(_dataset_spec_mapping(value, where))
+    elif len(path) == 1:
         raw[path[0]] = _coerce(kind, value, where)
     elif dataclasses.is_dataclass(kind):
         section = raw.get(path[0]) or {}
@@ -525,6 +503,8 @@ def _build(cls: type, raw: Mapping, where: str, section: str = "") -> Any:
         raise ConfigError(f"{at}unknown config key(s) {unknown} in {cls.__name__}")
     values = {}
     for name, value in raw.items():
+        if hints[name] is DatasetSpec and isinstance(value, str):
+            value = _dataset_spec_mapping(value, f"{section}{name}")
         if dataclasses.is_dataclass(hints[name]):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{at}section {name!r} must be a mapping")
@@ -543,6 +523,8 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(kind):
         raise ConfigError(f"{where} is a section; set its keys one by one")
     if kind is tuple:
+        if isinstance(value, Mapping):  # a mapping is kept as its (key, value) pairs
+            return tuple(value.items())
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):

@@ -1,4 +1,4 @@
-"""Names shared by every stage: feature keys, class list, label conventions.
+"""Names shared by every stage: feature keys, split names, the ignore label.
 
 Defined once and imported everywhere (ExampleGen, schema, Transform, trainer, serving,
 EvalConfig) so that no key is ever spelled twice as a string literal.
@@ -11,7 +11,7 @@ our palette PNG into luminance (class 6 becomes 89), not class ids; it expects g
 raw ids. Palette PNGs are the VOC format, and Transform decodes them in the graph.
 """
 
-# Raw tf.Example keys written by VocExampleGen (the data contract in DESIGN.md).
+# Raw tf.Example keys written by SegmentationExampleGen (the data contract in DESIGN.md).
 IMAGE_KEY = "image/encoded"
 IMAGE_FORMAT_KEY = "image/format"
 FILENAME_KEY = "image/filename"
@@ -23,8 +23,10 @@ MASK_FORMAT_KEY = "image/segmentation/class/format"
 CLASSES_PRESENT_KEY = "image/segmentation/class/present"
 
 # Values of the enumerated string features.
-IMAGE_FORMAT = b"jpeg"
-MASK_FORMAT = b"png"
+IMAGE_FORMAT = b"jpeg"  # VOC and SBD ship JPEGs
+PNG_FORMAT = b"png"
+IMAGE_FORMATS = (IMAGE_FORMAT, PNG_FORMAT)  # what a folders dataset's images may be
+MASK_FORMAT = PNG_FORMAT
 SOURCE_VOC = "voc"
 SOURCE_SBD = "sbd"
 SOURCES = (SOURCE_VOC, SOURCE_SBD)
@@ -34,33 +36,10 @@ TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 SPLITS = (TRAIN_SPLIT, EVAL_SPLIT)
 
-# Label conventions of Pascal VOC: 0 is background, 255 is "void" (object borders and
-# ambiguous regions), ignored by the loss and by every metric.
+# The canonical "ignore" id of the records' masks, the Transform output, the loss and every
+# metric, whatever the dataset's own ignore value (the dataset spec maps it here). The classes
+# themselves come from the dataset spec (pipeline/dataset_spec.py), never from a constant.
 IGNORE_LABEL = 255
-CLASS_NAMES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
-NUM_CLASSES = len(CLASS_NAMES)
 
 # Transformed feature names (outputs of transform.preprocessing.preprocessing_fn).
 IMAGE = "image"  # float32 [S, S, 3], resized keeping aspect ratio, padded bottom/right

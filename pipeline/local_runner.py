@@ -36,7 +36,10 @@ def resolve_local_paths(config: config_lib.PipelineConfig) -> config_lib.Pipelin
         pipeline_root=root,
         metadata_path=absolute(config.metadata_path) or os.path.join(root, "metadata.sqlite"),
         data=dataclasses.replace(
-            config.data, voc_root=absolute(config.data.voc_root), sbd_root=absolute(config.data.sbd_root)
+            config.data,
+            voc_root=absolute(config.data.voc_root),
+            sbd_root=absolute(config.data.sbd_root),
+            root=absolute(config.data.root),
         ),
     )
 
@@ -61,8 +64,9 @@ def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
     ``("DataGate",)`` to ingest and validate new data without training.
     """
     config = resolve_local_paths(config)
-    if not config.data.voc_root:
-        print("deeplab-tfx run: data.voc_root is not set (--set data.voc_root=DIR)", file=logs.errors())
+    key, root = config.required_data_root()
+    if not root:
+        print(f"deeplab-tfx run: {key} is not set (--set {key}=DIR)", file=logs.errors())
         return 2
     tf.io.gfile.makedirs(config.pipeline_root)
     metadata = metadata_connection(config)

@@ -4,7 +4,7 @@ Pure: it reads no files and starts nothing, so every runner (local, Kubeflow, Ai
 every test builds exactly the same graph from a ``PipelineConfig``. Runners resolve paths and
 pick the metadata store; nothing here depends on where the pipeline runs.
 
-    VocExampleGen ─► StatisticsGen ─► ImportSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
+    SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
                                                └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
                         Resolver (latest blessed model) ──────┘ (baseline)
@@ -17,27 +17,34 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.data_gate.component import DataGate
+from components.dataset_schema.component import DatasetSchemaGen
 from components.run_report.component import RunReportGen
+from components.segmentation_example_gen.component import SegmentationExampleGen
 from components.serving_pusher.component import ServingPusher
-from components.voc_example_gen.component import VocExampleGen
 from evaluation import eval_config
 from pipeline import features
 from pipeline.config import PipelineConfig, resolve_path
 from trainer import run_fn
+from transform import preprocessing
 
 
 def create_components(config: PipelineConfig) -> list:
     """The pipeline's components, wired, in topological order."""
-    example_gen = VocExampleGen(
+    dataset = config.dataset.to_json()
+    example_gen = SegmentationExampleGen(
         voc_root=config.data.voc_root,
         sbd_root=config.data.sbd_root or None,
+        data_root=config.data.root or None,
+        dataset_spec=config.dataset,
         max_rejected_fraction=config.ingest.max_rejected_fraction,
         num_shards=config.ingest.num_shards,
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.validation.schema_path:
         # A curated schema is the contract; inferring one would accept whatever arrived.
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=resolve_path(config.validation.schema_path))
+        schema_gen = DatasetSchemaGen(
+            schema_file=resolve_path(config.validation.schema_path), dataset_spec=dataset
+        )
     else:
         schema_gen = tfx.components.SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
@@ -52,7 +59,10 @@ def create_components(config: PipelineConfig) -> list:
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="transform.preprocessing.preprocessing_fn",
-        custom_config=dataclasses.asdict(config.transform),
+        custom_config={
+            **dataclasses.asdict(config.transform),
+            preprocessing.NUM_CLASSES_KEY: config.dataset.num_classes,
+        },
         # Analyzers (class pixel counts) see the train split only. Not materialized: a
         # transformed 512 px example is ~5 MB against ~0.1 MB raw, so the trainer applies the
         # transform graph in its tf.data pipeline instead (figures in the README).
@@ -145,7 +155,7 @@ def validation_and_push(config: PipelineConfig, examples, schema, model) -> list
         model=model,
         baseline_model=baseline.outputs["model"],
         schema=schema,
-        eval_config=eval_config.make_eval_config(config.evaluator),
+        eval_config=eval_config.make_eval_config(config.evaluator, config.dataset),
         example_splits=[features.EVAL_SPLIT],
     )
     pusher = ServingPusher(

@@ -8,6 +8,11 @@ PNG masks; REST asks ``serving_png``, whose ``class_ids_png_bytes`` come back as
 UNAVAILABLE (server starting, restarting, a pod moving) is retried with exponential backoff
 until the deadline; INVALID_ARGUMENT and the other errors are not, since sending the same
 request again cannot change the answer.
+
+Masks and overlays are drawn in the model's classes' colours (``prediction_spec``): the dataset
+spec the model carries in ``assets.extra/dataset_spec.json`` when the caller can read the
+model's directory, else a spec the caller names, else VOC's. A served model does not tell its
+classes over gRPC or REST: TF Serving's ``GetModelMetadata`` answers the signatures only.
 """
 
 import base64
@@ -26,8 +31,18 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pipeline import storage
-from trainer.export import CLASS_IDS, CLASS_IDS_PNG, HEIGHT, IMAGES, SERVING_DEFAULT, SERVING_PNG, WIDTH
+from components.serving_pusher import layout
+from pipeline import dataset_spec, storage
+from trainer.export import (
+    CLASS_IDS,
+    CLASS_IDS_PNG,
+    HEIGHT,
+    IMAGES,
+    SERVING_DEFAULT,
+    SERVING_PNG,
+    WIDTH,
+    model_dataset_spec,
+)
 from transform import palette
 
 MAX_MESSAGE_BYTES = 256 << 20
@@ -139,27 +154,72 @@ class RestClient:
         pass
 
 
-def write_results(image_path: str, image_bytes: bytes, mask: np.ndarray, out_dir: str) -> tuple:
-    """``<stem>.png`` (palette PNG of class ids, VOC colours) and ``<stem>_overlay.jpg``.
+def prediction_spec(
+    model_base_path: Optional[str] = None, dataset: Optional[str] = None, version: Optional[int] = None
+) -> dataset_spec.DatasetSpec:
+    """The classes to draw predictions in: those of the model under ``model_base_path``
+    (``<serving_dir>/<model_name>``: ``version``, else its newest complete version, as the server
+    picks it), else the spec ``dataset`` names (a YAML path or a name in ``datasets/specs``),
+    else VOC's. Both given: the model's, which must agree with ``dataset``'s classes."""
+    spec = dataset_spec.VOC_SPEC
+    if dataset:
+        from pipeline import config as config_lib
+
+        spec = config_lib.load_dataset_spec(dataset, where="--dataset")
+    if not model_base_path:
+        return spec
+    versions = layout.versions(model_base_path)
+    chosen = version or (versions[-1] if versions else None)
+    if chosen not in versions:
+        which = f"version {chosen}" if chosen else "version"
+        raise FileNotFoundError(
+            f"--model-base-path {model_base_path}: no complete {which} there (has {versions})"
+        )
+    model_spec = model_dataset_spec(os.path.join(model_base_path, str(chosen)))
+    if dataset and model_spec.class_names != spec.class_names:
+        raise ValueError(
+            f"--dataset {dataset} has classes {list(spec.class_names)} but model version {chosen} under "
+            f"{model_base_path} predicts {list(model_spec.class_names)}"
+        )
+    return model_spec
+
+
+def write_results(
+    image_path: str,
+    image_bytes: bytes,
+    mask: np.ndarray,
+    out_dir: str,
+    spec: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC,
+) -> tuple:
+    """``<stem>.png`` (palette PNG of class ids in ``spec``'s colours) and ``<stem>_overlay.jpg``.
 
     Through ``pipeline.storage`` (``tf.io.gfile``): ``out_dir`` may be a bucket (``gs://...``) as
     well as a directory, and a file written again is replaced whole.
     """
+    if mask.size and int(mask.max()) >= spec.num_classes:
+        raise ValueError(
+            f"{image_path}: the model answered class id {int(mask.max())}, but {spec.name!r} has "
+            f"{spec.num_classes} classes: predict with the model's dataset spec "
+            "(--model-base-path or --dataset)"
+        )
     tf.io.gfile.makedirs(out_dir)
     stem = os.path.splitext(os.path.basename(image_path))[0]
     mask_path = os.path.join(out_dir, f"{stem}.png")
-    storage.write_file(mask_path, palette.encode_palette_png(mask))
+    colours = spec.palette()
+    storage.write_file(mask_path, palette.encode_palette_png(mask, colours))
     image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
     overlay = io.BytesIO()
-    Image.fromarray(palette.overlay(image, mask)).save(overlay, format="JPEG", quality=90)
+    Image.fromarray(palette.overlay(image, mask, colours)).save(overlay, format="JPEG", quality=90)
     overlay_path = os.path.join(out_dir, f"{stem}_overlay.jpg")
     storage.write_file(overlay_path, overlay.getvalue())
     return mask_path, overlay_path
 
 
 def predict_files(server: str, model_name: str, paths: List[str], out_dir: str, version: Optional[int] = None,
-                  rest: bool = False, batch_size: int = 8, deadline_s: float = 30.0) -> list:  # fmt: skip
-    """Sends ``paths`` in batches; writes each mask and overlay; returns ``[(path, version, mask_path)]``."""
+                  rest: bool = False, batch_size: int = 8, deadline_s: float = 30.0,
+                  spec: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC) -> list:  # fmt: skip
+    """Sends ``paths`` in batches; writes each mask and overlay in ``spec``'s colours
+    (``prediction_spec``); returns ``[(path, version, mask_path)]``."""
     client = (RestClient if rest else GrpcClient)(server, model_name, version)
     written = []
     try:
@@ -168,7 +228,7 @@ def predict_files(server: str, model_name: str, paths: List[str], out_dir: str, 
             images = [storage.read_file(p) for p in batch]
             served, masks = client.predict(images, deadline_s)
             for path, data, mask in zip(batch, images, masks, strict=True):
-                mask_path, _ = write_results(path, data, mask, out_dir)
+                mask_path, _ = write_results(path, data, mask, out_dir, spec)
                 written.append((path, served, mask_path))
     finally:
         client.close()

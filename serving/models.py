@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from components.serving_pusher import layout, warmup
+from pipeline import dataset_spec
+from trainer.export import DATASET_SPEC_FILE, model_dataset_spec
 
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
 
@@ -110,11 +112,32 @@ class Servable:
     path: str
     signatures: Dict[str, Callable]
     module: object  # keeps the loaded SavedModel (and its variables) alive
+    # The classes the version predicts (its DATASET_SPEC_FILE; VOC's for older models).
+    dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
 
 
 def load_servable(path: str, version: int) -> Servable:
     module = tf.saved_model.load(path)
-    return Servable(version, path, dict(module.signatures), module)
+    return Servable(version, path, dict(module.signatures), module, model_dataset_spec(path))
+
+
+# Class names shown when a version loads; a 150-class dataset's would fill the terminal.
+SHOWN_CLASS_NAMES = 25
+
+
+def describe_classes(servable: Servable) -> str:
+    """``dataset 'cihp', 20 classes: background, hat, ...``, as a served version's classes are
+    nowhere in TF Serving's API (``GetModelMetadata`` answers the signatures only)."""
+    spec = servable.dataset
+    names = ", ".join(spec.class_names[:SHOWN_CLASS_NAMES])
+    if spec.num_classes > SHOWN_CLASS_NAMES:
+        names += f" and {spec.num_classes - SHOWN_CLASS_NAMES} more"
+    where = (
+        ""
+        if tf.io.gfile.exists(os.path.join(servable.path, DATASET_SPEC_FILE))
+        else (f" (no {DATASET_SPEC_FILE}: a model exported before models carried their classes)")
+    )
+    return f"dataset {spec.name!r}, {spec.num_classes} classes: {names}{where}"
 
 
 def replay_warmup(servable: Servable, call: Callable) -> int:
@@ -197,8 +220,8 @@ class ModelVersions:
             if old:
                 self._states[old.version] = END  # requests still holding it finish on it
         logging.info(
-            "model %s version %d AVAILABLE (loaded and %d warm-up requests in %.1f s)",
-            self.name, version, warmed, time.time() - start,
+            "model %s version %d AVAILABLE (loaded and %d warm-up requests in %.1f s); %s",
+            self.name, version, warmed, time.time() - start, describe_classes(servable),
         )  # fmt: skip
 
     def get(self, version: Optional[int] = None) -> Servable:

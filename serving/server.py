@@ -27,7 +27,15 @@ from tensorflow_serving.apis import (
 )
 
 from serving import rest
-from serving.models import ModelVersions, ServingError, check_inputs, error_reason, model_error, replay_warmup
+from serving.models import (
+    ModelVersions,
+    ServingError,
+    check_inputs,
+    describe_classes,
+    error_reason,
+    model_error,
+    replay_warmup,
+)
 from trainer.export import IMAGES, SERVING_DEFAULT
 from transform import preprocessing
 
@@ -255,10 +263,11 @@ def serve(model_name: str, model_base_path: str, host: str, port: int, rest_port
     server = Server(model_name, model_base_path, host, port, rest_port, poll_seconds, max_request_bytes,
                     rest_timeout_s=rest_timeout_s or rest.DEFAULT_TIMEOUT_S)  # fmt: skip
     server.start(wait_seconds)
-    version = server.models.get().version
+    servable = server.models.get()
     rest_on = f", REST on {host}:{server.rest_port}" if server.rest else ""
     print(
-        f"deeplab-tfx serve: model {model_name!r} version {version} on {host}:{server.port} (gRPC){rest_on}",
+        f"deeplab-tfx serve: model {model_name!r} version {servable.version} on {host}:{server.port} "
+        f"(gRPC){rest_on}; {describe_classes(servable)}",
         flush=True,
     )
     stopped = threading.Event()

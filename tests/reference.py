@@ -7,11 +7,11 @@ Per class, with boolean masks over the non-void pixels, so they share no code (a
 import numpy as np
 
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 
 
-def class_counts(pairs) -> tuple:
-    """``(tp, fp, fn, labelled)`` per class, summed over ``(truth, prediction)`` image pairs."""
-    n = features.NUM_CLASSES
+def class_counts(pairs, n: int = VOC_SPEC.num_classes) -> tuple:
+    """``(tp, fp, fn, labelled)`` per class of ``n``, summed over ``(truth, prediction)`` image pairs."""
     tp, fp, fn, labelled = (np.zeros(n, np.int64) for _ in range(4))
     for truth, prediction in pairs:
         valid = truth != features.IGNORE_LABEL
@@ -24,9 +24,9 @@ def class_counts(pairs) -> tuple:
     return tp, fp, fn, labelled
 
 
-def scores(pairs) -> dict:
+def scores(pairs, n: int = VOC_SPEC.num_classes) -> dict:
     """Per-class IoU (NaN where a class occurs nowhere), mean IoU, pixel accuracy, fw-IoU."""
-    tp, fp, fn, labelled = class_counts(pairs)
+    tp, fp, fn, labelled = class_counts(pairs, n)
     union = tp + fp + fn
     class_iou = np.full(len(tp), np.nan)
     class_iou[union > 0] = tp[union > 0] / union[union > 0]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from datasets import synthetic_voc
-from pipeline import cli, features, logs
+from pipeline import cli, dataset_spec, features, logs
 from tests.conftest import feature, read_examples, read_list, sbd_path, voc_path
 from tests.helpers.ram_store import ram_root, read_bytes
 
@@ -115,7 +115,8 @@ def test_ingest_twice_into_one_output_keeps_only_the_second_run(dataset_dir, tmp
     assert sorted(os.listdir(out)) == ["examples", "logs", "rejected.jsonl", "report.md", "summary.json"]
     # Each ingest's full log, named on stderr; the terminal's stdout is the summary alone.
     assert len(os.listdir(f"{out}/logs")) == 2
-    assert sorted(os.listdir(f"{out}/examples")) == ["Split-eval", "Split-train"]
+    assert sorted(os.listdir(f"{out}/examples")) == ["Split-eval", "Split-train", dataset_spec.SPEC_FILE]
+    assert dataset_spec.read(f"{out}/examples") == dataset_spec.VOC_SPEC
     # A third run whose lists are refused leaves the second's output as it was.
     shards = sorted(os.listdir(f"{out}/examples/Split-train"))
     open(voc_path(small, "ImageSets", "Segmentation", "val.txt"), "w").close()

@@ -6,12 +6,13 @@ import json
 import pytest
 
 from pipeline import config as config_lib
+from pipeline.dataset_spec import DatasetSpec
 from pipeline.pipeline import create_pipeline
 
 COMPONENTS = [
-    "VocExampleGen",
+    "SegmentationExampleGen",
     "StatisticsGen",
-    "ImportSchemaGen",
+    "DatasetSchemaGen",
     "ExampleValidator",
     "DataGate",
     "Transform",
@@ -161,25 +162,38 @@ def test_every_named_config_builds_the_pipeline(name):
     assert pipeline.beam_pipeline_args == cfg.beam_pipeline_args()
     assert nodes["DataGate"].exec_properties["allow_anomalies"] is False
     assert nodes["DataGate"].upstream_nodes == {nodes["ExampleValidator"]}
-    assert nodes["ExampleValidator"].upstream_nodes == {nodes["StatisticsGen"], nodes["ImportSchemaGen"]}
-    assert nodes["StatisticsGen"].upstream_nodes == {nodes["VocExampleGen"]}
-    assert nodes["VocExampleGen"].exec_properties["voc_root"] == "/nonexistent/voc"
+    assert nodes["ExampleValidator"].upstream_nodes == {nodes["StatisticsGen"], nodes["DatasetSchemaGen"]}
+    assert nodes["StatisticsGen"].upstream_nodes == {nodes["SegmentationExampleGen"]}
+    example_gen = nodes["SegmentationExampleGen"].exec_properties
+    assert example_gen["voc_root"] == "/nonexistent/voc"
+    # The dataset spec reaches ingestion and the schema whole, as JSON.
+    assert DatasetSpec.from_json(example_gen["dataset_spec"]) == cfg.dataset
+    assert DatasetSpec.from_json(nodes["DatasetSchemaGen"].exec_properties["dataset_spec"]) == cfg.dataset
     transform = nodes["Transform"]
-    assert transform.upstream_nodes == {nodes["VocExampleGen"], nodes["ImportSchemaGen"], nodes["DataGate"]}
+    assert transform.upstream_nodes == {
+        nodes["SegmentationExampleGen"],
+        nodes["DatasetSchemaGen"],
+        nodes["DataGate"],
+    }
     assert transform.exec_properties["preprocessing_fn"] == "transform.preprocessing.preprocessing_fn"
     assert json.loads(transform.exec_properties["custom_config"]) == {
         "image_size": cfg.transform.image_size,
         "normalize_image": False,
+        "num_classes": cfg.dataset.num_classes,
     }
     trainer = nodes["Trainer"]
-    assert trainer.upstream_nodes == {nodes["VocExampleGen"], nodes["Transform"], nodes["ImportSchemaGen"]}
+    assert trainer.upstream_nodes == {
+        nodes["SegmentationExampleGen"],
+        nodes["Transform"],
+        nodes["DatasetSchemaGen"],
+    }
     assert trainer.exec_properties["run_fn"] == "trainer.run_fn.run_fn"
     trainer_config = json.loads(trainer.exec_properties["custom_config"])
     # The Trainer gets the whole trainer section, and it round-trips into the same dataclass.
     assert config_lib.from_dict(config_lib.TrainerConfig, trainer_config["trainer"]) == cfg.trainer
     assert json.loads(trainer.exec_properties["train_args"])["num_steps"] == cfg.trainer.train_steps
     evaluator = nodes["Evaluator"]
-    upstream = ("VocExampleGen", "ImportSchemaGen", "Trainer", "latest_blessed_model_resolver")
+    upstream = ("SegmentationExampleGen", "DatasetSchemaGen", "Trainer", "latest_blessed_model_resolver")
     assert evaluator.upstream_nodes == {nodes[n] for n in upstream}
     eval_config = json.loads(evaluator.exec_properties["eval_config"])
     [spec] = eval_config["metrics_specs"]
@@ -197,7 +211,7 @@ def test_every_named_config_builds_the_pipeline(name):
     ]
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
     pusher = nodes["ServingPusher"]
-    assert pusher.upstream_nodes == {nodes["Trainer"], nodes["Evaluator"], nodes["VocExampleGen"]}
+    assert pusher.upstream_nodes == {nodes["Trainer"], nodes["Evaluator"], nodes["SegmentationExampleGen"]}
     assert pusher.exec_properties["model_base_path"] == cfg.serving_model_dir()
     assert nodes["RunReportGen"].exec_properties["publish_dir"] == f"{cfg.pipeline_root}/report"
 
@@ -216,4 +230,4 @@ def test_serving_dir_defaults_under_the_pipeline_root():
 def test_without_a_schema_file_schema_is_inferred():
     cfg = config_lib.load_config("tiny", ["data.voc_root=/v", "validation.schema_path="])
     ids = {c.id for c in create_pipeline(cfg).components}
-    assert "SchemaGen" in ids and "ImportSchemaGen" not in ids
+    assert "SchemaGen" in ids and "DatasetSchemaGen" not in ids

@@ -32,6 +32,7 @@ from components.serving_pusher.component import (
 from evaluation import iou, tfma_metrics
 from pipeline import config as config_lib
 from pipeline import features, local_runner, storage
+from pipeline.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
 from pipeline.pipeline import validation_and_push
 from tests import reference
 from tests.conftest import feature, png_indices, read_examples, transform_dir
@@ -41,33 +42,34 @@ from trainer.export import SERVING_DEFAULT, SERVING_EXAMPLES
 from transform import palette
 
 RNG = np.random.default_rng(0)
+VOC_CLASSES = VOC_SPEC.num_classes
 
 
 def _random_pair(h=37, w=53, void_fraction=0.2):
-    truth = RNG.integers(0, features.NUM_CLASSES, (h, w)).astype(np.uint8)
+    truth = RNG.integers(0, VOC_CLASSES, (h, w)).astype(np.uint8)
     truth[RNG.random((h, w)) < void_fraction] = features.IGNORE_LABEL
-    return truth, RNG.integers(0, features.NUM_CLASSES, (h, w)).astype(np.uint8)
+    return truth, RNG.integers(0, VOC_CLASSES, (h, w)).astype(np.uint8)
 
 
 def test_scores_equal_the_per_class_reference():
     pairs = [_random_pair() for _ in range(5)]
-    matrix = sum(iou.confusion_matrix(t, p) for t, p in pairs)
+    matrix = sum(iou.confusion_matrix(t, p, VOC_CLASSES) for t, p in pairs)
     ours, ref = iou.scores(matrix), reference.scores(pairs)
     np.testing.assert_allclose(ours["class_iou"], ref["class_iou"], rtol=0, atol=1e-12)
     for key in ("mean_iou", "pixel_accuracy", "frequency_weighted_iou"):
         assert ours[key] == pytest.approx(ref[key], abs=1e-12)
     # A class absent from labels and predictions has no IoU and is left out of the mean.
     truth = np.array([[0, 0], [1, 255]], np.uint8)
-    scores = iou.scores(iou.confusion_matrix(truth, np.array([[0, 1], [1, 7]], np.uint8)))
+    scores = iou.scores(iou.confusion_matrix(truth, np.array([[0, 1], [1, 7]], np.uint8), VOC_CLASSES))
     assert scores["class_iou"][:2].tolist() == [0.5, 0.5] and np.isnan(scores["class_iou"][2:]).all()
     assert scores["mean_iou"] == 0.5 and scores["pixel_accuracy"] == pytest.approx(2 / 3)
-    # Ids outside the 21 classes (and void, for labels) are errors, not silently dropped pixels.
+    # Ids outside the classes (and void, for labels) are errors, not silently dropped pixels.
     with pytest.raises(ValueError, match="class ids must be in"):
-        iou.confusion_matrix(truth, np.full((2, 2), 21, np.uint8))
+        iou.confusion_matrix(truth, np.full((2, 2), VOC_CLASSES, np.uint8), VOC_CLASSES)
     with pytest.raises(ValueError, match="class ids must be in"):
-        iou.confusion_matrix(np.full((2, 2), 30, np.uint8), np.zeros((2, 2), np.uint8))
+        iou.confusion_matrix(np.full((2, 2), 30, np.uint8), np.zeros((2, 2), np.uint8), VOC_CLASSES)
     with pytest.raises(ValueError, match=r"class ids must be in \[0, 255\]"):
-        iou.confusion_matrix(truth.astype(np.int64), np.full((2, 2), 256, np.int64))
+        iou.confusion_matrix(truth.astype(np.int64), np.full((2, 2), 256, np.int64), VOC_CLASSES)
 
 
 def _extracts(truth: np.ndarray, predicted: np.ndarray, pad: int = 3) -> dict:
@@ -87,7 +89,7 @@ def _extracts(truth: np.ndarray, predicted: np.ndarray, pad: int = 3) -> dict:
 
 def _tfma_image_confusion(truth: np.ndarray, predicted: np.ndarray, pad: int = 3) -> np.ndarray:
     """Runs the Evaluator's preprocessor on one image pair."""
-    preprocessor = tfma_metrics._ImageConfusion(features.NUM_CLASSES, features.IGNORE_LABEL)
+    preprocessor = tfma_metrics._ImageConfusion(VOC_CLASSES, features.IGNORE_LABEL)
     [matrix] = list(preprocessor.process(_extracts(truth, predicted, pad)))
     return matrix
 
@@ -96,9 +98,9 @@ def test_void_pixels_change_nothing():
     truth, predicted = _random_pair(void_fraction=0.0)
     void = RNG.random(truth.shape) < 0.3
     with_void = np.where(void, features.IGNORE_LABEL, truth).astype(np.uint8)
-    scrambled = np.where(void, RNG.integers(0, features.NUM_CLASSES, truth.shape), predicted).astype(np.uint8)
+    scrambled = np.where(void, RNG.integers(0, VOC_CLASSES, truth.shape), predicted).astype(np.uint8)
     # Whatever the model predicts under void pixels, the matrix is that of the other pixels.
-    expected = iou.confusion_matrix(truth[~void], predicted[~void])
+    expected = iou.confusion_matrix(truth[~void], predicted[~void], VOC_CLASSES)
     np.testing.assert_array_equal(_tfma_image_confusion(with_void, predicted), expected)
     np.testing.assert_array_equal(_tfma_image_confusion(with_void, scrambled), expected)
     assert expected.sum() == (~void).sum()
@@ -113,15 +115,30 @@ def test_mask_and_prediction_of_different_sizes_name_the_file():
         },
         "predictions": {"class_ids": truth, "height": np.int64(37), "width": np.int64(52)},
     }
-    preprocessor = tfma_metrics._ImageConfusion(features.NUM_CLASSES, features.IGNORE_LABEL)
+    preprocessor = tfma_metrics._ImageConfusion(VOC_CLASSES, features.IGNORE_LABEL)
     with pytest.raises(ValueError, match=r"2007_000032: mask is 53x37 but the prediction is 52x37"):
         list(preprocessor.process(extracts))
+
+
+def test_a_model_of_another_datasets_classes_is_named_not_scored():
+    # A pipeline run on one dataset after another resolves the other's blessed model as baseline.
+    truth = np.zeros((4, 6), np.uint8)
+    predicted = truth.copy()
+    predicted[1, 2] = 5
+    extracts = _extracts(truth, predicted, 0)
+    says = r"2007_000032: the model predicts class id 5 but the dataset has 3 classes: it was trained on"
+    says += r" another dataset\. Run each dataset as a pipeline of its own"
+    with pytest.raises(ValueError, match=says):
+        list(tfma_metrics._ImageConfusion(3, features.IGNORE_LABEL).process(extracts))
+    predicted[1, 2] = 2
+    [matrix] = tfma_metrics._ImageConfusion(3, features.IGNORE_LABEL).process(_extracts(truth, predicted, 0))
+    assert matrix.tolist() == [[23, 0, 1], [0, 0, 0], [0, 0, 0]]
 
 
 def _reference_matrix(pairs) -> np.ndarray:
     """Pixel counts ``[truth, prediction]`` over the non-void pixels, one ``np.add.at`` per image
     (no ``bincount``, which ``evaluation.iou`` uses)."""
-    matrix = np.zeros((features.NUM_CLASSES, features.NUM_CLASSES), np.int64)
+    matrix = np.zeros((VOC_CLASSES, VOC_CLASSES), np.int64)
     for truth, predicted in pairs:
         valid = truth != features.IGNORE_LABEL
         np.add.at(matrix, (truth[valid].astype(int), predicted[valid].astype(int)), 1)
@@ -136,7 +153,7 @@ def _plot_matrix(plot: dict) -> np.ndarray:
     proto JSON, where fields equal to 0 (class 0, an empty cell) are left out."""
     [at_threshold] = plot[MULTI_CLASS_PLOT]["matrices"]
     assert at_threshold.get("threshold", 0.0) == 0.0
-    matrix = np.zeros((features.NUM_CLASSES, features.NUM_CLASSES), np.int64)
+    matrix = np.zeros((VOC_CLASSES, VOC_CLASSES), np.int64)
     for entry in at_threshold["entries"]:
         count = entry.get("numWeightedExamples", 0.0)
         assert count == int(count), entry
@@ -145,11 +162,16 @@ def _plot_matrix(plot: dict) -> np.ndarray:
 
 
 def _evaluate_one_slice(extracts: list) -> dict:
-    """Our metrics on one slice, run as TFMA's evaluator runs them: each computation's
+    """Our metrics (VOC's classes) on one slice."""
+    return run_metrics([cls(num_classes=VOC_CLASSES) for cls in tfma_metrics.METRIC_CLASSES], extracts)
+
+
+def run_metrics(metrics: list, extracts: list) -> dict:
+    """``metrics`` on one slice, run as TFMA's evaluator runs them: each computation's
     preprocessor and combiner over the examples, then the derived computations in order."""
     computations, seen = [], set()
-    for metric_class in tfma_metrics.METRIC_CLASSES:
-        for computation in metric_class().computations(model_names=[""]):
+    for metric in metrics:
+        for computation in metric.computations(model_names=[""]):
             if tuple(computation.keys) not in seen:  # TFMA runs shared computations once
                 seen.add(tuple(computation.keys))
                 computations.append(computation)
@@ -259,9 +281,9 @@ def test_the_confusion_matrix_is_a_plot_that_tfmas_viewer_shows(tmp_path):
     header, *rows = _tfma_widget_table(viewer, tmp_path)
     assert header[:2] == ["Class Id", "Total"]
     classes = [int(c) for c in header[2:]]
-    assert sorted(classes) == list(range(features.NUM_CLASSES))
+    assert sorted(classes) == list(range(VOC_CLASSES))
     shown = {int(row[0]): row[1:] for row in rows}
-    assert sorted(shown) == list(range(features.NUM_CLASSES))
+    assert sorted(shown) == list(range(VOC_CLASSES))
     for c, row in shown.items():
         want = [_tfma_widget_count(expected[c].sum())]
         want += [_tfma_widget_count(expected[c, p]) if expected[c, p] else "" for p in classes]
@@ -507,7 +529,7 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     np.testing.assert_array_equal(matrix.sum(axis=1) - tp, fn)
     for source in sorted(set(sources)):
         check(((features.SOURCE_KEY, source),), [s == source for s in sources])
-    person = features.CLASS_NAMES.index("person")
+    person = VOC_CLASS_NAMES.index("person")
     if any(person in p for p in present):
         check(((features.CLASSES_PRESENT_KEY, person),), [person in p for p in present])
     # What TFMA's viewer is given for the overall slice and for a slice by source; the report

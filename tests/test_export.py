@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline import features
 from pipeline.config import ConfigError, TrainerConfig
+from pipeline.dataset_spec import VOC_SPEC
 from tests.conftest import MAX_SIDE, feature, read_examples
 from tests.helpers.images import declaring, encode
 from trainer import export, losses, model, optimization, training
@@ -62,7 +63,7 @@ def test_serving_default_returns_each_image_at_its_own_size(exported):
     for i, e in enumerate(batch):
         h, w = feature(e, features.HEIGHT_KEY)[0], feature(e, features.WIDTH_KEY)[0]
         assert (heights[i], widths[i]) == (h, w)
-        assert (ids[i, :h, :w] < features.NUM_CLASSES).all() and (ids[i, h:] == 255).all()
+        assert (ids[i, :h, :w] < VOC_SPEC.num_classes).all() and (ids[i, h:] == 255).all()
         assert (ids[i, :, w:] == 255).all()
     np.testing.assert_array_equal(ids, expected["class_ids"].numpy())
     probs = out["probabilities"].numpy()
@@ -108,7 +109,7 @@ def test_keras_reloads_the_export_with_its_training_setup_and_the_served_masks(e
 
 
 def test_a_500x375_response_fits_grpc_default_limit():
-    logits = tf.zeros((1, 512, 512, features.NUM_CLASSES))
+    logits = tf.zeros((1, 512, 512, VOC_SPEC.num_classes))
     out = export.to_original_resolution(logits, tf.constant([375]), tf.constant([500]))
     proto = tf.make_tensor_proto(out["class_ids"])
     assert len(proto.SerializeToString()) < 4 * 1024 * 1024 // 10

@@ -1,4 +1,4 @@
-"""VocExampleGen's Beam job on DirectRunner: exact splits, pixel-exact masks, dead letter."""
+"""SegmentationExampleGen's Beam job on DirectRunner: exact splits, pixel-exact masks, dead letter."""
 
 import json
 import os
@@ -11,8 +11,9 @@ import scipy.io
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from components.voc_example_gen import beam_ingest, records, sources
-from pipeline import features
+from components.segmentation_example_gen import beam_ingest, records, sources
+from pipeline import dataset_spec, features
+from pipeline.dataset_spec import VOC_SPEC
 from tests.conftest import feature, png_indices, read_examples, read_list, sbd_path, voc_path
 
 pytestmark = pytest.mark.slow
@@ -99,10 +100,19 @@ def test_every_mask_round_trips_pixel_exact(dataset_dir, ingested):
                 w
             ]
             assert feature(example, features.CLASSES_PRESENT_KEY) == sorted(
-                int(c) for c in np.unique(expected) if 0 < c < features.NUM_CLASSES
+                int(c) for c in np.unique(expected) if 0 < c < VOC_SPEC.num_classes
             )
     assert seen_void > 0, "255 must be kept"
     assert seen_voc_overlap > 0, "ids in both sources must come from VOC"
+
+
+def test_voc_examples_carry_the_voc_spec(ingested, tmp_path):
+    out, _ = ingested
+    examples = os.path.join(out, "examples")
+    assert sorted(os.listdir(examples)) == ["Split-eval", "Split-train", dataset_spec.SPEC_FILE]
+    assert dataset_spec.read(examples) == VOC_SPEC
+    # Examples made before specs travelled have none, and are VOC's.
+    assert dataset_spec.read(str(tmp_path)) is None and dataset_spec.of_examples(str(tmp_path)) == VOC_SPEC
 
 
 def test_report_files(ingested):

@@ -9,10 +9,11 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.utils import data_utils as keras_data_utils  # what keras.applications download with
 
-from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from trainer import losses, model
 
 SIZE = 64
+VOC_CLASSES = VOC_SPEC.num_classes
 
 
 @pytest.mark.parametrize("backbone, width", [("mobilenetv2", 0.35), ("resnet50", 1.0)])
@@ -22,7 +23,7 @@ def test_output_shapes_and_feature_strides(backbone, width, output_stride):
         SIZE, backbone=backbone, output_stride=output_stride, width=width, aspp_filters=32, decoder_filters=32
     )
     logits = net(np.zeros((2, SIZE, SIZE, 3), np.float32), training=False)
-    assert logits.shape == (2, SIZE, SIZE, features.NUM_CLASSES) and logits.dtype == tf.float32
+    assert logits.shape == (2, SIZE, SIZE, VOC_CLASSES) and logits.dtype == tf.float32
     low, high = net.get_layer(backbone).output
     assert low.shape[1:3] == (SIZE // 4, SIZE // 4)
     assert high.shape[1:3] == (SIZE // output_stride, SIZE // output_stride)
@@ -133,8 +134,8 @@ def test_resnet50_deeplabv3plus_parameter_count():
 
 def test_loss_ignores_void_pixels():
     rng = np.random.default_rng(0)
-    logits = tf.constant(rng.normal(size=(2, 8, 8, features.NUM_CLASSES)), tf.float32)
-    labels = rng.integers(0, features.NUM_CLASSES, (2, 8, 8))
+    logits = tf.constant(rng.normal(size=(2, 8, 8, VOC_CLASSES)), tf.float32)
+    labels = rng.integers(0, VOC_CLASSES, (2, 8, 8))
     labels[:, :3] = 255
     loss = losses.IgnoreLabelCrossEntropy()
     other = labels.copy()
@@ -150,11 +151,11 @@ def test_loss_ignores_void_pixels():
 
 
 def test_class_weights():
-    counts = {str(c): (c + 1) * 100 for c in range(features.NUM_CLASSES)} | {"255": 7, "out_of_palette": 0}
-    weights = losses.class_weights_from_counts(counts)
-    assert len(weights) == features.NUM_CLASSES and np.mean(weights) == pytest.approx(1.0)
+    counts = {str(c): (c + 1) * 100 for c in range(VOC_CLASSES)} | {"255": 7, "out_of_palette": 0}
+    weights = losses.class_weights_from_counts(counts, VOC_CLASSES)
+    assert len(weights) == VOC_CLASSES and np.mean(weights) == pytest.approx(1.0)
     assert weights[0] > weights[-1]
     labels = np.zeros((1, 2, 2))
-    logits = tf.zeros((1, 2, 2, features.NUM_CLASSES))
+    logits = tf.zeros((1, 2, 2, VOC_CLASSES))
     weighted = losses.IgnoreLabelCrossEntropy(class_weights=weights)(labels, logits)
-    assert float(weighted) == pytest.approx(weights[0] * np.log(features.NUM_CLASSES), rel=1e-6)
+    assert float(weighted) == pytest.approx(weights[0] * np.log(VOC_CLASSES), rel=1e-6)

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from components.serving_pusher import layout, warmup
-from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from trainer.export import SERVING_DEFAULT
 
 pytestmark = pytest.mark.slow
@@ -59,4 +59,4 @@ def test_tf_serving_session_bundle_answers_the_warmup_requests_like_saved_model_
         height, width = int(bundle["height"][0]), int(bundle["width"][0])
         decoded = tf.io.decode_jpeg(image).shape
         assert (height, width) == (decoded[0], decoded[1])
-        assert (bundle["class_ids"][0, :height, :width] < features.NUM_CLASSES).all()
+        assert (bundle["class_ids"][0, :height, :width] < VOC_SPEC.num_classes).all()

@@ -9,8 +9,9 @@ types match ours, the mask encoding does not (a palette PNG decodes to luminance
 import numpy as np
 import tensorflow as tf
 
-from components.voc_example_gen import records, sources
+from components.segmentation_example_gen import records, sources
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from tests.conftest import png_indices
 from transform import palette, preprocessing
 
@@ -43,7 +44,7 @@ def test_model_garden_parses_our_keys_and_image(dataset_dir):
 
 
 def test_model_garden_reads_our_masks_as_luminance_not_class_ids():
-    ids = np.array([list(range(features.NUM_CLASSES)) + [features.IGNORE_LABEL]], np.uint8)
+    ids = np.array([list(range(VOC_SPEC.num_classes)) + [features.IGNORE_LABEL]], np.uint8)
     png = tf.constant(palette.encode_palette_png(ids))
     theirs = _model_garden_label(png)[0]
     # Only black (background) survives; every class becomes the grey of its VOC colour.

@@ -57,7 +57,7 @@ def test_kubeflow_pipeline_job(tmp_path):
     for name, container in containers.items():
         assert container["image"] == cfg.kubeflow.image, name
     # Beam components run on Dataflow, with setup.py inside the image shipping our packages.
-    example_gen = containers["VocExampleGen_executor"]["args"]
+    example_gen = containers["SegmentationExampleGen_executor"]["args"]
     assert "--runner=DataflowRunner" in example_gen and "--setup_file=/deeplab-tfx/setup.py" in example_gen
     assert "--temp_location=gs://my-bucket/tmp" in example_gen
     # The Trainer is Vertex AI's, with the configured worker pool running the same image.
@@ -71,7 +71,7 @@ def test_kubeflow_pipeline_job(tmp_path):
     }  # fmt: skip
     assert pools[0]["container_spec"]["image_uri"] == cfg.kubeflow.image
     assert custom["trainer"]["strategy"] == "mirrored" and custom["ai_platform_enable_vertex"] is True
-    schema = tasks["ImportSchemaGen"].inputs.parameters["schema_file"].runtime_value.constant_value
+    schema = tasks["DatasetSchemaGen"].inputs.parameters["schema_file"].runtime_value.constant_value
     assert schema.string_value == "/deeplab-tfx/pipeline/schema/schema.pbtxt"
 
 
@@ -107,7 +107,11 @@ def test_setup_py_ships_every_package_workers_import():
     shipped = set(setuptools.find_packages(where=ROOT, include=patterns))
     top_level = {d for d in os.listdir(ROOT) if os.path.exists(os.path.join(ROOT, d, "__init__.py"))}
     assert top_level - shipped == {"tests", "benchmarks"}
-    assert {"components.voc_example_gen", "components.serving_pusher", "components.run_report"} <= shipped
+    assert {
+        "components.segmentation_example_gen",
+        "components.serving_pusher",
+        "components.run_report",
+    } <= shipped
 
 
 def test_distributed_training_and_mysql_settings():

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from transform import palette
 
 # Colours published with the VOC devkit (VOCcode/VOClabelcolormap.m) for a few classes.
@@ -98,4 +99,4 @@ def test_palette_png_round_trip():
 
 def test_valid_indices_are_the_classes_and_void():
     assert palette.VALID_INDICES == tuple(range(21)) + (255,)
-    assert features.NUM_CLASSES == 21 and features.IGNORE_LABEL == 255
+    assert VOC_SPEC.num_classes == 21 and features.IGNORE_LABEL == 255

@@ -25,9 +25,10 @@ from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 
 from components.data_gate.component import DataGateDecision
-from components.voc_example_gen import sources
+from components.segmentation_example_gen import sources
 from pipeline import config as config_lib
 from pipeline import features, local_runner, logs
+from pipeline.dataset_spec import VOC_SPEC
 from serving import client
 from serving.server import Server
 from tests.conftest import feature, png_indices, read_examples
@@ -36,8 +37,8 @@ from transform import preprocessing
 
 pytestmark = pytest.mark.slow
 NODES = [
-    "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform",
-    "Trainer", "latest_blessed_model_resolver", "Evaluator", "ServingPusher", "RunReportGen",
+    "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator", "DataGate",
+    "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ServingPusher", "RunReportGen",
 ]  # fmt: skip
 CLI = os.path.join(os.path.dirname(sys.executable), "deeplab-tfx")
 # The most lines `deeplab-tfx run` may print (issue 17: the whole `make demo` in 80 lines).
@@ -167,7 +168,7 @@ def test_first_run_executes_every_component_once(run_config, first_run):
     assert f"blessed; pushed as version 1 to {run_config.serving_model_dir()}/1" in out
     assert f"report: {run_config.report_dir()}/index.html" in out
     # Progress, component by component, with the outputs worth seeing.
-    for node in ("VocExampleGen", "Transform", "Trainer", "Evaluator", "ServingPusher"):
+    for node in ("SegmentationExampleGen", "Transform", "Trainer", "Evaluator", "ServingPusher"):
         assert re.search(rf"\] {node}: started\n(.*\n)*?\[[\d:]+\] {node}: complete in [\d.]+ s", out), node
     assert re.search(r"Examples: \S+ \(num_examples_train=\d+, num_examples_eval=\d+\)", out)
     assert re.search(r"PushedModel: \S+ \(pushed=1, pushed_version=1\)", out)
@@ -216,7 +217,7 @@ def test_report_renders_and_shows_the_evaluators_numbers(run_config, first_run, 
         "pixel-accuracy": f"{overall['']['pixel_accuracy']['doubleValue']:.4f}",
         "fw-iou": f"{overall['']['frequency_weighted_iou']['doubleValue']:.4f}",
     }
-    for c, name in enumerate(features.CLASS_NAMES):
+    for c, name in enumerate(VOC_SPEC.class_names):
         cell = re.search(f'data-class="{name}"><td>{c}</td><td>{name}</td><td[^>]*>([^<]+)<', dom).group(1)
         value = overall.get(f"classId:{c}", {}).get("class_iou", {}).get("doubleValue")
         assert cell == ("n/a" if value is None else f"{value:.4f}"), name
@@ -265,7 +266,7 @@ def test_lineage_from_the_pushed_model_to_the_ingested_examples(run_config, firs
     trainer = next(kinds for name, kinds in lineage.items() if name.endswith("Trainer"))
     assert ("Examples", examples.id) in trainer
     # ... and back to the ingestion that wrote those examples, and nothing before it.
-    assert any(name.endswith("VocExampleGen") for name in lineage)
+    assert any(name.endswith("SegmentationExampleGen") for name in lineage)
     assert {name.split(".")[-1] for name in lineage} >= {"ServingPusher", "Evaluator", "Trainer", "Transform"}
 
 
@@ -326,7 +327,7 @@ def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_override
         assert "Traceback (most recent call last)" in f.read(), "the trace is in the log"
     assert "Traceback" not in err and len(result.stdout.splitlines() + err.splitlines()) <= TERMINAL_LINES
     states = states_by_node(cfg)
-    assert states["VocExampleGen"][-1] == "CACHED" and states["DataGate"][-1] == "FAILED"
+    assert states["SegmentationExampleGen"][-1] == "CACHED" and states["DataGate"][-1] == "FAILED"
     assert states["Transform"] == before["Transform"], "Transform must not start after the gate failed"
 
     # Allowed, the gate passes (what runs after it is the same wiring as in the first run).
@@ -348,12 +349,12 @@ def test_changed_files_are_ingested_again(run_config, first_run):
         changed = open(item.image_path, "rb").read()
         assert changed != original
         # Up to ingestion only: what comes after it is the first run's wiring again.
-        assert local_runner.run(run_config, to_nodes=["VocExampleGen"]) == 0
+        assert local_runner.run(run_config, to_nodes=["SegmentationExampleGen"]) == 0
     finally:  # the same bytes and mtime: the fingerprint of the first run again
         open(item.image_path, "wb").write(original)
         os.utime(item.image_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     states = states_by_node(run_config)
-    assert states["VocExampleGen"][-1] == "COMPLETE", "the fingerprint changed, so no cache"
+    assert states["SegmentationExampleGen"][-1] == "COMPLETE", "the fingerprint changed, so no cache"
     examples = read_examples(latest_output_uri(run_config, "Examples"), item.split)
     [example] = [e for e in examples if feature(e, features.FILENAME_KEY) == [item.image_id.encode()]]
     assert feature(example, features.IMAGE_KEY) == [changed]

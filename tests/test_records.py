@@ -10,11 +10,14 @@ import pytest
 import scipy.io
 from PIL import Image, PngImagePlugin
 
-from components.voc_example_gen import records, sources
+from components.segmentation_example_gen import records, sources
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from tests.conftest import feature, png_indices, sbd_segmentation
 from tests.test_palette import assert_canonical_mask_png, png_chunks
 from transform import palette, preprocessing
+
+VOC_CLASSES = VOC_SPEC.num_classes
 
 
 def _item(root, source, split=features.TRAIN_SPLIT):
@@ -72,7 +75,10 @@ def test_sbd_mat_becomes_a_voc_palette_png(dataset_dir):
     item = _item(dataset_dir, features.SOURCE_SBD)
     example = records.build_example(item)
     png = feature(example, features.MASK_KEY)[0]
-    assert Image.open(io.BytesIO(png)).getpalette()[: 3 * 21] == palette.flat_palette()[: 3 * 21]
+    assert (
+        Image.open(io.BytesIO(png)).getpalette()[: 3 * VOC_CLASSES]
+        == palette.flat_palette()[: 3 * VOC_CLASSES]
+    )
     np.testing.assert_array_equal(png_indices(png), sbd_segmentation(item.mask_path))
     assert feature(example, features.SOURCE_KEY) == [b"sbd"]
 
@@ -166,7 +172,7 @@ def test_palette_png_is_read_by_index_and_repainted_in_voc_colours(dataset_copy,
     item = _item(dataset_copy, features.SOURCE_VOC)
     ids = png_indices(open(item.mask_path, "rb").read())
     pal = palette.flat_palette()
-    pal = [255 - v for v in pal] if palette_entries == "recoloured" else pal[: 3 * 21]
+    pal = [255 - v for v in pal] if palette_entries == "recoloured" else pal[: 3 * VOC_CLASSES]
     _write_png(item.mask_path, ids, pal=pal)
     assert (ids == 255).any()
     png = feature(records.build_example(item), features.MASK_KEY)[0]
@@ -205,7 +211,7 @@ def test_masks_with_ancillary_chunks_are_stored_in_the_canonical_encoding(datase
     decoded, off_palette = preprocessing.decode_mask(stored)
     np.testing.assert_array_equal(decoded.numpy(), ids)
     assert int(off_palette) == 0
-    present = sorted(int(c) for c in np.unique(png_indices(stored)) if 0 < c < features.NUM_CLASSES)
+    present = sorted(int(c) for c in np.unique(png_indices(stored)) if 0 < c < VOC_CLASSES)
     assert feature(example, features.CLASSES_PRESENT_KEY) == present and present
 
 

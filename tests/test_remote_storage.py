@@ -36,6 +36,7 @@ from components.run_report import component as run_report
 from components.serving_pusher import layout, warmup
 from pipeline import config as config_lib
 from pipeline import features, storage
+from pipeline.dataset_spec import VOC_SPEC
 from serving import client
 from serving.models import ModelVersions, replay_warmup
 from serving.server import Predictor, Server
@@ -114,7 +115,7 @@ def test_every_writer_replaces_a_file_instead_of_appending_to_it(filesystem, tmp
 
 def test_prediction_results_are_written_through_gfile():
     out = ram_root("predictions") + "/masks"
-    mask = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8) % features.NUM_CLASSES
+    mask = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8) % VOC_SPEC.num_classes
     jpeg = io.BytesIO()
     Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(jpeg, format="JPEG")
     mask_path, overlay_path = client.write_results("photos/2007_000032.jpg", jpeg.getvalue(), mask, out)

@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
 from components.serving_pusher import layout, warmup
 from pipeline import config as config_lib
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from serving import client
 from serving.models import MAX_REASON_CHARS, model_error
 from serving.server import Server
@@ -166,6 +167,9 @@ def test_status_and_metadata(served):
     assert set(png.outputs) == {export.CLASS_IDS_PNG, export.HEIGHT, export.WIDTH}
     assert png.outputs[export.CLASS_IDS_PNG].dtype == tf.string.as_datatype_enum
     assert {export.SERVING_EXAMPLES, export.TRANSFORM_FEATURES} <= set(signatures.signature_def)
+    # The classes are not in TF Serving's API; `serve` says which it serves when it starts.
+    started = re.search(r"model 'deeplab' version 1 on .*; (.*)", open(served["log"]).read()).group(1)
+    assert started == f"dataset 'voc', 21 classes: {', '.join(VOC_SPEC.class_names)}"
 
 
 def test_bad_requests_are_refused_and_the_server_keeps_serving(served):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from components.voc_example_gen import sources
+from components.segmentation_example_gen import sources
 from pipeline import features
 from tests.conftest import read_list, sbd_path, voc_path
 

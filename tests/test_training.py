@@ -17,6 +17,7 @@ import tf_keras as keras
 from pipeline import config as config_lib
 from pipeline import features, storage
 from pipeline.config import TrainerConfig
+from pipeline.dataset_spec import VOC_SPEC
 from tests import reference
 from tests.conftest import feature, png_indices, read_examples, transform_dir
 from tests.helpers import examples as examples_lib
@@ -422,7 +423,7 @@ def test_multi_worker_mirrored_with_two_local_workers(analyzed, eval_in_four_fil
 
 def _class_absent_from(examples) -> int:
     present = {c for e in examples for c in feature(e, features.CLASSES_PRESENT_KEY)}
-    absent = sorted(set(range(1, features.NUM_CLASSES)) - present)
+    absent = sorted(set(range(1, VOC_SPEC.num_classes)) - present)
     assert absent, "the test needs a class that no eval image shows"
     return absent[0]
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipeline import features
+from pipeline.dataset_spec import VOC_SPEC
 from tests.conftest import MAX_SIDE, analyze, feature, png_indices, read_examples, voc_path
 from tests.test_palette import png_chunks
 from transform import palette, preprocessing
@@ -84,7 +85,7 @@ def test_out_of_palette_indices_become_255_and_are_counted():
     np.testing.assert_array_equal(ids.numpy(), [[0, 1, 15, 255, 255, 255, 255]])
     assert int(off) == 3
     counts = preprocessing.class_histogram(preprocessing.mask_indices(_palette_png(indices))).numpy()
-    assert counts[0] == counts[1] == counts[15] == 1 and counts[features.NUM_CLASSES] == 1 and counts[-1] == 3
+    assert counts[0] == counts[1] == counts[15] == 1 and counts[VOC_SPEC.num_classes] == 1 and counts[-1] == 3
 
 
 @pytest.mark.parametrize("encoding", ["RGB", "L", "sRGB before PLTE", "4-bit palette"])
@@ -144,7 +145,7 @@ def test_class_pixel_counts_equal_a_numpy_count(analyzed):
         expected += np.bincount(png_indices(feature(example, features.MASK_KEY)[0]).ravel(), minlength=256)
     counts = preprocessing.read_class_counts(tft_output)
     assert {int(t): n for t, n in counts.items() if t.isdigit()} == {
-        c: int(expected[c]) for c in (*range(features.NUM_CLASSES), features.IGNORE_LABEL)
+        c: int(expected[c]) for c in (*range(VOC_SPEC.num_classes), features.IGNORE_LABEL)
     }
     assert counts[features.OUT_OF_PALETTE_TOKEN] == 0
 

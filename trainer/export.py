@@ -3,9 +3,9 @@
 * ``serving_default``: ``images`` (encoded JPEG, PNG, GIF (first frame) or BMP bytes, ``[None]``
   string, what ``tf.io.decode_image`` reads) -> ``class_ids`` ``[B, H_max, W_max]`` uint8, each
   image's mask at its own resolution, padded with 255 to the largest in the batch, plus
-  ``height`` and ``width`` ``[B]`` to crop them. Class ids, not 21-channel float maps: a
-  500x375 mask is 188 KB, well inside gRPC's 4 MiB default. ``with_probabilities=True`` adds
-  ``probabilities`` ``[B, H_max, W_max, 21]`` float32.
+  ``height`` and ``width`` ``[B]`` to crop them. Class ids, not N-channel float maps (N: the
+  dataset's classes): a 500x375 mask is 188 KB, well inside gRPC's 4 MiB default.
+  ``with_probabilities=True`` adds ``probabilities`` ``[B, H_max, W_max, N]`` float32.
 * ``serving_png``: ``images`` -> ``class_ids_png_bytes`` ``[B]`` (each mask as a grey PNG of
   the ids, at its image's size), ``height``, ``width``. A signature of its own, not an output
   of ``serving_default``: TF Serving's REST API answers every output of a signature (it has no
@@ -15,17 +15,26 @@
 * ``transform_features``: serialized raw tf.Examples -> the Transform outputs (TFMA).
 
 All run the Transform graph exported by the Transform component, so serving sees exactly the
-preprocessing of training. The image signatures first read each image's size from its header
-and refuse, before decoding anything, one that declares more than ``max_image_pixels``
-(``trainer.max_image_pixels``), and a batch that declares more than ``max_batch_pixels`` in all
-(``trainer.max_batch_pixels``), so the real TF Serving is as protected as ``deeplab-tfx serve``.
+preprocessing of training. The dataset spec the model was trained on (class names, colours)
+goes into the SavedModel as ``assets.extra/dataset_spec.json`` (``DATASET_SPEC_FILE``). The
+push copies it into each version; TF Serving reads nothing in ``assets.extra`` but its warm-up
+file, and its ``GetModelMetadata`` answers the signatures only, which have no room for class
+names: a client that wants them reads that file from the version's directory
+(``model_dataset_spec``).
+
+The image signatures first read each image's size from its header and refuse, before decoding
+anything, one that declares more than ``max_image_pixels`` (``trainer.max_image_pixels``), and
+a batch that declares more than ``max_batch_pixels`` in all (``trainer.max_batch_pixels``), so
+the real TF Serving is as protected as ``deeplab-tfx serve``.
 """
+
+import os
 
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from pipeline import features
+from pipeline import dataset_spec, features
 from pipeline.config import TrainerConfig
 from transform import preprocessing
 
@@ -44,7 +53,10 @@ WIDTH = "width"
 PROBABILITIES = "probabilities"
 DEFAULT_MAX_IMAGE_PIXELS = TrainerConfig.max_image_pixels
 DEFAULT_MAX_BATCH_PIXELS = TrainerConfig.max_batch_pixels
-# zlib level of the PNG masks. A blocky 500x375 mask of 21 classes (a worst case; real masks are
+# Files beside the SavedModel that TF Serving keeps but does not load (warm-up requests, ours).
+ASSETS_EXTRA = "assets.extra"
+DATASET_SPEC_FILE = os.path.join(ASSETS_EXTRA, dataset_spec.SPEC_FILE)
+# zlib level of the PNG masks. A blocky 500x375 mask of all VOC classes (a worst case; real masks are
 # smoother): level 1 takes 4.5 ms and 16.7 KB, the default (6) 10 ms and 13.9 KB, 9 87 ms. Paid on
 # every serving_png call, so the fast one.
 PNG_COMPRESSION = 1
@@ -114,7 +126,7 @@ def check_declared_sizes(
 
     Read from the headers, before anything is decoded, inside the signature, so the real TF
     Serving refuses a decompression bomb too: a few KB of JPEG or PNG can declare 30000x30000,
-    which decoding and the masks at original resolution (21 float32 logits per pixel) would
+    which decoding and the masks at original resolution (N float32 logits per pixel) would
     allocate. The batch budget because the per-image limit alone bounds one image, not a
     request: 16 JPEGs of 10 KB, each declaring 2500x2500 (100 MP), cost 1.15 GB and 12 s, and
     nothing bounded how many a request held. Not GIF: its logical screen can understate its
@@ -238,15 +250,31 @@ def export(
     with_probabilities: bool = False,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+    dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC,
 ) -> None:
-    """Saves ``model`` as a SavedModel with the signatures above.
+    """Saves ``model`` as a SavedModel with the signatures above, and ``dataset`` (the classes it
+    predicts) as ``DATASET_SPEC_FILE`` in it.
 
     ``save_traces=False``: TF Serving and TFMA need only the signatures; tracing every layer's
     ``call`` for Keras revival made saving 10x slower, and the layers revive from ``get_config``.
     """
+    channels = model.output_shape[-1]
+    if channels != dataset.num_classes:
+        raise ValueError(
+            f"the model predicts {channels} classes but dataset {dataset.name!r} has {dataset.num_classes}: "
+            "it would be served with the wrong class names"
+        )
     model.save(
         export_dir,
         save_format="tf",
         save_traces=False,
         signatures=make_signatures(model, tft_output, with_probabilities, max_image_pixels, max_batch_pixels),
     )
+    tf.io.gfile.makedirs(os.path.join(export_dir, ASSETS_EXTRA))
+    dataset_spec.write(dataset, os.path.join(export_dir, ASSETS_EXTRA))
+
+
+def model_dataset_spec(model_dir: str) -> dataset_spec.DatasetSpec:
+    """The classes a SavedModel (or a pushed version of it) predicts: its ``DATASET_SPEC_FILE``,
+    VOC's for a model exported before models carried one."""
+    return dataset_spec.read(os.path.join(model_dir, ASSETS_EXTRA)) or dataset_spec.VOC_SPEC

@@ -52,13 +52,14 @@ class IgnoreLabelCrossEntropy(keras.losses.Loss):
         }
 
 
-def class_weights_from_counts(counts: dict, power: float = 0.5) -> list:
-    """Inverse-frequency weights ``(total / count) ** power``, normalised to mean 1 over classes.
+def class_weights_from_counts(counts: dict, num_classes: int, power: float = 0.5) -> list:
+    """Inverse-frequency weights ``(total / count) ** power``, normalised to mean 1 over the
+    ``num_classes`` classes (the dataset spec's: one weight per logit channel).
 
     ``counts`` is what ``transform.preprocessing.read_class_counts`` returns; classes never seen
     get the largest weight seen rather than infinity.
     """
-    pixels = [counts.get(str(c), 0) for c in range(features.NUM_CLASSES)]
+    pixels = [counts.get(str(c), 0) for c in range(num_classes)]
     total = sum(pixels)
     raw = [(total / n) ** power if n else 0.0 for n in pixels]
     top = max(raw) or 1.0

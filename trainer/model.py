@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import features, storage
+from pipeline import dataset_spec, features, storage
 from pipeline.config import BACKBONES, OUTPUT_STRIDES
 
 # Layers
@@ -319,7 +319,7 @@ def build_backbone(
 
 def build_deeplabv3plus(
     image_size: int,
-    num_classes: int = features.NUM_CLASSES,
+    num_classes: int = dataset_spec.VOC_SPEC.num_classes,
     backbone: str = "mobilenetv2",
     output_stride: int = 16,
     width: float = 1.0,

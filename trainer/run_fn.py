@@ -2,7 +2,9 @@
 
 Thin on purpose: it maps TFX's ``FnArgs`` onto a ``TrainingJob`` and hands over to
 ``trainer.training.train``. The Trainer's ``custom_config`` carries ``{"trainer": <TrainerConfig
-as a dict>, "images_normalized": bool}``, written by ``pipeline.pipeline``.
+as a dict>, "images_normalized": bool}``, written by ``pipeline.pipeline``. The classes come
+from the data, not from ``custom_config``: the dataset spec that ingestion wrote into the
+Examples artifact (VOC's for artifacts made before specs travelled), so they cannot disagree.
 """
 
 import dataclasses
@@ -10,6 +12,7 @@ import dataclasses
 from tfx import v1 as tfx
 
 from pipeline import config as config_lib
+from pipeline import dataset_spec
 from trainer import training
 
 TRAINER_KEY = "trainer"
@@ -24,6 +27,7 @@ def custom_config(config: config_lib.PipelineConfig) -> dict:
     }
 
 
+# TFX Trainer calls this.
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     custom = fn_args.custom_config or {}
     trainer_config = config_lib.from_dict(
@@ -38,5 +42,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         train_steps=fn_args.train_steps or trainer_config.train_steps,
         eval_steps=fn_args.eval_steps or None,
         images_normalized=bool(custom.get(IMAGES_NORMALIZED_KEY, False)),
+        dataset=dataset_spec.of_examples(dataset_spec.examples_dir(fn_args.train_files[0])),
     )
     training.train(trainer_config, job)

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from pipeline import features, storage
+from pipeline import dataset_spec, features, storage
 from pipeline.config import TrainerConfig
 from trainer import callbacks, distribute, export, losses, model, optimization
 from trainer import data as data_lib
@@ -41,6 +41,9 @@ class TrainingJob:
     train_steps: int
     eval_steps: Optional[int] = None  # None or 0: the whole eval split
     images_normalized: bool = False  # Transform scaled images by mean/std (transform.normalize_image)
+    # The classes of the Examples (``dataset_spec.of_examples``): the head's channels, the loss's
+    # class weights and the mean IoU follow it, and the export carries it.
+    dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +59,17 @@ class TrainingResult:
 
 
 def build_model(
-    config: TrainerConfig, image_size: int, replicas: int, images_normalized: bool
+    config: TrainerConfig,
+    image_size: int,
+    replicas: int,
+    images_normalized: bool,
+    num_classes: int = dataset_spec.VOC_SPEC.num_classes,
 ) -> keras.Model:
-    """DeepLabV3+ as configured; sync batch-norm only when there is more than one replica."""
+    """DeepLabV3+ as configured, with ``num_classes`` logit channels (the dataset spec's); sync
+    batch-norm only when there is more than one replica."""
     return model.build_deeplabv3plus(
         image_size,
+        num_classes=num_classes,
         backbone=config.backbone,
         output_stride=config.output_stride,
         width=config.width,
@@ -76,12 +85,17 @@ def build_model(
 
 
 def compile_model(net: keras.Model, config: TrainerConfig, total_steps: int, class_weights=None) -> None:
+    """Optimiser, loss and mean IoU; the IoU is over the model's own classes (its logit channels),
+    so it cannot disagree with the head."""
+    num_classes = net.output_shape[-1]
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise ValueError(f"{len(class_weights)} class weights for a model of {num_classes} classes")
     net.compile(
         optimizer=optimization.make_optimizer(config, total_steps),
         loss=losses.IgnoreLabelCrossEntropy(class_weights=class_weights),
         metrics=[
             keras.metrics.MeanIoU(
-                features.NUM_CLASSES, name=MEAN_IOU, ignore_class=features.IGNORE_LABEL, sparse_y_pred=False
+                num_classes, name=MEAN_IOU, ignore_class=features.IGNORE_LABEL, sparse_y_pred=False
             )
         ],
     )
@@ -166,16 +180,18 @@ def train(
     total_steps = job.train_steps
     steps_per_epoch = min(config.steps_per_epoch, total_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
+    num_classes = job.dataset.num_classes
     _log.info(
-        "training %s/OS%d at %d px: %d steps (%d epochs of %d), global batch %d over %d replica(s), %s",
-        config.backbone, config.output_stride, image_size, total_steps, epochs, steps_per_epoch,
-        global_batch, replicas, policy,
+        "training %s/OS%d at %d px on %s (%d classes): %d steps (%d epochs of %d), global batch %d "
+        "over %d replica(s), %s",
+        config.backbone, config.output_stride, image_size, job.dataset.name, num_classes, total_steps,
+        epochs, steps_per_epoch, global_batch, replicas, policy,
     )  # fmt: skip
 
     class_weights = None
     if config.class_weights:
-        counts = preprocessing.read_class_counts(tft_output)
-        class_weights = losses.class_weights_from_counts(counts, config.class_weight_power)
+        counts = preprocessing.read_class_counts(tft_output, num_classes)
+        class_weights = losses.class_weights_from_counts(counts, num_classes, config.class_weight_power)
 
     chief = distribute.is_chief(strategy)
     run_dir = distribute.output_dir(job.model_run_dir, strategy)
@@ -183,7 +199,7 @@ def train(
     try:
         train_ds, eval_ds, eval_steps = _datasets(config, job, tft_output, strategy, global_batch)
         with strategy.scope():
-            net = build_model(config, image_size, replicas, job.images_normalized)
+            net = build_model(config, image_size, replicas, job.images_normalized, num_classes)
             compile_model(net, config, total_steps, class_weights)
         best = callbacks.BestCheckpoint(
             os.path.join(run_dir, BEST_CHECKPOINT_DIR),
@@ -229,6 +245,7 @@ def train(
             with_probabilities=config.with_probabilities,
             max_image_pixels=config.max_image_pixels,
             max_batch_pixels=config.max_batch_pixels,
+            dataset=job.dataset,
         )
         # The backup goes once every worker's export is complete (the barrier), with what the
         # other workers left in it (workertemp_<id>): from here on a restart has nothing to redo.

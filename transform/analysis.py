@@ -16,15 +16,22 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
-from components.voc_example_gen import beam_ingest
+from components.segmentation_example_gen import beam_ingest
 from pipeline import config as config_lib
+from pipeline import dataset_spec
 from transform import preprocessing
 
 TRANSFORM_GRAPH = "transform_graph"
 
 
 def analyze(examples_uri: str, out: str, custom_config: dict) -> tft.TFTransformOutput:
-    """Analyzes the train split of ``examples_uri`` into ``<out>/transform_graph``."""
+    """Analyzes the train split of ``examples_uri`` into ``<out>/transform_graph``.
+
+    The number of classes is that of the Examples' dataset spec unless ``custom_config`` gives
+    it, as the pipeline passes the spec's to the Transform component.
+    """
+    num_classes = dataset_spec.of_examples(examples_uri).num_classes
+    custom_config = {preprocessing.NUM_CLASSES_KEY: num_classes, **custom_config}
     schema_path = config_lib.resolve_path("pipeline/schema/schema.pbtxt")
     schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
     source = tfxio.TFExampleRecord(

@@ -1,11 +1,14 @@
-"""The Pascal VOC colour map and its inverse.
+"""Mask colours: rendering class ids in a dataset's palette, and the VOC colour map's inverse.
 
-VOC stores segmentation masks as palette PNGs whose colour for class ``c`` is built by spreading
-the bits of ``c`` over the high bits of R, G and B (bit 0 -> R, bit 1 -> G, bit 2 -> B, then the
-next three bits one position lower, and so on). The inverse, for masks that come as
-RGB colours, is a 41-entry hash table (``COLOR_TABLE``) that ingestion uses. Ingestion stores
-every mask as a palette PNG whose indices are the class ids, so Transform reads indices, not
-colours (``GREY_RAMP_PLTE``).
+``colorize`` and ``overlay`` draw class ids in the ``[256, 3]`` palette of a dataset spec
+(``DatasetSpec.palette()``: its classes' colours, its ignore colour at 255), so a report or a
+predicted mask shows each dataset in its own colours.
+
+VOC stores segmentation masks as palette PNGs whose colour for class ``c`` is built by
+spreading the bits of ``c`` over the high bits of R, G and B (``dataset_spec.voc_colormap``).
+The inverse, for VOC masks that come as RGB colours, is a 41-entry hash table
+(``COLOR_TABLE``) that ingestion uses. Ingestion stores every mask as a palette PNG whose
+indices are the class ids, so Transform reads indices, not colours (``GREY_RAMP_PLTE``).
 """
 
 import struct
@@ -13,31 +16,13 @@ import zlib
 
 import numpy as np
 
-from pipeline import features
+from pipeline import dataset_spec, features
 
-
-def _bit(value, position):
-    return (value >> position) & 1
-
-
-def colormap(size: int = 256) -> np.ndarray:
-    """Returns the VOC colour map as a ``[size, 3]`` uint8 array (index -> RGB)."""
-    cmap = np.zeros((size, 3), dtype=np.uint8)
-    for index in range(size):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= _bit(c, 0) << shift
-            g |= _bit(c, 1) << shift
-            b |= _bit(c, 2) << shift
-            c >>= 3
-        cmap[index] = (r, g, b)
-    return cmap
-
-
-VOC_COLORMAP = colormap()
-# The colours a valid mask may contain: the 21 classes and the void label.
-VALID_INDICES = tuple(range(features.NUM_CLASSES)) + (features.IGNORE_LABEL,)
+# VOC's colour map (``dataset_spec.voc_colormap``): the palette VOC's masks come in, and the one
+# ``COLOR_TABLE`` inverts for VOC masks saved as RGB.
+VOC_COLORMAP = dataset_spec.voc_colormap()
+# The colours a valid VOC mask may contain: VOC's classes and the void label.
+VALID_INDICES = tuple(range(dataset_spec.VOC_SPEC.num_classes)) + (features.IGNORE_LABEL,)
 
 
 def flat_palette() -> list:
@@ -115,31 +100,43 @@ def colors_to_ids(rgb: np.ndarray) -> tuple:
     return np.minimum(codes, 255).astype(np.uint8), valid
 
 
-def colorize(ids: np.ndarray) -> np.ndarray:
-    """Class ids ``[H, W]`` -> ``[H, W, 3]`` uint8 in the VOC colours."""
-    return VOC_COLORMAP[ids.astype(np.uint8)]
+def _palette(palette: np.ndarray) -> np.ndarray:
+    palette = np.asarray(palette)
+    if palette.shape != (256, 3) or palette.dtype != np.uint8:
+        raise ValueError(
+            f"palette must be [256, 3] uint8 (DatasetSpec.palette()), got {palette.shape} {palette.dtype}"
+        )
+    return palette
 
 
-def overlay(image: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blends the class colours into ``image`` ``[H, W, 3]``; background and void stay as they are."""
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(ids).astype(np.float32)
+def colorize(ids: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Class ids ``[H, W]`` -> ``[H, W, 3]`` uint8 in ``palette`` (``DatasetSpec.palette()``)."""
+    return _palette(palette)[ids.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blends the class colours of ``palette`` into ``image`` ``[H, W, 3]``; class 0 (background
+    or "other" in the datasets we know) and ignored pixels stay as they are, so the objects
+    stand out."""
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(ids, palette).astype(np.float32)
     keep = (ids == 0) | (ids == features.IGNORE_LABEL)
     return np.where(keep[..., None], image, blended.astype(np.uint8))
 
 
-def encode_palette_png(ids: np.ndarray) -> bytes:
-    """Class ids ``[H, W]`` as a palette PNG in the VOC colours, the format VOC ships masks in.
+def encode_palette_png(ids: np.ndarray, palette: np.ndarray = None) -> bytes:
+    """Class ids ``[H, W]`` as a palette PNG in ``palette`` (``[256, 3]`` uint8, a dataset spec's
+    ``palette()``; default the VOC colours, the format VOC ships masks in).
 
-    The one encoding ingestion stores every mask in: IHDR, the 256-colour VOC PLTE, IDAT and
-    IEND only. No tRNS above all, since Transform decodes masks to RGBA and reads a colour
-    with alpha below 255 as off-palette (void).
+    The one encoding ingestion stores every mask in: IHDR, a 256-colour PLTE, IDAT and IEND
+    only. No tRNS above all, since Transform decodes masks to RGBA and reads a colour with
+    alpha below 255 as off-palette (void).
     """
     import io
 
     from PIL import Image
 
     img = Image.fromarray(ids.astype(np.uint8), mode="P")
-    img.putpalette(flat_palette())
+    img.putpalette(flat_palette() if palette is None else np.asarray(palette, np.uint8).reshape(-1).tolist())
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

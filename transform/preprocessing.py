@@ -17,10 +17,14 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import features
+from pipeline import dataset_spec, features
 from transform import palette
 
 DEFAULT_IMAGE_SIZE = 512
+# ``custom_config`` key of the number of classes (the dataset spec's); VOC's when absent.
+NUM_CLASSES_KEY = "num_classes"
+DEFAULT_NUM_CLASSES = dataset_spec.VOC_SPEC.num_classes
+features.IGNORE_LABEL = features.IGNORE_LABEL
 # Neutral grey: 0 after the usual x / 127.5 - 1 scaling, so padding carries no signal.
 IMAGE_PAD_VALUE = 127.5
 
@@ -56,24 +60,24 @@ def mask_indices(png: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_png(swapped, channels=1)[..., 0]
 
 
-def _no_class(indices: tf.Tensor) -> tf.Tensor:
-    """True where a uint8 index is neither a class (0-20) nor void (255), in one compare:
-    uint8 subtraction wraps, so ``index - 21 < 234`` holds exactly for 21-254."""
-    first = tf.constant(features.NUM_CLASSES, tf.uint8)
-    return tf.less(indices - first, tf.constant(features.IGNORE_LABEL - features.NUM_CLASSES, tf.uint8))
+def _no_class(indices: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """True where a uint8 index is neither a class (0 to N-1) nor ignored (255), in one compare:
+    uint8 subtraction wraps, so ``index - N < 255 - N`` holds exactly for N-254 (any N <= 255)."""
+    first = tf.constant(num_classes, tf.uint8)
+    return tf.less(indices - first, tf.constant(features.IGNORE_LABEL - num_classes, tf.uint8))
 
 
-def mask_ids(indices: tf.Tensor) -> tf.Tensor:
+def mask_ids(indices: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) -> tf.Tensor:
     """Palette indices (uint8) -> class ids (uint8): an index that is no class becomes 255
     (ignored), never background. Elementwise on bytes: cheaper on CPU than a table gather."""
-    return tf.where(_no_class(indices), tf.constant(features.IGNORE_LABEL, tf.uint8), indices)
+    return tf.where(_no_class(indices, num_classes), tf.constant(features.IGNORE_LABEL, tf.uint8), indices)
 
 
-def decode_mask(png: tf.Tensor) -> tuple:
-    """Canonical mask PNG bytes -> (class ids ``[H, W]`` uint8 in 0-20 or 255, count of pixels
-    whose index is no class)."""
+def decode_mask(png: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) -> tuple:
+    """Canonical mask PNG bytes -> (class ids ``[H, W]`` uint8 in 0 to N-1 or 255, count of
+    pixels whose index is no class)."""
     indices = mask_indices(png)
-    return mask_ids(indices), tf.reduce_sum(tf.cast(_no_class(indices), tf.int32))
+    return mask_ids(indices, num_classes), tf.reduce_sum(tf.cast(_no_class(indices, num_classes), tf.int32))
 
 
 # The formats ``tf.io.decode_image`` reads, by the first bytes it tells them apart with
@@ -185,18 +189,31 @@ def resize_and_pad_label(ids: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(padded, [size, size])
 
 
-def class_histogram(indices: tf.Tensor) -> tf.Tensor:
-    """Pixel counts ``[NUM_CLASSES + 2]`` from palette indices: classes 0-20, void, no class."""
+def class_histogram(indices: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) -> tf.Tensor:
+    """Pixel counts ``[N + 2]`` from palette indices: classes 0 to N-1, ignored (255), no class
+    (the order of ``histogram_tokens``)."""
     counts = tf.math.bincount(tf.reshape(tf.cast(indices, tf.int32), [-1]), minlength=256, maxlength=256,
                               dtype=tf.int64)  # fmt: skip
-    no_class = tf.reduce_sum(counts[features.NUM_CLASSES : features.IGNORE_LABEL], keepdims=True)
-    return tf.concat([counts[: features.NUM_CLASSES], counts[features.IGNORE_LABEL :], no_class], axis=0)
+    no_class = tf.reduce_sum(counts[num_classes : features.IGNORE_LABEL], keepdims=True)
+    return tf.concat([counts[:num_classes], counts[features.IGNORE_LABEL :], no_class], axis=0)
 
 
-HISTOGRAM_TOKENS = tuple(str(c) for c in range(features.NUM_CLASSES)) + (
-    str(features.IGNORE_LABEL),
-    features.OUT_OF_PALETTE_TOKEN,
-)
+def histogram_tokens(num_classes: int = DEFAULT_NUM_CLASSES) -> tuple:
+    """The class-count vocabulary's tokens: ``"0"`` to ``"N-1"``, ``"255"``, ``"out_of_palette"``."""
+    classes = tuple(str(c) for c in range(num_classes))
+    return classes + (str(features.IGNORE_LABEL), features.OUT_OF_PALETTE_TOKEN)
+
+
+def num_classes_of(custom_config: Optional[dict]) -> int:
+    """``custom_config["num_classes"]`` (the dataset spec's, passed by the pipeline), VOC's when
+    absent; checked, since the uint8 arithmetic above holds for 2 to 255 classes only."""
+    value = (custom_config or {}).get(NUM_CLASSES_KEY, DEFAULT_NUM_CLASSES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= dataset_spec.MAX_CLASSES:
+        raise ValueError(
+            f"Transform custom_config[{NUM_CLASSES_KEY!r}]={value!r} cannot work: the number of "
+            f"classes must be an integer in [2, {dataset_spec.MAX_CLASSES}] (255 is the ignore id)"
+        )
+    return value
 
 
 def _flat(tensor: tf.Tensor) -> tf.Tensor:
@@ -214,10 +231,13 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     """Raw features -> ``image``, ``label``, ``original_height``, ``original_width``.
 
     ``custom_config``: ``image_size`` (default 512); ``normalize_image`` (default False): scale
-    the image by the per-channel pixel mean and std of the analyzed split, padding with 0.
-    Without mask features (serving), only the image outputs are produced.
+    the image by the per-channel pixel mean and std of the analyzed split, padding with 0;
+    ``num_classes`` (the dataset spec's; default VOC's): mask indices from N on, but 255, are
+    no class and become 255. Without mask features (serving), only the image outputs are produced.
     """
     config = custom_config or {}
+    num_classes = num_classes_of(config)
+    tokens = histogram_tokens(num_classes)
     size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
     encoded = _flat(inputs[features.IMAGE_KEY])
 
@@ -268,24 +288,23 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
             lambda: tf.fill([1, 1], tf.constant(features.IGNORE_LABEL, tf.uint8)),
             lambda: mask_indices(png),
         )
-        label = resize_and_pad_label(mask_ids(indices), size)
-        return tf.cast(label, tf.int64), class_histogram(indices)
+        label = resize_and_pad_label(mask_ids(indices, num_classes), size)
+        return tf.cast(label, tf.int64), class_histogram(indices, num_classes)
 
     label, counts = tf.map_fn(
         label_and_counts,
         _flat(inputs[features.MASK_KEY]),
         fn_output_signature=(
             tf.TensorSpec([size, size], tf.int64),
-            tf.TensorSpec([len(HISTOGRAM_TOKENS)], tf.int64),
+            tf.TensorSpec([len(tokens)], tf.int64),
         ),
     )
     outputs[features.LABEL] = label
     # Full pass over the analyzed split: pixel count per class (and void, out-of-palette), as a
     # weighted vocabulary file written with the transform graph. Per-image weights are exact in
     # float32 (< 2^24 pixels) and Beam sums them in Python floats.
-    tokens = tf.tile(tf.constant(HISTOGRAM_TOKENS)[None], [tf.shape(counts)[0], 1])
     tft.vocabulary(
-        tokens,
+        tf.tile(tf.constant(tokens)[None], [tf.shape(counts)[0], 1]),
         weights=tf.cast(counts, tf.float32),
         store_frequency=True,
         vocab_filename=features.CLASS_COUNTS_VOCABULARY,
@@ -310,9 +329,10 @@ def normalize_image(image, original, moments, pixel_count, size: int) -> tf.Tens
     return tf.where(valid, (image - mean) / std, 0.0)
 
 
-def read_class_counts(tft_output: tft.TFTransformOutput) -> dict:
-    """``{token: pixels}`` from the Transform output (tokens "0".."20", "255", "out_of_palette")."""
-    counts = dict.fromkeys(HISTOGRAM_TOKENS, 0)
+def read_class_counts(tft_output: tft.TFTransformOutput, num_classes: int = DEFAULT_NUM_CLASSES) -> dict:
+    """``{token: pixels}`` from the Transform output (``histogram_tokens(num_classes)``), 0 for a
+    token the analyzed split never had."""
+    counts = dict.fromkeys(histogram_tokens(num_classes), 0)
     path = tft_output.vocabulary_file_by_name(features.CLASS_COUNTS_VOCABULARY)
     with tf.io.gfile.GFile(path) as f:
         for line in f:

@@ -5,7 +5,9 @@ output artifact, then publishes a copy to ``<pipeline_root>/report/`` (``publish
 place users look. It reads what the run produced: split counts (ExampleGen), class pixel counts
 (Transform), training history (Trainer's ModelRun), scores and slices (Evaluator, through
 ``tfma.load_eval_result``), the blessing and its reasons, and the pushed version. Sample
-predictions come from the model's own ``serving_examples`` signature, as TFMA's did.
+predictions come from the model's own ``serving_examples`` signature, as TFMA's did. Class
+names and colours are the dataset spec's that travels with the Examples
+(``dataset_spec.of_examples``): tables, figures, masks and overlays show that dataset's classes.
 
 Everything goes through ``tf.io.gfile``: with a ``gs://`` pipeline root (Kubeflow, Vertex AI)
 the report is written there, not to a local directory inside the container. How a report is
@@ -34,7 +36,7 @@ from components.serving_pusher.component import (
     serving_path,
 )
 from evaluation import tfma_metrics, verdict
-from pipeline import features, storage
+from pipeline import dataset_spec, features, storage
 from trainer.export import SERVING_EXAMPLES
 from trainer.training import HISTORY_FILE
 from transform import preprocessing
@@ -97,11 +99,17 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
           blessing, pushed_model, samples: int) -> dict:  # fmt: skip
     """Writes the report into ``out_dir``; returns what ``report.json`` holds."""
     tf.io.gfile.makedirs(out_dir)
+    spec = dataset_spec.of_examples(examples.uri)
     scores = eval_results.load(evaluation.uri)
+    if tuple(scores["class_names"]) != spec.class_names:
+        raise ValueError(
+            f"the evaluation {evaluation.uri} has classes {list(scores['class_names'])} but the Examples "
+            f"{examples.uri} have {list(spec.class_names)}: the Evaluator was configured for another dataset"
+        )
     overall = scores["overall"]
     split_counts = {s: examples.get_int_custom_property(f"num_examples_{s}") for s in features.SPLITS}
-    counts = preprocessing.read_class_counts(tft.TFTransformOutput(transform_graph.uri))
-    class_pixels = {features.CLASS_NAMES[int(t)] if t.isdigit() and int(t) < features.NUM_CLASSES else t: n
+    counts = preprocessing.read_class_counts(tft.TFTransformOutput(transform_graph.uri), spec.num_classes)
+    class_pixels = {spec.class_names[int(t)] if t.isdigit() and int(t) < spec.num_classes else t: n
                     for t, n in counts.items()}  # fmt: skip
     figs = {}
 
@@ -110,11 +118,11 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
         figs[key] = figure_name(key, png)
         storage.write_file(os.path.join(out_dir, figs[key]), png)
 
-    draw("class_iou", figures.class_iou_bars, overall["class_iou"], overall["mean_iou"])
-    draw("confusion_matrix", figures.confusion_heatmap, overall["confusion_matrix"])
+    draw("class_iou", figures.class_iou_bars, overall["class_iou"], overall["mean_iou"], spec)
+    draw("confusion_matrix", figures.confusion_heatmap, overall["confusion_matrix"], spec.class_names)
     picked = eval_samples(examples.uri, serving_path(model), samples)
     if picked:
-        draw("samples", figures.samples_grid, picked)
+        draw("samples", figures.samples_grid, picked, spec.palette())
     history_path = os.path.join(model_run.uri, HISTORY_FILE)
     history = []
     if tf.io.gfile.exists(history_path):
@@ -125,6 +133,8 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
     report = {
         "pipeline_name": pipeline_name,
         "model_uri": model.uri,
+        "dataset": spec.name,
+        "class_names": list(spec.class_names),
         "decision": decision_of(blessing, evaluation, pushed_model),
         "evaluation": {
             "overall": {

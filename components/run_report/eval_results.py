@@ -1,7 +1,8 @@
 """The Evaluator's output as plain Python: overall scores, confusion matrix, per-slice scores.
 
 Reads the evaluation with ``tfma.load_eval_result``, the same call the README shows users: the
-scores from its metrics, the confusion matrix from its plots.
+scores from its metrics, the confusion matrix from its plots, and the classes from the EvalConfig
+stored with them (``eval_config.class_names``).
 """
 
 from typing import Optional
@@ -9,8 +10,7 @@ from typing import Optional
 import numpy as np
 import tensorflow_model_analysis as tfma
 
-from evaluation import tfma_metrics
-from pipeline import features
+from evaluation import eval_config, tfma_metrics
 
 # TFMA's JSON name of the MultiClassConfusionMatrixAtThresholds plot (``tfma.view`` uses it too).
 _MULTI_CLASS_PLOT = "multiClassConfusionMatrixAtThresholds"
@@ -23,7 +23,7 @@ def _value(metrics: dict, name: str):
     return float(entry["doubleValue"])
 
 
-def _matrix(plots: Optional[dict]) -> Optional[np.ndarray]:
+def _matrix(plots: Optional[dict], num_classes: int) -> Optional[np.ndarray]:
     """The ``[C, C]`` pixel counts of one slice's confusion-matrix plot (``tfma_metrics``).
 
     ``load_eval_result`` gives plots as proto JSON, ``{"": {"": plot}}`` per slice, where fields
@@ -33,7 +33,7 @@ def _matrix(plots: Optional[dict]) -> Optional[np.ndarray]:
     if _MULTI_CLASS_PLOT not in plot:
         return None
     [at_threshold] = plot[_MULTI_CLASS_PLOT]["matrices"]
-    matrix = np.zeros((features.NUM_CLASSES, features.NUM_CLASSES), np.int64)
+    matrix = np.zeros((num_classes, num_classes), np.int64)
     for entry in at_threshold.get("entries", []):
         matrix[entry.get("actualClassId", 0), entry.get("predictedClassId", 0)] = entry.get(
             "numWeightedExamples", 0
@@ -48,11 +48,11 @@ def _candidate(config: tfma.EvalConfig) -> Optional[str]:
     return next(spec.name for spec in config.model_specs if not spec.is_baseline)
 
 
-def _scores(per_output: dict, plots: Optional[dict]) -> dict:
+def _scores(per_output: dict, plots: Optional[dict], num_classes: int) -> dict:
     """One slice's metrics (``load_eval_result``'s ``{"": {sub_key: {name: value}}}``)."""
     by_sub_key = per_output[""]
     overall = by_sub_key[""]
-    class_iou = [None] * features.NUM_CLASSES
+    class_iou = [None] * num_classes
     for sub_key, metrics in by_sub_key.items():
         if sub_key.startswith("classId:"):
             class_iou[int(sub_key.split(":")[1])] = _value(metrics, tfma_metrics.CLASS_IOU)
@@ -62,13 +62,16 @@ def _scores(per_output: dict, plots: Optional[dict]) -> dict:
         "pixel_accuracy": _value(overall, tfma_metrics.PIXEL_ACCURACY),
         "frequency_weighted_iou": _value(overall, tfma_metrics.FREQUENCY_WEIGHTED_IOU),
         "class_iou": class_iou,
-        "confusion_matrix": _matrix(plots),
+        "confusion_matrix": _matrix(plots, num_classes),
     }
 
 
 def load(evaluation_uri: str) -> dict:
-    """``{"overall": scores, "slices": [{"feature", "value", **scores}...]}`` of the candidate model."""
+    """``{"class_names", "overall": scores, "slices": [{"feature", "value", **scores}...]}`` of
+    the candidate model; ``class_iou`` and ``confusion_matrix`` are over ``class_names``, the
+    classes the evaluation was configured with."""
     result = tfma.load_eval_result(evaluation_uri)
+    names = eval_config.class_names(result.config)
     candidate = _candidate(result.config)
     if candidate:
         # Two models: TFMA finds the candidate's metrics by itself (through its diff metrics)
@@ -76,9 +79,9 @@ def load(evaluation_uri: str) -> dict:
         # convert_plots_proto_to_dict).
         result = tfma.load_eval_result(evaluation_uri, model_name=candidate)
     plots = dict(result.plots)
-    out = {"overall": None, "slices": []}
+    out = {"class_names": names, "overall": None, "slices": []}
     for slice_key, per_output in result.slicing_metrics:
-        scores = _scores(per_output, plots.get(slice_key))
+        scores = _scores(per_output, plots.get(slice_key), len(names))
         if not slice_key:
             out["overall"] = scores
         else:

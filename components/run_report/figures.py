@@ -1,6 +1,8 @@
 """The report's pictures: PNG bytes (matplotlib's Agg backend: no display needed).
 
 Bytes, not files: the report names each figure by its content and writes it through gfile.
+Classes are named and coloured as the dataset spec says (``DatasetSpec.class_names``,
+``palette()``): the bars, the masks and the overlays use the colours a predicted mask has.
 """
 
 import io
@@ -12,10 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline import features  # noqa: E402
+from pipeline.dataset_spec import DatasetSpec  # noqa: E402
 from transform import palette  # noqa: E402
-
-_NAMES = features.CLASS_NAMES
 
 
 def _png(fig) -> bytes:
@@ -26,16 +26,16 @@ def _png(fig) -> bytes:
     return out.getvalue()
 
 
-def class_iou_bars(class_iou: list, mean_iou: float) -> bytes:
-    """Horizontal bars, one per class in the VOC colour; classes never seen are marked n/a."""
-    fig, ax = plt.subplots(figsize=(7, 6))
+def class_iou_bars(class_iou: list, mean_iou: float, spec: DatasetSpec) -> bytes:
+    """Horizontal bars, one per class of ``spec`` in its colour; classes never seen are marked n/a."""
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.28 * len(class_iou) + 0.6)))
     values = [v if v is not None else 0.0 for v in class_iou]
-    colours = palette.VOC_COLORMAP[: len(values)] / 255.0
+    colours = spec.class_colours()[: len(values)] / 255.0
     ax.barh(range(len(values)), values, color=colours, edgecolor="black", linewidth=0.5)
     for i, v in enumerate(class_iou):
         ax.text((v or 0.0) + 0.01, i, "n/a" if v is None else f"{v:.3f}", va="center", fontsize=8)
     ax.axvline(mean_iou, color="black", linestyle="--", label=f"mean IoU {mean_iou:.4f}")
-    ax.set_yticks(range(len(values)), _NAMES[: len(values)], fontsize=8)
+    ax.set_yticks(range(len(values)), spec.class_names[: len(values)], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("IoU (eval split, original resolution)")
@@ -43,15 +43,17 @@ def class_iou_bars(class_iou: list, mean_iou: float) -> bytes:
     return _png(fig)
 
 
-def confusion_heatmap(matrix: np.ndarray) -> bytes:
+def confusion_heatmap(matrix: np.ndarray, class_names: tuple) -> bytes:
     """Rows (truth) normalised to 1, so every class is readable whatever its pixel share."""
+    if len(matrix) != len(class_names):
+        raise ValueError(f"a {len(matrix)}x{len(matrix)} confusion matrix for {len(class_names)} class names")
     rows = matrix.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.where(rows > 0, matrix / np.maximum(rows, 1), np.nan)
     fig, ax = plt.subplots(figsize=(8, 7))
     image = ax.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(matrix)), _NAMES[: len(matrix)], rotation=90, fontsize=7)
-    ax.set_yticks(range(len(matrix)), _NAMES[: len(matrix)], fontsize=7)
+    ax.set_xticks(range(len(matrix)), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(matrix)), class_names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     fig.colorbar(image, ax=ax, label="share of the true class's pixels")
@@ -95,13 +97,24 @@ def data_summary(split_counts: dict, class_pixels: dict) -> bytes:
     return _png(fig)
 
 
-def samples_grid(samples: list) -> bytes:
-    """One row per eval image: image | ground truth | prediction | prediction over the image."""
+def sample_panels(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, colours: np.ndarray) -> tuple:
+    """image, ground truth, prediction, prediction over the image: masks in ``colours`` (a spec's
+    ``palette()``)."""
+    return (
+        image,
+        palette.colorize(truth, colours),
+        palette.colorize(predicted, colours),
+        palette.overlay(image, predicted, colours),
+    )
+
+
+def samples_grid(samples: list, colours: np.ndarray) -> bytes:
+    """One row per eval image: image | ground truth | prediction | prediction over the image,
+    masks in ``colours`` (``DatasetSpec.palette()``)."""
     fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.6 * len(samples)), squeeze=False)
     for row, (name, image_bytes, truth, predicted) in zip(axes, samples, strict=True):
         image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
-        colours = palette.colorize
-        panels = (image, colours(truth), colours(predicted), palette.overlay(image, predicted))
+        panels = sample_panels(image, truth, predicted, colours)
         titles = ("image", "ground truth", "prediction", "overlay")
         for ax, panel, title in zip(row, panels, titles, strict=True):
             ax.imshow(panel)

@@ -32,13 +32,13 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _slice_rows(slices: list) -> str:
+def _slice_rows(slices: list, class_names: list) -> str:
     rows = []
     for s in slices:
         value = s["value"]
         label = value
-        if s["feature"] == features.CLASSES_PRESENT_KEY:
-            label = f"{value} ({features.CLASS_NAMES[int(value)]})"
+        if s["feature"] == features.CLASSES_PRESENT_KEY and 0 <= int(value) < len(class_names):
+            label = f"{value} ({class_names[int(value)]})"
         rows.append(
             f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(str(label))}</td>"
             f"<td class='num'>{s['examples']}</td><td class='num'>{_fmt(s['mean_iou'])}</td>"
@@ -48,7 +48,9 @@ def _slice_rows(slices: list) -> str:
 
 
 def render(report: dict) -> str:
-    """``report``: the dict ``component.build`` assembles (also written as ``report.json``)."""
+    """``report``: the dict ``component.build`` assembles (also written as ``report.json``); its
+    ``class_names`` are the dataset spec's."""
+    class_names = report["class_names"]
     overall = report["evaluation"]["overall"]
     decision = report["decision"]
     if decision["blessed"]:
@@ -65,8 +67,9 @@ def render(report: dict) -> str:
             f"<div class='verdict rejected' id='decision'>Not blessed, not pushed:<ul>{reasons}</ul></div>"
         )
     class_rows = "\n".join(
-        f"<tr data-class='{name}'><td>{c}</td><td>{name}</td><td class='num'>{_fmt(v)}</td></tr>"
-        for c, (name, v) in enumerate(zip(features.CLASS_NAMES, overall["class_iou"], strict=False))
+        f"<tr data-class='{html.escape(name)}'><td>{c}</td><td>{html.escape(name)}</td>"
+        f"<td class='num'>{_fmt(v)}</td></tr>"
+        for c, (name, v) in enumerate(zip(class_names, overall["class_iou"], strict=True))
     )
     figures = report["figures"]
 
@@ -78,7 +81,8 @@ def render(report: dict) -> str:
 <style>{STYLE}</style><script>{SCRIPT}</script></head>
 <body>
 <h1>{html.escape(report['pipeline_name'])}: run report</h1>
-<p class="muted">Model <code>{html.escape(report['model_uri'])}</code><br>
+<p class="muted">Model <code>{html.escape(report['model_uri'])}</code>, dataset
+<b id="dataset">{html.escape(report['dataset'])}</b> ({len(class_names)} classes)<br>
 Evaluated on {overall['examples']} eval images at their original resolution, void (255) ignored.</p>
 {verdict}
 <div class="scores">
@@ -95,7 +99,7 @@ Evaluated on {overall['examples']} eval images at their original resolution, voi
 <h2>Slices</h2>
 <table id="slices">
 <tr><th>feature</th><th>value</th><th>images</th><th>mean IoU</th><th>pixel accuracy</th></tr>
-{_slice_rows(report['evaluation']['slices'])}
+{_slice_rows(report['evaluation']['slices'], class_names)}
 </table>
 {figure('training_curves', 'Training')}
 {figure('data', 'Data')}

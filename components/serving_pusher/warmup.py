@@ -13,9 +13,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from pipeline import features
-from trainer.export import IMAGES, SERVING_DEFAULT
+from trainer.export import ASSETS_EXTRA, IMAGES, SERVING_DEFAULT
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Beside the model's ``DATASET_SPEC_FILE`` (trainer/export.py), which the push copies with it.
+WARMUP_FILE = os.path.join(ASSETS_EXTRA, "tf_serving_warmup_requests")
 IMAGES_INPUT = IMAGES  # serving_default's input, spelled in trainer/export.py
 
 

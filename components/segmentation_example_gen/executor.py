@@ -1,4 +1,4 @@
-"""Executor of VocExampleGen: runs the shared Beam job and records it on the artifacts."""
+"""Executor of SegmentationExampleGen: runs the shared Beam job and records it on the artifacts."""
 
 import json
 import logging
@@ -10,12 +10,13 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components.voc_example_gen import beam_ingest, spec
+from components.segmentation_example_gen import beam_ingest, driver, spec
 from pipeline import features
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
-    """TFX calls ``Do``; the work is in ``beam_ingest.run``, shared with the CLI."""
+    """TFX calls ``Do``; the work is in ``beam_ingest.run``, shared with the CLI, which also
+    writes the dataset spec into the Examples artifact (``beam_ingest.write_spec``)."""
 
     def Do(  # noqa: N802 - TFX calls this name.
         self,
@@ -27,19 +28,23 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples = artifact_utils.get_single_instance(output_dict[spec.EXAMPLES_KEY])
         rejected = artifact_utils.get_single_instance(output_dict[spec.REJECTED_KEY])
         examples.split_names = artifact_utils.encode_split_names(list(features.SPLITS))
+        dataset = driver.dataset_of(exec_properties)
 
         summary = beam_ingest.run(
             self._make_beam_pipeline,
-            voc_root=exec_properties[spec.VOC_ROOT_KEY],
+            voc_root=exec_properties.get(spec.VOC_ROOT_KEY) or None,
             sbd_root=exec_properties.get(spec.SBD_ROOT_KEY) or None,
             examples_uri=examples.uri,
             rejected_dir=rejected.uri,
             max_rejected_fraction=exec_properties[spec.MAX_REJECTED_FRACTION_KEY],
             num_shards=exec_properties[spec.NUM_SHARDS_KEY],
+            dataset=dataset,
+            data_root=exec_properties.get(spec.DATA_ROOT_KEY) or None,
         )
 
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
+        examples.set_string_custom_property(spec.DATASET_PROPERTY, dataset.name)
         fingerprint = exec_properties.get(spec.INPUT_FINGERPRINT_KEY)
         if fingerprint:
             examples.set_string_custom_property(spec.INPUT_FINGERPRINT_KEY, fingerprint)
@@ -48,6 +53,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         rejected.set_int_custom_property("num_rejected", len(summary.rejected))
         rejected.set_string_custom_property("rejected_fraction", f"{summary.rejected_fraction:.6f}")
         logging.info(
-            "VocExampleGen summary: %s",
+            "SegmentationExampleGen summary: %s",
             json.dumps({k: v for k, v in summary.to_json().items() if k != "rejected"}),
         )

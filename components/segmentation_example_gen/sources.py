@@ -1,10 +1,18 @@
-"""Where VOC and SBD keep their files, and which id goes to which split.
+"""Where a dataset keeps its files, and which id goes to which split.
 
-The split rule is the standard "train_aug" one (DeepLab, Model Garden): train is
-VOC train ∪ SBD train ∪ SBD val minus every VOC val id (10,582 ids on the real data), eval is
-VOC val (1,449). An id annotated by both sources is written once, with the VOC annotation,
-which has the void band SBD lacks. No eval id may reach train: SBD train contains VOC val
-images, so the subtraction is what keeps the benchmark honest.
+Two layouts (``DatasetSpec.layout``): VOC 2012 (+ SBD), planned by ``plan_items``, and
+``folders`` (an images folder and a masks folder paired by file stem), planned by
+``plan_folders``; ``plan`` picks by the spec. For VOC, the split rule is the standard
+"train_aug" one (DeepLab, Model Garden): train is VOC train ∪ SBD train ∪ SBD val minus
+every VOC val id (10,582 ids on the real data), eval is VOC val (1,449). An id annotated by
+both sources is written once, with the VOC annotation, which has the void band SBD lacks. No
+eval id may reach train: SBD train contains VOC val images, so the subtraction is what keeps
+the benchmark honest.
+
+A ``folders`` dataset is split by its lists where it has them (Oxford-IIIT Pet's
+``trainval.txt`` / ``test.txt``), an id in both being refused, and otherwise by a hash of each
+id (``in_eval``): stable across runs and machines, and an id's split does not change when
+other ids are added.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from typing import Iterable, Optional
 
 import tensorflow as tf
 
-from pipeline import features
+from pipeline import dataset_spec, features
+from pipeline.dataset_spec import DatasetSpec
 
 
 class ListFileError(RuntimeError):
@@ -29,7 +38,7 @@ class WorkItem:
     """One id to ingest: where its files are and where it goes."""
 
     image_id: str
-    source: str  # features.SOURCE_VOC or features.SOURCE_SBD
+    source: str  # a value of DatasetSpec.sources(): voc or sbd, or the folders dataset's name
     split: str  # features.TRAIN_SPLIT or features.EVAL_SPLIT
     image_path: str
     mask_path: str
@@ -72,8 +81,10 @@ def resolve_sbd_root(root: str) -> str:
 _FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".mat")
 
 
-def read_id_list(path: str) -> tuple:
-    """Reads one id per line; blank lines are skipped, duplicates kept once.
+def read_id_list(path: str, first_word: bool = False) -> tuple:
+    """Reads one id per line; blank lines are skipped, duplicates kept once. With
+    ``first_word``, a line's id is its first whitespace-separated word (Oxford-IIIT Pet's
+    lists: ``<id> <class> <species> <breed>``); VOC's lines are the id alone.
 
     Lists are read as editors save them: UTF-8 with or without a byte-order mark, LF or CRLF
     line ends, whitespace around an id. Any other character that cannot be part of an id, and
@@ -96,6 +107,8 @@ def read_id_list(path: str) -> tuple:
         image_id = line.strip()  # also the \r of CRLF
         if not image_id:
             continue
+        if first_word:
+            image_id = image_id.split()[0]
         where = f"split list {path} line {number}: {line!r}"
         hidden = next((c for c in image_id if unicodedata.category(c)[0] in "CZ"), None)
         if hidden is not None:
@@ -207,6 +220,130 @@ def plan_items(voc_root: str, sbd_root: Optional[str] = None) -> list:
     return items
 
 
+# ---------------------------------------------------------------------------------------------
+# The ``folders`` layout
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_SUFFIXES = (".png",)
+
+
+def in_eval(image_id: str, eval_fraction: float) -> bool:
+    """The hash split: whether ``image_id`` goes to eval when a dataset has no split lists.
+
+    The first 8 bytes of the id's SHA-256 read as a fraction of 2^64: the same answer on every
+    run and machine (unlike Python's ``hash``), and for each id alone, so adding images never
+    moves an id between splits (a model evaluated before and after saw the same eval ids).
+    """
+    digest = hashlib.sha256(image_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < eval_fraction * 2**64
+
+
+def _files_by_stem(directory: str, suffixes: tuple, what: str) -> dict:
+    """``{stem: path}`` of the files in ``directory`` with one of ``suffixes`` (any case).
+
+    Two files of one stem (``a.jpg`` and ``a.png``) are refused naming both: the pairing by
+    stem could not say which one the mask belongs to.
+    """
+    if not tf.io.gfile.isdir(directory):
+        raise ListFileError(f"{what} folder {directory} does not exist (or is not a directory)")
+    found = {}
+    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(directory)):
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() not in suffixes:
+            continue
+        if stem in found:
+            raise ListFileError(
+                f"{os.path.basename(found[stem])} and {name} in {directory} have one stem: {what}s pair "
+                f"by file stem, so keep one of them"
+            )
+        found[stem] = os.path.join(directory, name)
+    return found
+
+
+def _folder_lists(spec: DatasetSpec, data_root: str) -> Optional[dict]:
+    """``{split: ids}`` from the spec's split lists, None where it has none (the hash split)."""
+    if not spec.train_list and not spec.eval_list:
+        return None
+    paths = {features.TRAIN_SPLIT: spec.train_list, features.EVAL_SPLIT: spec.eval_list}
+    if not all(paths.values()):
+        missing = "train_list" if not spec.train_list else "eval_list"
+        raise ListFileError(
+            f"dataset {spec.name}: {missing} is empty but the other list is given; give both lists, "
+            "or neither for the split by hash of the id"
+        )
+    paths = {split: os.path.join(data_root, path) for split, path in paths.items()}
+    lists = {split: read_id_list(path, first_word=True) for split, path in paths.items()}
+    both = sorted(set(lists[features.TRAIN_SPLIT]) & set(lists[features.EVAL_SPLIT]))
+    if both:
+        raise ListFileError(
+            f"{len(both)} ids are listed in both {paths[features.TRAIN_SPLIT]} and "
+            f"{paths[features.EVAL_SPLIT]} ({', '.join(both[:5])}): an eval id must never reach "
+            "train; list each id in one of them"
+        )
+    for split, ids in lists.items():
+        if not ids:
+            raise ListFileError(f"split {split} is empty: {paths[split]} lists no ids")
+    return lists
+
+
+def _hash_split(spec: DatasetSpec, images: dict, images_dir: str) -> dict:
+    """``{split: ids}`` of every image stem by ``in_eval``; refuses a split left empty."""
+    lists = {split: [] for split in features.SPLITS}
+    for image_id in sorted(images):
+        split = features.EVAL_SPLIT if in_eval(image_id, spec.eval_fraction) else features.TRAIN_SPLIT
+        lists[split].append(image_id)
+    for split, ids in lists.items():
+        if not ids:
+            raise ListFileError(
+                f"split {split} is empty: of the {len(images)} images in {images_dir}, none falls in it "
+                f"by the hash of its id at eval_fraction={spec.eval_fraction}; change eval_fraction or "
+                "give the dataset split lists (train_list, eval_list)"
+            )
+    return lists
+
+
+def plan_folders(spec: DatasetSpec, data_root: str) -> list:
+    """Lists every id of a ``folders`` dataset with its files, eval first, then train, by id.
+
+    Images (``IMAGE_SUFFIXES``) in ``<data_root>/<images_dir>`` pair with masks (``.png``) in
+    ``<data_root>/<masks_dir>`` by file stem. The ids are the split lists' where the spec has
+    them, else every image's stem (``in_eval`` splits them). An image without a mask, or a
+    listed id without an image, is planned all the same and rejected as a missing file by the
+    worker, so that the dead letter names it. Raises ``ListFileError`` for a missing folder, an
+    unreadable list, an id in both lists, two files of one stem, or an empty split.
+    """
+    images_dir = os.path.join(data_root, spec.images_dir)
+    masks_dir = os.path.join(data_root, spec.masks_dir)
+    images = _files_by_stem(images_dir, IMAGE_SUFFIXES, "image")
+    masks = _files_by_stem(masks_dir, MASK_SUFFIXES, "mask")
+    lists = _folder_lists(spec, data_root) or _hash_split(spec, images, images_dir)
+    source = spec.sources()[0]
+    items = []
+    for split, ids in lists.items():
+        for image_id in ids:
+            image = images.get(image_id, os.path.join(images_dir, f"{image_id}{IMAGE_SUFFIXES[0]}"))
+            mask = masks.get(image_id, os.path.join(masks_dir, f"{image_id}{MASK_SUFFIXES[0]}"))
+            items.append(WorkItem(image_id, source, split, image, mask))
+    items.sort(key=lambda item: (item.split != features.EVAL_SPLIT, item.image_id))
+    return items
+
+
+def plan(
+    spec: DatasetSpec,
+    voc_root: Optional[str] = None,
+    sbd_root: Optional[str] = None,
+    data_root: Optional[str] = None,
+) -> list:
+    """The work items of the dataset ``spec`` describes: its layout decides which roots count."""
+    if spec.layout == dataset_spec.FOLDERS:
+        if not data_root:
+            raise ListFileError(f"dataset {spec.name} (layout folders) needs its root (data.root)")
+        return plan_folders(spec, data_root)
+    if not voc_root:
+        raise ListFileError(f"dataset {spec.name} (layout voc) needs a VOC root (data.voc_root)")
+    return plan_items(voc_root, sbd_root)
+
+
 def count_by_split(items: Iterable[WorkItem]) -> dict:
     counts = {split: 0 for split in features.SPLITS}
     for item in items:
@@ -214,18 +351,28 @@ def count_by_split(items: Iterable[WorkItem]) -> dict:
     return counts
 
 
-def fingerprint(voc_root: str, sbd_root: Optional[str] = None) -> str:
-    """A digest of the split lists and the size and mtime of every file they name.
+def fingerprint(
+    voc_root: Optional[str],
+    sbd_root: Optional[str] = None,
+    spec: DatasetSpec = dataset_spec.VOC_SPEC,
+    data_root: Optional[str] = None,
+) -> str:
+    """A digest of the planned ids and the size and mtime of every file they name.
 
-    TFX caches a component whose inputs and parameters are unchanged; VocExampleGen has no
+    TFX caches a component whose inputs and parameters are unchanged; SegmentationExampleGen has no
     input artifacts, so its driver passes this digest as a parameter. Editing, adding or
     removing any listed file changes it and reruns ingestion; an unchanged tree is cached.
-    Stat only, no reads: cheap even for the 12,031 files of VOC + SBD.
+    Stat only, no reads: cheap even for the 12,031 files of VOC + SBD. A folders dataset's
+    digest also covers its file names (an image may be replaced by one of another suffix);
+    VOC's stays what it was, so existing caches stay valid.
     """
     digest = hashlib.sha256()
-    items = plan_items(voc_root, sbd_root)
+    items = plan(spec, voc_root, sbd_root, data_root)
+    names = spec.layout == dataset_spec.FOLDERS
     for item in items:
         digest.update(f"{item.image_id}|{item.split}|{item.source}".encode())
+        if names:
+            digest.update(f"|{item.image_path}|{item.mask_path}".encode())
         for path in (item.image_path, item.mask_path):
             try:
                 stat = tf.io.gfile.stat(path)

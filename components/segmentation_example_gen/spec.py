@@ -1,4 +1,4 @@
-"""Keys, artifact type and ComponentSpec of VocExampleGen (shared by component, driver, executor)."""
+"""Keys, artifact type and ComponentSpec of SegmentationExampleGen (shared by component, driver, executor)."""
 
 from tfx import types
 from tfx.types import standard_artifacts
@@ -8,6 +8,12 @@ EXAMPLES_KEY = "examples"
 REJECTED_KEY = "rejected"
 VOC_ROOT_KEY = "voc_root"
 SBD_ROOT_KEY = "sbd_root"
+# The root of a ``folders`` dataset (its images and masks directories are under it).
+DATA_ROOT_KEY = "data_root"
+# ``DatasetSpec.to_json()``: classes, mask encoding and layout of the dataset.
+DATASET_SPEC_KEY = "dataset_spec"
+# String custom property of the Examples artifact: the dataset's name.
+DATASET_PROPERTY = "dataset"
 MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
 NUM_SHARDS_KEY = "num_shards"
 # Set by the driver at run time, so that caching follows the files on disk.
@@ -20,10 +26,12 @@ class RejectedRecords(types.Artifact):
     TYPE_NAME = "deeplab_tfx.RejectedRecords"
 
 
-class VocExampleGenSpec(types.ComponentSpec):
+class SegmentationExampleGenSpec(types.ComponentSpec):
     PARAMETERS = {
         VOC_ROOT_KEY: ExecutionParameter(type=str),
         SBD_ROOT_KEY: ExecutionParameter(type=str, optional=True),
+        DATA_ROOT_KEY: ExecutionParameter(type=str, optional=True),
+        DATASET_SPEC_KEY: ExecutionParameter(type=str, optional=True),
         MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
         NUM_SHARDS_KEY: ExecutionParameter(type=int),
         INPUT_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),

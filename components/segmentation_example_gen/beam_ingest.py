@@ -1,4 +1,4 @@
-"""The Beam job behind VocExampleGen and ``deeplab-tfx ingest``: one code path for both.
+"""The Beam job behind SegmentationExampleGen and ``deeplab-tfx ingest``: one code path for both.
 
 The driver lists ids (cheap, and it decides the splits); workers read, validate and encode
 (the expensive part, spread by Beam). Records whose data is bad (``records.Rejected``) go to
@@ -23,10 +23,11 @@ from typing import Callable, Iterable, Optional
 import apache_beam as beam
 import tensorflow as tf
 
-from components.voc_example_gen import records, sources
-from pipeline import features
+from components.segmentation_example_gen import records, sources
+from pipeline import dataset_spec, features
+from pipeline.dataset_spec import VOC_SPEC, DatasetSpec
 
-NAMESPACE = "VocExampleGen"
+NAMESPACE = "SegmentationExampleGen"
 REJECTED_TAG = "rejected"
 REJECTED_FILE = "rejected.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -80,9 +81,11 @@ class IngestSummary:
 
 
 class _ToExample(beam.DoFn):
-    """Builds one tf.Example per id; failures leave through the ``rejected`` tag."""
+    """Builds one tf.Example per id of the dataset ``spec`` describes; failures leave through
+    the ``rejected`` tag."""
 
-    def __init__(self):
+    def __init__(self, spec: DatasetSpec):
+        self._spec = spec
         self._written = {
             split: beam.metrics.Metrics.counter(NAMESPACE, f"examples_{split}") for split in features.SPLITS
         }
@@ -93,7 +96,7 @@ class _ToExample(beam.DoFn):
 
     def process(self, item: sources.WorkItem):
         try:
-            example = records.build_example(item)
+            example = records.build_example(item, self._spec)
         except records.Rejected as e:
             yield self._reject(item, e.kind, e.reason)
             return
@@ -104,7 +107,7 @@ class _ToExample(beam.DoFn):
         finally:
             self._seen += 1
             if self._seen % 200 == 0:
-                _log.info("VocExampleGen worker %d: %d ids processed", os.getpid(), self._seen)
+                _log.info("SegmentationExampleGen worker %d: %d ids processed", os.getpid(), self._seen)
         self._written[item.split].inc()
         yield beam.pvalue.TaggedOutput(item.split, example.SerializeToString())
 
@@ -167,13 +170,18 @@ def split_dir(examples_uri: str, split: str) -> str:
 
 
 def build(
-    pipeline: beam.Pipeline, items: list, examples_uri: str, rejected_dir: str, num_shards: int = 0
+    pipeline: beam.Pipeline,
+    items: list,
+    examples_uri: str,
+    rejected_dir: str,
+    num_shards: int = 0,
+    dataset: DatasetSpec = VOC_SPEC,
 ) -> None:
     """Adds the ingestion transforms to ``pipeline``."""
     outputs = (
         pipeline
         | "ListIds" >> beam.Create(items, reshuffle=True)
-        | "ToExample" >> beam.ParDo(_ToExample()).with_outputs(REJECTED_TAG, *features.SPLITS)
+        | "ToExample" >> beam.ParDo(_ToExample(dataset)).with_outputs(REJECTED_TAG, *features.SPLITS)
     )
     for split in features.SPLITS:
         _ = outputs[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
@@ -206,15 +214,20 @@ def _counters(result) -> dict:
 
 
 def remove_previous_outputs(examples_uri: str, rejected_dir: str) -> None:
-    """Deletes what an earlier run into the same places wrote: its shards and its reports.
+    """Deletes what an earlier run into the same places wrote: its shards, its dataset spec
+    and its reports.
 
     Shard names depend on the shard count, so a rerun (a retried executor, ``deeplab-tfx
     ingest`` run twice) would otherwise leave old shards beside the new ones, and every reader
-    of ``Split-<name>/*`` would see both.
+    of ``Split-<name>/*`` would see both; an old spec would describe records this run failed
+    to replace.
     """
     for split in features.SPLITS:
         if tf.io.gfile.exists(split_dir(examples_uri, split)):
             tf.io.gfile.rmtree(split_dir(examples_uri, split))
+    spec_file = os.path.join(examples_uri, dataset_spec.SPEC_FILE)
+    if tf.io.gfile.exists(spec_file):
+        tf.io.gfile.remove(spec_file)
     for name in REPORT_FILES:
         if tf.io.gfile.exists(os.path.join(rejected_dir, name)):
             tf.io.gfile.remove(os.path.join(rejected_dir, name))
@@ -275,8 +288,16 @@ def run(
     rejected_dir: str,
     max_rejected_fraction: float = 0.01,
     num_shards: int = 0,
+    *,
+    dataset: DatasetSpec = VOC_SPEC,
+    data_root: Optional[str] = None,
 ) -> IngestSummary:
     """Lists, runs the Beam job, writes the report and judges what was written.
+
+    ``dataset`` says the layout, classes and mask encoding: VOC's reads ``voc_root`` (and
+    ``sbd_root``), a folders dataset ``data_root``. Once the records pass every check, the spec
+    is written beside the splits (``write_spec``), so that later components read the classes
+    from the data.
 
     Raises, before any work, ``sources.ListFileError`` when a split list is unreadable or a
     split would be empty. The job fails with ``UnexpectedRecordError`` (or the runner's wrapper
@@ -287,16 +308,18 @@ def run(
     there in every case, so nothing is lost without a word. What an earlier run wrote to the
     same places is deleted first.
     """
-    items = sources.plan_items(voc_root, sbd_root)
+    items = sources.plan(dataset, voc_root, sbd_root, data_root)
     planned = sources.count_by_split(items)
     _log.info(
-        "VocExampleGen: %d ids listed (%s)", len(items), ", ".join(f"{k} {v}" for k, v in planned.items())
+        "SegmentationExampleGen: %d ids listed (%s)",
+        len(items),
+        ", ".join(f"{k} {v}" for k, v in planned.items()),
     )
     remove_previous_outputs(examples_uri, rejected_dir)
     tf.io.gfile.makedirs(rejected_dir)
     start = time.time()
     pipeline = make_pipeline()
-    build(pipeline, items, examples_uri, rejected_dir, num_shards)
+    build(pipeline, items, examples_uri, rejected_dir, num_shards, dataset)
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start
@@ -315,7 +338,7 @@ def run(
     )
     write_report(summary, rejected_dir)
     _log.info(
-        "VocExampleGen: wrote %s, rejected %d (%.2f%%) in %.1f s (%.1f ids/s)",
+        "SegmentationExampleGen: wrote %s, rejected %d (%.2f%%) in %.1f s (%.1f ids/s)",
         written,
         len(rejected),
         100 * summary.rejected_fraction,
@@ -325,7 +348,7 @@ def run(
     _check_written(items, rejected, on_disk)
     if summary.rejected_fraction > max_rejected_fraction:
         raise TooManyRejectedError(
-            f"VocExampleGen rejected {len(rejected)} of {len(items)} ids "
+            f"SegmentationExampleGen rejected {len(rejected)} of {len(items)} ids "
             f"({100 * summary.rejected_fraction:.2f}%), more than max_rejected_fraction="
             f"{max_rejected_fraction} allows. Most common reasons: {_top_kinds(rejected)}. "
             f"Every rejected id and its reason: {os.path.join(rejected_dir, REPORT_FILE)}"
@@ -337,7 +360,15 @@ def run(
                 f"train or evaluate on nothing. Every rejected id and its reason: "
                 f"{os.path.join(rejected_dir, REPORT_FILE)}"
             )
+    write_spec(dataset, examples_uri)
     return summary
+
+
+def write_spec(dataset: DatasetSpec, examples_uri: str) -> None:
+    """Writes ``dataset_spec.SPEC_FILE`` into the Examples, VOC's included, so that every later
+    component reads the classes from the data (``dataset_spec.of_examples`` takes an Examples
+    directory without one, made before specs travelled, for VOC's)."""
+    dataset_spec.write(dataset, examples_uri)
 
 
 def _top_kinds(rejected: Iterable[dict]) -> str:
@@ -352,7 +383,7 @@ def write_report(summary: IngestSummary, rejected_dir: str) -> None:
     with tf.io.gfile.GFile(os.path.join(rejected_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary.to_json(), f, indent=1, sort_keys=True)
     lines = [
-        "# VocExampleGen ingestion report",
+        "# SegmentationExampleGen ingestion report",
         "",
         f"- listed ids: {summary.listed}",
         *(f"- written to `{split}`: {n}" for split, n in summary.splits.items()),

@@ -1,0 +1,69 @@
+"""DatasetSchemaGen: the curated schema, with the parts that depend on the dataset filled in.
+
+ImportSchemaGen imports a schema file as it is, but part of our contract depends on the
+dataset: the class ids ``image/segmentation/class/present`` may hold (1 to N - 1), the values of
+``image/source`` and the image formats the records may carry. This component reads the curated
+file (``validation.schema_path``) and sets those from the dataset spec, so that ExampleValidator
+checks each dataset against its own classes; for VOC the output is the curated file's schema
+unchanged. Like ImportSchemaGen it writes ``schema.pbtxt`` into its Schema artifact.
+"""
+
+import os
+
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from pipeline import features, storage
+from pipeline.dataset_spec import VOC, DatasetSpec
+
+# The file name TFX's schema readers look for in a Schema artifact.
+SCHEMA_FILE = "schema.pbtxt"
+
+
+def _feature(schema: schema_pb2.Schema, name: str) -> schema_pb2.Feature:
+    found = [f for f in schema.feature if f.name == name]
+    if len(found) != 1:
+        raise ValueError(f"the curated schema has {len(found)} features named {name!r}, not one")
+    return found[0]
+
+
+def _set_string_domain(schema: schema_pb2.Schema, name: str, values) -> None:
+    domains = [d for d in schema.string_domain if d.name == name]
+    if len(domains) != 1:
+        raise ValueError(f"the curated schema has {len(domains)} string domains named {name!r}, not one")
+    del domains[0].value[:]
+    domains[0].value.extend(v.decode() if isinstance(v, bytes) else v for v in values)
+
+
+def schema_for(curated: schema_pb2.Schema, spec: DatasetSpec) -> schema_pb2.Schema:
+    """``curated`` with the class-id domain, sources and image formats of ``spec``."""
+    schema = schema_pb2.Schema()
+    schema.CopyFrom(curated)
+    present = _feature(schema, features.CLASSES_PRESENT_KEY)
+    present.int_domain.min = 1
+    present.int_domain.max = spec.num_classes - 1
+    present.value_count.max = spec.num_classes - 1
+    _set_string_domain(schema, features.SOURCE_KEY, spec.sources())
+    # VOC and SBD ship JPEGs only; a folders dataset's images may be JPEG or PNG.
+    formats = (features.IMAGE_FORMAT,) if spec.layout == VOC else features.IMAGE_FORMATS
+    _set_string_domain(schema, features.IMAGE_FORMAT_KEY, formats)
+    return schema
+
+
+def read_schema(path: str) -> schema_pb2.Schema:
+    return text_format.Parse(storage.read_file(path, binary=False), schema_pb2.Schema())
+
+
+@component
+def DatasetSchemaGen(  # noqa: N802 - TFX component names are classes.
+    schema: OutputArtifact[standard_artifacts.Schema],
+    schema_file: Parameter[str],
+    dataset_spec: Parameter[str],
+):
+    """Writes the curated schema of ``schema_file`` for ``dataset_spec`` (``DatasetSpec`` JSON)."""
+    spec = DatasetSpec.from_json(dataset_spec, where="DatasetSchemaGen's dataset_spec")
+    result = schema_for(read_schema(schema_file), spec)
+    storage.write_file(os.path.join(schema.uri, SCHEMA_FILE), text_format.MessageToString(result))

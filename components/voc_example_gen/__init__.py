@@ -1,1 +1,0 @@
-"""VocExampleGen: Pascal VOC 2012 + SBD to TFRecords of tf.Examples, with a dead-letter output."""
