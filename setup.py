@@ -41,7 +41,7 @@ setuptools.setup(
     packages=setuptools.find_packages(
         include=["pipeline*", "components*", "transform*", "trainer*", "evaluation*", "serving*", "datasets*"]
     ),
-    package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"]},
+    package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"], "datasets": ["specs/*.yaml"]},
     install_requires=_CORE,
     extras_require=_EXTRAS,
     entry_points={"console_scripts": ["deeplab-tfx=pipeline.cli:main"]},

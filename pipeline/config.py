@@ -459,7 +459,9 @@ def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> Pipelin
 def _merged(raw: Mapping, overrides: Iterable[str]) -> dict:
     """A copy of ``raw`` with every override set in it; keys and types are checked here."""
     merged = copy.deepcopy(dict(raw))
-    for override in overrides:
+    # A whole section (``dataset=cihp``) first, so that its keys' overrides (``dataset.x=...``)
+    # apply to it whatever the order they were given in.
+    for override in sorted(overrides, key=lambda o: "." in o.partition("=")[0]):
         key, sep, text = override.partition("=")
         if not sep:
             raise ConfigError(f"override {override!r} is not of the form section.key=value")
@@ -516,7 +518,10 @@ def _build(cls: type, raw: Mapping, where: str, section: str = "") -> Any:
     except ConfigError as e:
         # Name the keys in full (``trainer.backbone``, not ``backbone``).
         fields = "|".join(names)
-        raise ConfigError(at + re.sub(rf"(?<![\w.])({fields})=", rf"{section}\1=", str(e))) from None
+        message, named = re.subn(rf"(?<![\w.])({fields})=", rf"{section}\1=", str(e))
+        if section and not named:  # a rule across keys: say which section it is in
+            message = f"{section.rstrip('.')}: {message}"
+        raise ConfigError(at + message) from None
 
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:

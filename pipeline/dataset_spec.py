@@ -174,7 +174,9 @@ class DatasetSpec(Checked):
             raise ConfigError(
                 f"ignore_colour={list(self.ignore_colour)} cannot work: it must be [r, g, b] of 0-255"
             )
-        if self.mask_encoding == RGB and not self.colours and self.name != VOC:
+        if self.layout == FOLDERS and self.name == VOC:
+            raise ConfigError("a folders dataset needs a name of its own (dataset.name), not 'voc'")
+        if self.mask_encoding == RGB and not self.colours and self.layout != VOC:
             raise ConfigError("mask_encoding='rgb' needs colours: the colour of each class in the masks")
         painted = [tuple(c) for c in self.class_colours()] + [tuple(self.ignore_colour or VOC_VOID_COLOUR)]
         if len(set(painted)) != len(painted):

@@ -13,7 +13,9 @@ from PIL import Image
 
 from datasets import synthetic_voc
 from pipeline import config as config_lib
+from pipeline import features
 from tests.helpers import examples as examples_lib
+from trainer.export import SERVING_EXAMPLES
 from transform import analysis
 
 # Small images keep the suite inside the CI budget; the formats are the real ones.
@@ -80,6 +82,19 @@ def read_examples(examples_uri: str, split: str) -> list:
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         examples.append(tf.train.Example.FromString(record.numpy()))
     return examples
+
+
+def predicted_pairs(model_dir: str, examples: list) -> list:
+    """``(truth, prediction)`` at original resolution per example, from the model's
+    ``serving_examples`` signature, as the Evaluator calls it."""
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
+    pairs = []
+    for example in examples:
+        out = serve(examples=tf.constant([example.SerializeToString()]))
+        truth = png_indices(feature(example, features.MASK_KEY)[0])
+        h, w = truth.shape
+        pairs.append((truth, out["class_ids"].numpy()[0, :h, :w]))
+    return pairs
 
 
 def feature(example, key):

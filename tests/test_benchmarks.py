@@ -10,12 +10,17 @@ from benchmarks import demo_figures, scaling, summary
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
+def _readme_block(start: str, end: str) -> str:
+    """The README's generated block between its ``start`` and ``end`` markers, both included."""
+    with open(README) as f:
+        text = f.read()
+    return text[text.index(start) : text.index(end) + len(end)]
+
+
 def test_readme_table_matches_the_results_files():
     results = summary.load()
     assert {"ingest_throughput", "palette_decode", "iou_metric", "serving_latency"} <= set(results)
-    with open(README) as f:
-        text = f.read()
-    block = text[text.index(summary.START) : text.index(summary.END) + len(summary.END)]
+    block = _readme_block(summary.START, summary.END)
     assert block == summary.render(
         results
     ), "README is stale: run `python -m benchmarks.summary --write README.md`"
@@ -24,9 +29,7 @@ def test_readme_table_matches_the_results_files():
 def test_readme_demo_figures_match_the_committed_demo_run():
     figures = demo_figures.load()
     assert figures["benchmark"] == "demo" and figures["decision"]["blessed"] is True
-    with open(README) as f:
-        text = f.read()
-    block = text[text.index(demo_figures.START) : text.index(demo_figures.END) + len(demo_figures.END)]
+    block = _readme_block(demo_figures.START, demo_figures.END)
     assert block == demo_figures.render(
         figures
     ), "README is stale: run `python -m benchmarks.demo_figures --write README.md --from demo/figures.json`"

@@ -34,7 +34,7 @@ def test_voc_is_the_default_and_keeps_todays_classes():
 
 
 def test_shipped_specs_load_by_name_or_path_and_overrides_apply_after_them():
-    pet = config_lib.load_config("tiny", ["dataset=oxford_pet", "dataset.eval_fraction=0.25"]).dataset
+    pet = config_lib.load_config("tiny", ["dataset.eval_fraction=0.25", "dataset=oxford_pet"]).dataset
     assert pet.name == "oxford_pet" and pet.class_names == ("background", "pet") and pet.eval_fraction == 0.25
     lookup = pet.value_lookup()
     assert lookup[[0, 1, 2, 3, 4]].tolist() == [-1, 1, 0, features.IGNORE_LABEL, -1]
@@ -74,6 +74,7 @@ def test_a_spec_survives_json_unchanged_and_hashes(spec):
         ({"ignore_label": 1}, "ignore_label=1 is the id of class 'b', which could then never be labelled"),
         ({"eval_fraction": 1.0}, r"eval_fraction=1.0 cannot work: it must be a number in \[0, 1\)"),
         ({"layout": "voc"}, "layout='voc' reads the VOC and SBD archives"),
+        ({"name": "voc"}, "a folders dataset needs a name of its own"),
     ],
 )
 def test_a_spec_that_cannot_work_is_refused_naming_the_key(fields, says):
@@ -84,6 +85,8 @@ def test_a_spec_that_cannot_work_is_refused_naming_the_key(fields, says):
 def test_a_bad_spec_in_a_config_names_the_dataset_section():
     with pytest.raises(ConfigError, match=r"dataset\.mask_encoding='jpeg' cannot work"):
         config_lib.load_config("tiny", ["dataset=cihp", "dataset.mask_encoding=jpeg"])
+    with pytest.raises(ConfigError, match=r"tiny.yaml: dataset: values: 3 -> 'border' names no class"):
+        config_lib.load_config("tiny", ["dataset=oxford_pet", "dataset.values={3: border}"])
 
 
 def test_value_map_and_ignore_label():
@@ -123,6 +126,10 @@ def test_the_spec_file_round_trips_through_any_filesystem():
 def test_the_schema_is_the_curated_one_for_voc_and_follows_other_specs():
     curated = read_schema(CURATED_SCHEMA)
     assert schema_for(curated, dataset_spec.VOC_SPEC) == curated
+    # A user's stricter VOC schema (VOC-sourced images only) stays the contract.
+    strict = read_schema(CURATED_SCHEMA)
+    next(d for d in strict.string_domain if d.name == features.SOURCE_KEY).value.remove("sbd")
+    assert schema_for(strict, dataset_spec.VOC_SPEC) == strict
     pet = schema_for(curated, config_lib.load_dataset_spec("oxford_pet"))
     present = next(f for f in pet.feature if f.name == features.CLASSES_PRESENT_KEY)
     assert (present.int_domain.min, present.int_domain.max, present.value_count.max) == (1, 1, 1)

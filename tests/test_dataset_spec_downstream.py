@@ -114,8 +114,8 @@ def test_preprocessing_fn_reads_the_spec_classes(spec, tmp_path):
     labels = _transform(tft_output, _instances(spec, pairs))[features.LABEL].numpy()
     height = SIDE * 3 // 4
     for label, (_, indices) in zip(labels, pairs, strict=True):
-        expected = np.full((SIDE, SIDE), dataset_spec.IGNORE_ID)
-        expected[:height] = np.where((indices < n) | (indices == 255), indices, dataset_spec.IGNORE_ID)
+        expected = np.full((SIDE, SIDE), features.IGNORE_LABEL)
+        expected[:height] = np.where((indices < n) | (indices == 255), indices, features.IGNORE_LABEL)
         np.testing.assert_array_equal(label, expected)
     every = np.bincount(np.concatenate([ids.ravel() for _, ids in pairs]), minlength=256)
     counts = preprocessing.read_class_counts(tft_output, n)

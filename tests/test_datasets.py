@@ -24,9 +24,9 @@ from components.run_report.component import eval_samples
 from pipeline import config as config_lib
 from pipeline import dataset_spec, features, local_runner
 from tests import reference
-from tests.conftest import feature, png_indices, read_examples
+from tests.conftest import feature, png_indices, predicted_pairs, read_examples
 from tests.test_pipeline_local import latest_outputs
-from trainer.export import SERVING_DEFAULT, SERVING_EXAMPLES
+from trainer.export import SERVING_DEFAULT
 
 pytestmark = pytest.mark.slow
 CLI = os.path.join(os.path.dirname(sys.executable), "deeplab-tfx")
@@ -101,24 +101,11 @@ def test_the_spec_travels_with_the_examples_and_sets_the_schema(dataset_run):
             assert feature(example, features.SOURCE_KEY) == [spec.name.encode()]
 
 
-def _eval_pairs(model_dir: str, examples: list) -> list:
-    """``(truth, prediction)`` at original resolution per eval example, as the Evaluator calls
-    the model (``serving_examples``)."""
-    serve = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
-    pairs = []
-    for example in examples:
-        out = serve(examples=tf.constant([example.SerializeToString()]))
-        truth = png_indices(feature(example, features.MASK_KEY)[0])
-        h, w = truth.shape
-        pairs.append((truth, out["class_ids"].numpy()[0, :h, :w]))
-    return pairs
-
-
 def test_tfma_scores_exactly_the_datasets_classes(dataset_run):
     cfg, outputs = dataset_run
     n = cfg.dataset.num_classes
     eval_examples = read_examples(outputs["Examples"].uri, features.EVAL_SPLIT)
-    pairs = _eval_pairs(_pushed_version(cfg), eval_examples)
+    pairs = predicted_pairs(_pushed_version(cfg), eval_examples)
     ref = reference.scores(pairs, n)
     result = tfma.load_eval_result(outputs["ModelEvaluation"].uri)
     overall = dict(result.slicing_metrics)[()][""]

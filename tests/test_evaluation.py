@@ -35,10 +35,10 @@ from pipeline import features, local_runner, storage
 from pipeline.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
 from pipeline.pipeline import validation_and_push
 from tests import reference
-from tests.conftest import feature, png_indices, read_examples, transform_dir
+from tests.conftest import feature, predicted_pairs, read_examples, transform_dir
 from tests.helpers import browser
 from tests.helpers.ram_store import files_under, ram_root, read_bytes
-from trainer.export import SERVING_DEFAULT, SERVING_EXAMPLES
+from trainer.export import SERVING_DEFAULT
 from transform import palette
 
 RNG = np.random.default_rng(0)
@@ -438,19 +438,6 @@ def _check_push_and_report_on_an_object_store(local: dict, tmp_path) -> None:
     assert any(line.startswith("Trainer: best eval mean IoU ") for line in lines), lines
 
 
-def _predicted_pairs(model_dir: str, examples: list) -> list:
-    """``(truth, prediction)`` at original resolution per example, from the model's
-    ``serving_examples`` signature, as the Evaluator calls it."""
-    serve = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
-    pairs = []
-    for example in examples:
-        out = serve(examples=tf.constant([example.SerializeToString()]))
-        truth = png_indices(feature(example, features.MASK_KEY)[0])
-        h, w = truth.shape
-        pairs.append((truth, out["class_ids"].numpy()[0, :h, :w]))
-    return pairs
-
-
 @pytest.fixture(scope="module")
 def serving_copies(trained_model, untrained_model, tmp_path_factory):
     """The two models, each in a directory laid out like a Trainer's Model artifact."""
@@ -498,7 +485,7 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     result = tfma.load_eval_result(out["ModelEvaluation"].uri)
     slices, plots = dict(result.slicing_metrics), dict(result.plots)
     eval_examples = read_examples(examples_uri, features.EVAL_SPLIT)
-    pairs = _predicted_pairs(serving_copies["trained"], eval_examples)
+    pairs = predicted_pairs(serving_copies["trained"], eval_examples)
     sources = [feature(example, features.SOURCE_KEY)[0].decode() for example in eval_examples]
     present = [feature(example, features.CLASSES_PRESENT_KEY) for example in eval_examples]
 
@@ -569,5 +556,5 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     assert tfma.load_eval_result(evaluation).plots == []
     baseline = dict(tfma.load_eval_result(evaluation, model_name=tfma.BASELINE_KEY).plots)
     np.testing.assert_array_equal(_plot_matrix(baseline[()][""][""]), matrix)  # the trained model's
-    untrained = _reference_matrix(_predicted_pairs(serving_copies["untrained"], eval_examples))
+    untrained = _reference_matrix(predicted_pairs(serving_copies["untrained"], eval_examples))
     np.testing.assert_array_equal(eval_results.load(evaluation)["overall"]["confusion_matrix"], untrained)

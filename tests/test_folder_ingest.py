@@ -275,14 +275,14 @@ def test_masks_decode_pixel_exact_to_class_ids(name, spec, png, expected):
             CIHP,
             _png(np.zeros((2, 2, 3)), "RGB"),
             records.CORRUPT_MASK,
-            "m.png: is a PNG of mode RGB (RGB), but dataset cihp's masks are 8-bit grey PNGs of values "
+            "m.png: is an RGB PNG, but the masks of dataset cihp are 8-bit grey PNGs of values "
             "(mask_encoding: grey)",
         ),
         (
             RGB_SPEC,
             _png(np.zeros((2, 2)), "L"),
             records.CORRUPT_MASK,
-            "m.png: is a PNG of mode L (8-bit grey), but dataset parts's masks are RGB PNGs in the classes' "
+            "m.png: is an 8-bit grey PNG, but the masks of dataset parts are RGB PNGs in the classes' "
             "colours (mask_encoding: rgb)",
         ),
     ],

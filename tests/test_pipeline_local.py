@@ -156,7 +156,8 @@ def test_the_terminal_shows_progress_and_the_log_file_the_detail(run_config, fir
     assert re.search(r"INFO absl: Component Trainer is running\.", detail)
     assert "cpu_feature_guard.cc" in detail
     assert "FutureWarning" in detail
-    assert re.search(r"INFO trainer\.training: training mobilenetv2/OS\d+ at 128 px: 4 steps", detail)
+    training = r"INFO trainer\.training: training mobilenetv2/OS\d+ at 128 px on voc \(21 classes\): 4 steps"
+    assert re.search(training, detail)
     assert re.search(r"INFO trainer\.callbacks: epoch 2: \{'loss': ", detail)
     # What the terminal showed is in the log too.
     assert [line for line in lines if line not in detail] == []

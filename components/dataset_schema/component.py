@@ -3,9 +3,10 @@
 ImportSchemaGen imports a schema file as it is, but part of our contract depends on the
 dataset: the class ids ``image/segmentation/class/present`` may hold (1 to N - 1), the values of
 ``image/source`` and the image formats the records may carry. This component reads the curated
-file (``validation.schema_path``) and sets those from the dataset spec, so that ExampleValidator
-checks each dataset against its own classes; for VOC the output is the curated file's schema
-unchanged. Like ImportSchemaGen it writes ``schema.pbtxt`` into its Schema artifact.
+file (``validation.schema_path``) and, for a ``folders`` dataset, sets those from the dataset
+spec, so that ExampleValidator checks each dataset against its own classes. For VOC's layout the
+curated file is the contract as it is, a stricter one of the user's included (e.g. VOC-sourced
+images only). Like ImportSchemaGen it writes ``schema.pbtxt`` into its Schema artifact.
 """
 
 import os
@@ -39,17 +40,18 @@ def _set_string_domain(schema: schema_pb2.Schema, name: str, values) -> None:
 
 
 def schema_for(curated: schema_pb2.Schema, spec: DatasetSpec) -> schema_pb2.Schema:
-    """``curated`` with the class-id domain, sources and image formats of ``spec``."""
+    """``curated`` with the class-id domain, sources and image formats of ``spec`` (a folders
+    dataset's); ``curated`` itself for VOC's layout, whose domains it already holds."""
     schema = schema_pb2.Schema()
     schema.CopyFrom(curated)
+    if spec.layout == VOC:
+        return schema
     present = _feature(schema, features.CLASSES_PRESENT_KEY)
     present.int_domain.min = 1
     present.int_domain.max = spec.num_classes - 1
     present.value_count.max = spec.num_classes - 1
     _set_string_domain(schema, features.SOURCE_KEY, spec.sources())
-    # VOC and SBD ship JPEGs only; a folders dataset's images may be JPEG or PNG.
-    formats = (features.IMAGE_FORMAT,) if spec.layout == VOC else features.IMAGE_FORMATS
-    _set_string_domain(schema, features.IMAGE_FORMAT_KEY, formats)
+    _set_string_domain(schema, features.IMAGE_FORMAT_KEY, features.IMAGE_FORMATS)
     return schema
 
 

@@ -239,7 +239,7 @@ _ENCODING_WORDS = {
     dataset_spec.GREY: "8-bit grey PNGs of values",
     dataset_spec.RGB: "RGB PNGs in the classes' colours",
 }
-_MODE_WORDS = {"P": "palette", "L": "8-bit grey", "RGB": "RGB", "RGBA": "RGBA"}
+_MODE_WORDS = {"P": "a palette", "L": "an 8-bit grey", "RGB": "an RGB", "RGBA": "an RGBA"}
 
 
 def _open_mask(path: str, data: bytes, spec: DatasetSpec) -> tuple:
@@ -256,8 +256,9 @@ def _open_mask(path: str, data: bytes, spec: DatasetSpec) -> tuple:
             if mode not in reads:
                 raise Rejected(
                     CORRUPT_MASK,
-                    f"{path}: is a PNG of mode {mode} ({_MODE_WORDS[mode]}), but dataset {spec.name}'s "
-                    f"masks are {_ENCODING_WORDS[spec.mask_encoding]} (mask_encoding: {spec.mask_encoding})",
+                    f"{path}: is {_MODE_WORDS[mode]} PNG, but the "
+                    f"masks of dataset {spec.name} are {_ENCODING_WORDS[spec.mask_encoding]} "
+                    f"(mask_encoding: {spec.mask_encoding})",
                 )
             how = reads[mode]
             if how == "colour" and mode != "RGB":
