@@ -190,13 +190,16 @@ def run_metrics(metrics: list, extracts: list) -> dict:
     return out
 
 
-def _tfma_widget_table(viewer, tmp_path) -> list:
+def _tfma_widget_table(viewer, tmp_path, rows: int) -> list:
     """The rows of cells TFMA's own plot widget shows for ``tfma.view.render_plot``'s viewer.
 
     The page does what TFMA's Jupyter extension does (``static/index.js``, ``PlotView``): loads
     ``vulcanized_tfma.js``, creates a ``tfma-nb-plot`` and gives it the viewer's ``config`` and
     ``data``. Headless Chromium runs it; the script reads the visible text of each cell of the
-    multi-class confusion matrix out of the shadow DOM.
+    multi-class confusion matrix out of the shadow DOM. The widget renders its rows in chunks
+    (Polymer's ``dom-repeat``), so the script reads them once all ``rows`` are there (header
+    included), or after 60 s of virtual time, rather than after a fixed delay that a busy machine
+    can outrun.
     """
     script = os.path.join(os.path.dirname(tfma.__file__), "static", "vulcanized_tfma.js")
     widget = json.dumps({"config": viewer.config, "data": viewer.data})
@@ -216,7 +219,8 @@ function find(root, selector) {{
   }}
   return found;
 }}
-setTimeout(() => {{
+let waited = 0;
+function read() {{
   const rows = [];
   for (const matrix of find(document, "tfma-multi-class-confusion-matrix-at-thresholds")) {{
     for (const row of find(matrix.shadowRoot, "div.row")) {{
@@ -226,10 +230,12 @@ setTimeout(() => {{
           .map((part) => part.textContent.trim()).join("")));
     }}
   }}
+  if (rows.length < {rows} && waited < 60000) {{ waited += 250; setTimeout(read, 250); return; }}
   document.getElementById("out").textContent = JSON.stringify(rows);
-}}, 3000);
+}}
+setTimeout(read, 250);
 </script></body></html>""")
-    dom = browser.render(str(page), tmp_path)
+    dom = browser.render(str(page), tmp_path, virtual_ms=65000)
     shown = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
     assert shown and shown.group(1) != "not rendered", dom[:2000]
     return json.loads(html.unescape(shown.group(1)))
@@ -278,7 +284,7 @@ def test_the_confusion_matrix_is_a_plot_that_tfmas_viewer_shows(tmp_path):
     np.testing.assert_array_equal(_plot_matrix(viewer.data), expected)
 
     # TFMA's widget draws it: a row per true class, its total, then a cell per predicted class.
-    header, *rows = _tfma_widget_table(viewer, tmp_path)
+    header, *rows = _tfma_widget_table(viewer, tmp_path, rows=1 + VOC_CLASSES)
     assert header[:2] == ["Class Id", "Total"]
     classes = [int(c) for c in header[2:]]
     assert sorted(classes) == list(range(VOC_CLASSES))
