@@ -23,7 +23,7 @@ _DONE = ".complete"
 
 
 @contextlib.contextmanager
-def _building(path: str):
+def building(path: str):
     """Yields whether ``path`` must be built; a build that raises leaves nothing behind."""
     if os.path.exists(os.path.join(path, _DONE)):
         yield False
@@ -38,12 +38,18 @@ def _building(path: str):
     open(os.path.join(path, _DONE), "w").close()
 
 
-def dataset(num_images: int, max_side: int = 500, seed: int = 0) -> str:
-    """A generated VOC/SBD-format dataset (VOC-sized images by default)."""
-    root = os.path.join(WORK, f"data_{num_images}_{max_side}px_seed{seed}")
-    with _building(root) as build:
+def difficulty_suffix(difficulty: str) -> str:
+    """What a directory name adds for the generator's ``difficulty``: nothing for easy, so the
+    caches made before there were difficulties stay valid."""
+    return "" if difficulty == synthetic_voc.EASY else f"_{synthetic_voc.check_difficulty(difficulty)}"
+
+
+def dataset(num_images: int, max_side: int = 500, seed: int = 0, difficulty: str = synthetic_voc.EASY) -> str:
+    """A generated VOC/SBD-format dataset (VOC-sized images by default) of the generator's ``difficulty``."""
+    root = os.path.join(WORK, f"data_{num_images}_{max_side}px_seed{seed}{difficulty_suffix(difficulty)}")
+    with building(root) as build:
         if build:
-            synthetic_voc.make_dataset(root, num_images, seed=seed, max_side=max_side)
+            synthetic_voc.make_dataset(root, num_images, seed=seed, max_side=max_side, difficulty=difficulty)
     return root
 
 
@@ -58,7 +64,7 @@ def subset(root: str, num_ids: int, seed: int = 0) -> str:
         raise ValueError(f"{root} lists {len(items)} ids, fewer than {num_ids}")
     chosen = [items[i] for i in np.random.default_rng(seed).permutation(len(items))[:num_ids]]
     out = os.path.join(WORK, f"{os.path.basename(root)}_subset{num_ids}")
-    with _building(out) as build:
+    with building(out) as build:
         if not build:
             return out
         voc, sbd = synthetic_voc.voc_dir(out), synthetic_voc.sbd_dir(out)
@@ -89,14 +95,18 @@ def subset(root: str, num_ids: int, seed: int = 0) -> str:
     return out
 
 
-def analyzed(num_images: int, image_size: int, max_side: int = 500) -> tuple:
+def analyzed(
+    num_images: int, image_size: int, max_side: int = 500, difficulty: str = synthetic_voc.EASY
+) -> tuple:
     """``(raw Examples uri, TFTransformOutput)``: a generated dataset, ingested and analyzed."""
     from transform import analysis  # TF and TFT: only for the benchmarks that need them
 
-    out = os.path.join(WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}")
-    with _building(out) as build:
+    out = os.path.join(
+        WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}{difficulty_suffix(difficulty)}"
+    )
+    with building(out) as build:
         if build:
-            analysis.ingest_and_analyze(dataset(num_images, max_side), out, image_size)
+            analysis.ingest_and_analyze(dataset(num_images, max_side, difficulty=difficulty), out, image_size)
     import tensorflow_transform as tft
 
     examples = os.path.join(out, "examples")
@@ -114,7 +124,7 @@ def served_model(config_name: str = "tiny", image_size: int = 128) -> str:
 
     root = os.path.join(WORK, f"serving_{config_name}_{image_size}")
     base = os.path.join(root, "deeplab")
-    with _building(root) as build:
+    with building(root) as build:
         if build:
             _, tft_output = analyzed(60, image_size)
             net = training.build_model(

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from benchmarks import results_io
+from benchmarks import keras_hub_reference, results_io
 from pipeline import features
 from pipeline.dataset_spec import VOC_SPEC  # the benchmark's model heads: VOC's classes
 
@@ -72,27 +72,7 @@ def build(contender: str, size: int, config_name: str):
         import keras
         import keras_hub
 
-        encoder = keras_hub.models.ResNetBackbone(
-            input_conv_filters=[64],
-            input_conv_kernel_sizes=[7],
-            stackwise_num_filters=[64, 128, 256, 512],
-            stackwise_num_blocks=[3, 4, 6, 3],
-            stackwise_num_strides=[1, 2, 2, 2],
-            block_type="bottleneck_block",
-            image_shape=(size, size, 3),
-        )
-        backbone = keras_hub.models.DeepLabV3Backbone(
-            image_encoder=encoder,
-            projection_filters=48,
-            low_level_feature_key="P2",
-            spatial_pyramid_pooling_key="P5",
-            upsampling_size=8,
-            dilation_rates=[6, 12, 18],
-            image_shape=(size, size, 3),
-        )
-        net = keras_hub.models.DeepLabV3ImageSegmenter(
-            backbone=backbone, num_classes=VOC_SPEC.num_classes, activation=None
-        )
+        net = keras_hub_reference.deeplabv3plus(keras_hub.models, size, VOC_SPEC.num_classes)
         net.compile(
             optimizer=keras.optimizers.SGD(0.007, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),

@@ -1,8 +1,10 @@
 """Writes small datasets in the folder layouts of CIHP and Oxford-IIIT Pet (``make-dataset --format``).
 
-Like ``synthetic_voc``, whose scenes they draw (each class its own shape, colour and texture,
-so the tiny model can learn them), these are the real layouts and byte formats of datasets
-that cannot be downloaded here, as the shipped specs (``datasets/specs/``) read them:
+Like ``synthetic_voc``, whose scenes they draw (in ``easy`` mode each class its own shape,
+colour and texture, so the tiny model can learn them; in ``hard`` mode only combinations of
+shared cues, with clutter and object-coloured backgrounds), these are the real layouts and
+byte formats of datasets that cannot be downloaded here, as the shipped specs
+(``datasets/specs/``) read them:
 
 * ``cihp``: ``Images/*.jpg`` and ``Category_ids/*.png``, 8-bit grey PNGs of the 20 class ids
   (0 background, no ignored pixels), no split lists: the pipeline splits by a hash of the id.
@@ -110,8 +112,8 @@ def _save_jpeg(path: str, image: np.ndarray) -> None:
 
 
 def _write_cihp(job: tuple) -> None:
-    image_id, index, seed, max_side, num_classes, images_dir, masks_dir = job
-    scene = synthetic_voc.draw_scene(synthetic_voc.scene_rng(seed, index), max_side, num_classes)
+    image_id, index, seed, max_side, difficulty, num_classes, images_dir, masks_dir = job
+    scene = synthetic_voc.draw(synthetic_voc.scene_rng(seed, index), max_side, num_classes, difficulty)
     _save_jpeg(os.path.join(images_dir, f"{image_id}.jpg"), scene.image)
     _save_grey_png(os.path.join(masks_dir, f"{image_id}.png"), scene.classes)
 
@@ -124,21 +126,19 @@ def trimap(scene: synthetic_voc.Scene) -> np.ndarray:
 
 
 def _write_pet(job: tuple) -> None:
-    image_id, index, seed, max_side, images_dir, masks_dir = job
-    scene = synthetic_voc.draw_scene(synthetic_voc.scene_rng(seed, index), max_side, num_classes=2)
+    image_id, index, seed, max_side, difficulty, images_dir, masks_dir = job
+    scene = synthetic_voc.draw(synthetic_voc.scene_rng(seed, index), max_side, 2, difficulty)
     _save_jpeg(os.path.join(images_dir, f"{image_id}.jpg"), scene.image)
     _save_grey_png(os.path.join(masks_dir, f"{image_id}.png"), trimap(scene))
 
 
-def _write_manifest(out: str, fmt: str, num_images: int, seed: int, max_side: int, layout) -> None:
+def _write_manifest(out: str, fmt: str, options: dict, layout) -> None:
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(
             {
                 "generator": "deeplab-tfx make-dataset",
                 "format": fmt,
-                "num_images": num_images,
-                "seed": seed,
-                "max_side": max_side,
+                **options,
                 **dataclasses.asdict(layout),
             },
             f,
@@ -147,34 +147,56 @@ def _write_manifest(out: str, fmt: str, num_images: int, seed: int, max_side: in
 
 
 def make_cihp(
-    out: str, num_images: int, seed: int = 0, max_side: int = 500, workers: Optional[int] = None
+    out: str,
+    num_images: int,
+    seed: int = 0,
+    max_side: int = 500,
+    workers: Optional[int] = None,
+    difficulty: str = synthetic_voc.EASY,
 ) -> FolderLayout:
-    """Writes a CIHP-format dataset under ``out`` (its ``data.root``) and returns its ids."""
+    """Writes a CIHP-format dataset under ``out`` (its ``data.root``) and returns its ids.
+
+    ``difficulty``: ``easy`` or ``hard``, as in ``synthetic_voc.make_dataset``."""
     _check_count(num_images)
+    synthetic_voc.check_difficulty(difficulty)
     spec = _shipped_spec(CIHP)
     layout = cihp_layout(num_images, spec.eval_fraction)
     dirs = _make_dirs(out, spec)
-    jobs = [(i, n, seed, max_side, spec.num_classes, *dirs) for n, i in enumerate(layout.all_ids)]
+    jobs = [(i, n, seed, max_side, difficulty, spec.num_classes, *dirs) for n, i in enumerate(layout.all_ids)]
     synthetic_voc.run_jobs(_write_cihp, jobs, workers)
-    _write_manifest(out, CIHP, num_images, seed, max_side, layout)
+    _write_manifest(out, CIHP, _options(num_images, seed, max_side, difficulty), layout)
     return layout
 
 
 def make_oxford_pet(
-    out: str, num_images: int, seed: int = 0, max_side: int = 500, workers: Optional[int] = None
+    out: str,
+    num_images: int,
+    seed: int = 0,
+    max_side: int = 500,
+    workers: Optional[int] = None,
+    difficulty: str = synthetic_voc.EASY,
 ) -> FolderLayout:
-    """Writes an Oxford-IIIT Pet-format dataset under ``out`` (its ``data.root``); returns its ids."""
+    """Writes an Oxford-IIIT Pet-format dataset under ``out`` (its ``data.root``); returns its ids.
+
+    ``difficulty``: ``easy`` or ``hard``, as in ``synthetic_voc.make_dataset``; in hard mode the
+    pet is one of the shared-cue looks and clutter shares its colour, shape or texture."""
     _check_count(num_images)
+    synthetic_voc.check_difficulty(difficulty)
     spec = _shipped_spec(OXFORD_PET)
     layout, rows = pet_layout(num_images, seed)
     dirs = _make_dirs(out, spec)
-    jobs = [(i, n, seed, max_side, *dirs) for n, i in enumerate(layout.all_ids)]
+    jobs = [(i, n, seed, max_side, difficulty, *dirs) for n, i in enumerate(layout.all_ids)]
     synthetic_voc.run_jobs(_write_pet, jobs, workers)
     for path, ids in ((spec.train_list, layout.train), (spec.eval_list, layout.eval)):
         lines = [" ".join(str(v) for v in (i, *rows[i][1:])) for i in ids]
         synthetic_voc.write_list(os.path.join(out, path), lines)
-    _write_manifest(out, OXFORD_PET, num_images, seed, max_side, layout)
+    _write_manifest(out, OXFORD_PET, _options(num_images, seed, max_side, difficulty), layout)
     return layout
+
+
+def _options(num_images: int, seed: int, max_side: int, difficulty: str) -> dict:
+    """What the manifest records about how a dataset was made, besides its format and ids."""
+    return {"num_images": num_images, "seed": seed, "max_side": max_side, "difficulty": difficulty}
 
 
 def _shipped_spec(name: str):

@@ -13,8 +13,14 @@ real loaders on data that has the real layout, byte formats and id relations:
 Ids overlap as in the real data: most VOC ids are also in SBD, some VOC val ids are in SBD
 *train* (which is why train_aug must subtract VOC val), and each source has ids of its own.
 
-Every class has its own colour, shape and texture, so a small model can learn them; images
-are VOC-sized (about 500x375, both orientations) unless ``max_side`` scales them down.
+Two difficulties (``DIFFICULTIES``). In ``easy`` (the default, which the demo and the tests
+use) every class has its own colour, shape and texture, so a small model can learn them. In
+``hard`` no single cue names a class: colours, shapes and textures are each shared by several
+classes, and only their combination tells classes apart (``hard_class_styles``); backgrounds are
+large regions painted in the objects' colours, clutter objects whose combination is no class's
+are labelled background, objects range from small to large, overlap and repeat, and each one
+is a little brighter or darker than the next. Images are VOC-sized (about 500x375, both
+orientations) unless ``max_side`` scales them down.
 """
 
 from __future__ import annotations
@@ -237,15 +243,15 @@ class Scene:
     instances: np.ndarray  # [H, W] uint8 instance ids (0 = background)
     instance_classes: list  # class id of instance k + 1
     void: np.ndarray  # [H, W] bool: the VOC void band on object borders
+    clutter: np.ndarray  # [H, W] bool: visible clutter objects, labelled background (hard mode)
 
 
 def draw_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int = VOC_CLASSES) -> Scene:
     """Draws 1-3 (rarely 4) textured objects of random classes (1 to ``num_classes - 1``, each
     in its ``class_styles`` look) on a noisy background."""
     styles = class_styles(num_classes)
-    base_w, base_h = _VOC_SIZES[rng.integers(len(_VOC_SIZES))]
+    width, height = _image_size(rng, max_side)
     scale = max_side / 500
-    width, height = max(16, int(round(base_w * scale))), max(16, int(round(base_h * scale)))
     period = max(2, int(round(8 * scale)))
 
     classes = np.zeros((height, width), np.uint8)
@@ -264,12 +270,7 @@ def draw_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int =
         instance_classes.append(c)
         classes[mask] = c
         instances[mask] = len(instance_classes)
-    # Later objects may have hidden earlier ones completely: keep only visible instances.
-    visible = [k for k in range(1, len(instance_classes) + 1) if (instances == k).any()]
-    remap = np.zeros(256, np.uint8)
-    remap[visible] = np.arange(1, len(visible) + 1)
-    instances = remap[instances]
-    instance_classes = [instance_classes[k - 1] for k in visible]
+    instances, instance_classes = _visible_instances(instances, instance_classes)
 
     # Background: a soft gradient plus noise in muted colours.
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
@@ -282,12 +283,226 @@ def draw_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int =
         image[where] = np.asarray(style.color, float) * shade
     image += rng.normal(0, 8, size=image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
+    no_clutter = np.zeros_like(classes, bool)
+    return Scene(image, classes, instances, instance_classes, _void_band(instances, scale), no_clutter)
 
-    # VOC marks a band of about 5 px at 500 px around every object boundary as void.
+
+def _visible_instances(instances: np.ndarray, instance_classes: list) -> tuple:
+    """Later objects may have hidden earlier ones completely: keeps only visible instances,
+    renumbered 1, 2, ... in drawing order, with their classes."""
+    visible = [k for k in range(1, len(instance_classes) + 1) if (instances == k).any()]
+    remap = np.zeros(256, np.uint8)
+    remap[visible] = np.arange(1, len(visible) + 1)
+    return remap[instances], [instance_classes[k - 1] for k in visible]
+
+
+def _void_band(instances: np.ndarray, scale: float) -> np.ndarray:
+    """VOC marks a band of about 5 px at 500 px around every object boundary as void."""
     width_px = max(1, int(round(2 * scale)))
     edges = scipy.ndimage.maximum_filter(instances, 3) != scipy.ndimage.minimum_filter(instances, 3)
-    void = scipy.ndimage.binary_dilation(edges, iterations=width_px) if edges.any() else edges
-    return Scene(image, classes, instances, instance_classes, void)
+    return scipy.ndimage.binary_dilation(edges, iterations=width_px) if edges.any() else edges
+
+
+def _image_size(rng: np.random.Generator, max_side: int) -> tuple:
+    """``(width, height)`` of a VOC-like image whose longer side is about ``max_side``."""
+    base_w, base_h = _VOC_SIZES[rng.integers(len(_VOC_SIZES))]
+    scale = max_side / 500
+    return max(16, int(round(base_w * scale))), max(16, int(round(base_h * scale)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hard mode: no single cue names a class
+
+EASY, HARD = "easy", "hard"
+DIFFICULTIES = (EASY, HARD)
+
+# Five of each cue. Shapes and hues are those that stay distinct when a 500 px image is
+# trained on at 128 px: a ring's hole and a cross's arms are still 2-4 px wide there.
+_HARD_SHAPES = ("ellipse", "triangle", "rectangle", "cross", "ring")
+_HARD_TEXTURES = _TEXTURES
+# Hues 72 degrees apart, saturated and bright enough that the objects' brightness jitter and
+# texture shading never carry one into the next.
+_HARD_COLOURS = tuple(_hsv_to_rgb(hue, 0.8, 0.9) for hue in (0.0, 0.2, 0.4, 0.6, 0.8))
+# Texture period and smallest object diameter at 500 px: 20 px is 5 px at 128 px, so stripes
+# survive the trainer's down-scaling; 32 px is 8 px there.
+_HARD_PERIOD = 20
+_HARD_MIN_DIAMETER = 32
+_BACKGROUND_TEXTURES = ("gradient", "dstripes", "wide_hstripes", "wide_vstripes", "wide_checker", "blobs")
+
+
+@functools.cache
+def hard_design() -> tuple:
+    """The 25 ``(colour, shape, texture)`` index triples of hard mode, row ``i`` column ``j``
+    being ``(j, (i + j) % 5, (2i + j) % 5)``.
+
+    Two orthogonal Latin squares of prime order 5: any two triples share at most one cue, so
+    every pair of cues (colour and shape, colour and texture, shape and texture) tells any two
+    triples apart, while each single cue value recurs in five of them.
+    """
+    n = len(_HARD_SHAPES)
+    return tuple((j, (i + j) % n, (2 * i + j) % n) for i in range(n) for j in range(n))
+
+
+def _hard_style(triple: tuple) -> ClassStyle:
+    colour, shape, texture = triple
+    return ClassStyle(
+        shape=_HARD_SHAPES[shape],
+        color=_HARD_COLOURS[colour],
+        texture=_HARD_TEXTURES[texture],
+    )
+
+
+@functools.cache
+def hard_class_styles(num_classes: int = VOC_CLASSES) -> dict:
+    """``{class id: ClassStyle}`` in hard mode: classes take the design's first triples, so each
+    colour, shape and texture is shared by several classes and only their combination is one
+    class's. The design holds 24 classes besides at least one clutter style."""
+    design = hard_design()
+    if not 1 <= num_classes - 1 < len(design):
+        raise ValueError(
+            f"hard mode draws 1 to {len(design) - 1} object classes (num_classes 2 to {len(design)}), "
+            f"got num_classes={num_classes}"
+        )
+    return {c: _hard_style(design[c - 1]) for c in range(1, num_classes)}
+
+
+@functools.cache
+def hard_clutter_styles(num_classes: int = VOC_CLASSES) -> tuple:
+    """The looks of clutter: the design's triples that no class uses, drawn and labelled as
+    background. Each shares at most one cue with any class, so a person tells them apart."""
+    return tuple(_hard_style(t) for t in hard_design()[num_classes - 1 :])
+
+
+def _shifted_texture(kind: str, height: int, width: int, period: int, rng: np.random.Generator) -> np.ndarray:
+    """``_texture`` at a random phase, so stripes do not line up from one object to the next."""
+    dy, dx = (int(v) for v in rng.integers(0, 2 * period, size=2))
+    return _texture(kind, height + dy, width + dx, period)[dy:, dx:]
+
+
+def _background_texture(kind: str, height: int, width: int, period: int, rng) -> np.ndarray:
+    """A [H, W] brightness factor in [0.7, 1.0] for a background region: patterns at scales
+    or angles no class uses (diagonal, three times wider, blobs), in the objects' colours."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    wide = 3 * period
+    if kind == "gradient":
+        pattern = (xx + yy) / max(1, height + width - 2)
+    elif kind == "dstripes":
+        pattern = ((xx + yy) // (3 * period // 2)) % 2  # 1.5 periods along x: one across
+    elif kind == "wide_hstripes":
+        pattern = (yy // wide) % 2
+    elif kind == "wide_vstripes":
+        pattern = (xx // wide) % 2
+    elif kind == "wide_checker":
+        pattern = ((yy // wide) + (xx // wide)) % 2
+    elif kind == "blobs":
+        noise = scipy.ndimage.gaussian_filter(rng.normal(size=(height, width)), sigma=period)
+        pattern = noise > 0
+    else:
+        raise ValueError(kind)
+    return 0.7 + 0.3 * pattern
+
+
+def _hard_background(
+    rng: np.random.Generator, height: int, width: int, period: int, avoid: set
+) -> np.ndarray:
+    """2-4 large regions (a Voronoi split of the image), most painted in an object colour with
+    a background pattern, the others in muted tints: colour alone cannot find the objects.
+
+    Regions take only colours not in ``avoid`` (those of the scene's own objects), so that
+    every object stands out from what lies behind it, as a person would need to see it.
+    """
+    free = [rgb for rgb in _HARD_COLOURS if rgb not in avoid]
+    num_regions = int(rng.integers(2, 5))
+    seeds = rng.uniform(0, 1, size=(num_regions, 2)) * (height, width)
+    yy, xx = np.mgrid[0:height, 0:width]
+    nearest = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+    image = np.zeros((height, width, 3))
+    for k in range(num_regions):
+        where = nearest == k
+        if free and rng.random() < 0.75:
+            colour = np.asarray(free[rng.integers(len(free))], float)
+        else:
+            colour = rng.uniform(90, 150, size=3)
+        kind = _BACKGROUND_TEXTURES[rng.integers(len(_BACKGROUND_TEXTURES))]
+        shade = _background_texture(kind, height, width, period, rng)[where][:, None]
+        image[where] = colour * rng.uniform(0.8, 1.1) * shade
+    return image
+
+
+def _paint(image: np.ndarray, where: np.ndarray, style: ClassStyle, period: int, rng) -> None:
+    """Paints one object: its style's colour and texture, a little brighter or darker, each
+    channel slightly off and its own noise, so that colour is a cue but no exact lookup."""
+    height, width = where.shape
+    shade = _shifted_texture(style.texture, height, width, period, rng)[where][:, None]
+    gain = rng.uniform(0.8, 1.1) * rng.uniform(0.93, 1.07, size=3)
+    noise = rng.normal(0, rng.uniform(3, 10), size=(int(where.sum()), 3))
+    image[where] = np.asarray(style.color, float) * gain * shade + noise
+
+
+def _hard_objects(rng: np.random.Generator, num_classes: int) -> list:
+    """The objects of one hard scene in drawing order: ``(class id, style)``, class 0 for
+    clutter. 1-3 classes, each 1-3 times (an image often holds several instances of a class),
+    and 1-3 clutter objects."""
+    styles, clutter = hard_class_styles(num_classes), hard_clutter_styles(num_classes)
+    ids = sorted(styles)
+    kinds = rng.choice(ids, size=min(len(ids), int(rng.integers(1, 4))), replace=False)
+    objects = [
+        (int(c), styles[int(c)]) for c in kinds for _ in range(int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])))
+    ]
+    objects += [(0, clutter[rng.integers(len(clutter))]) for _ in range(int(rng.integers(1, 4)))]
+    return [objects[k] for k in rng.permutation(len(objects))]
+
+
+def draw_hard_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int = VOC_CLASSES) -> Scene:
+    """Draws a hard scene: object-coloured background regions, then class objects and clutter
+    (labelled 0) of random sizes in random order, each hiding what it covers, so the labels
+    are what is visible."""
+    width, height = _image_size(rng, max_side)
+    scale = max_side / 500
+    period = max(2, int(round(_HARD_PERIOD * scale)))
+    side = min(width, height)
+    min_radius = max(0.045 * side, _HARD_MIN_DIAMETER * scale / 2)
+
+    objects = _hard_objects(rng, num_classes)
+    image = _hard_background(rng, height, width, period, {style.color for _, style in objects})
+    classes = np.zeros((height, width), np.uint8)
+    instances = np.zeros((height, width), np.uint8)
+    instance_classes = []
+    clutter = np.zeros((height, width), bool)
+    for c, style in objects:
+        # Radii log-uniform, 4.5% to 40% of the shorter side: small objects as often as large ones.
+        r = max(min_radius, side * np.exp(rng.uniform(np.log(0.045), np.log(0.4))))
+        cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+        mask = _object_mask(style.shape, (width, height), cx, cy, r, rng.uniform(0, np.pi))
+        if mask.sum() < 0.001 * width * height:
+            continue
+        _paint(image, mask, style, period, rng)
+        classes[mask] = c
+        clutter[mask] = not c
+        if c:
+            instance_classes.append(c)
+            instances[mask] = len(instance_classes)
+        else:
+            instances[mask] = 0
+    instances, instance_classes = _visible_instances(instances, instance_classes)
+    image += rng.normal(0, 4, size=image.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return Scene(image, classes, instances, instance_classes, _void_band(instances, scale), clutter)
+
+
+_DRAWERS = {EASY: draw_scene, HARD: draw_hard_scene}
+
+
+def check_difficulty(difficulty: str) -> str:
+    """``difficulty`` if it is one of ``DIFFICULTIES``; a ValueError naming the choices if not."""
+    if difficulty not in _DRAWERS:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    return difficulty
+
+
+def draw(rng: np.random.Generator, max_side: int, num_classes: int, difficulty: str) -> Scene:
+    """One scene of the given difficulty: what every format's writer draws."""
+    return _DRAWERS[check_difficulty(difficulty)](rng, max_side, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,8 +578,8 @@ def sbd_dir(out: str) -> str:
 
 
 def _write_one(args: tuple) -> None:
-    out, image_id, index, seed, max_side, in_voc, in_sbd = args
-    scene = draw_scene(scene_rng(seed, index), max_side)
+    out, image_id, index, seed, max_side, difficulty, in_voc, in_sbd = args
+    scene = draw(scene_rng(seed, index), max_side, VOC_CLASSES, difficulty)
     jpeg = encode_jpeg(scene.image)
     voc = voc_dir(out)
     # Like the real archive, JPEGImages and Annotations hold every image, segmented or not.
@@ -420,9 +635,19 @@ def run_jobs(write_one, jobs: list, workers: Optional[int]) -> None:
 
 
 def make_dataset(
-    out: str, num_images: int, seed: int = 0, max_side: int = 500, workers: Optional[int] = None
+    out: str,
+    num_images: int,
+    seed: int = 0,
+    max_side: int = 500,
+    workers: Optional[int] = None,
+    difficulty: str = EASY,
 ) -> Layout:
-    """Writes the VOC and SBD trees under ``out`` and returns the id layout."""
+    """Writes the VOC and SBD trees under ``out`` and returns the id layout.
+
+    ``difficulty`` is ``easy`` (each class its own look: the demo's data, byte for byte what
+    it always was) or ``hard`` (``draw_hard_scene``); the id layout is the same for both.
+    """
+    check_difficulty(difficulty)
     layout = make_layout(num_images, seed)
     voc, sbd = voc_dir(out), sbd_dir(out)
     for d in (
@@ -437,7 +662,10 @@ def make_dataset(
         os.makedirs(os.path.join(sbd, d), exist_ok=True)
 
     voc_ids, sbd_ids = set(layout.voc_ids), set(layout.sbd_ids)
-    jobs = [(out, i, n, seed, max_side, i in voc_ids, i in sbd_ids) for n, i in enumerate(layout.all_ids)]
+    jobs = [
+        (out, i, n, seed, max_side, difficulty, i in voc_ids, i in sbd_ids)
+        for n, i in enumerate(layout.all_ids)
+    ]
     run_jobs(_write_one, jobs, workers)
 
     seg = os.path.join(voc, "ImageSets", "Segmentation")
@@ -453,6 +681,7 @@ def make_dataset(
                 "num_images": num_images,
                 "seed": seed,
                 "max_side": max_side,
+                "difficulty": difficulty,
                 **dataclasses.asdict(layout),
             },
             f,

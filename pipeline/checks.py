@@ -48,6 +48,13 @@ def between(low, high, high_open=False) -> Rule:
     )
 
 
+def each(rule: Rule) -> Rule:
+    """A list (a YAML sequence) whose every item passes ``rule``."""
+    return Rule(
+        lambda v: isinstance(v, (list, tuple)) and all(rule.check(x) for x in v), f"a list, each {rule.says}"
+    )
+
+
 def matches(pattern: str, says: str) -> Rule:
     return Rule(lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None, says)
 

@@ -48,12 +48,15 @@ def _load(args: argparse.Namespace, shorthands: dict) -> config_lib.PipelineConf
 # make-dataset --format: VOC 2012 + SBD, or a folder dataset of ``synthetic_folders.FORMATS``.
 VOC_FORMAT = "voc"
 DATASET_FORMATS = (VOC_FORMAT, "cihp", "oxford_pet")
+# make-dataset --difficulty: ``synthetic_voc.DIFFICULTIES``, spelled here too so that building the
+# parser imports no dataset code (a test checks the two agree).
+DATASET_DIFFICULTIES = ("easy", "hard")
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
     from datasets import synthetic_folders, synthetic_voc
 
-    options = dict(seed=args.seed, max_side=args.max_side, workers=args.workers)
+    options = dict(seed=args.seed, max_side=args.max_side, workers=args.workers, difficulty=args.difficulty)
     summary = {"out": os.path.abspath(args.out)}
     if args.format == VOC_FORMAT:
         layout = synthetic_voc.make_dataset(args.out, args.num_images, **options)
@@ -66,7 +69,7 @@ def _make_dataset(args: argparse.Namespace) -> int:
     else:
         layout = synthetic_folders.MAKERS[args.format](args.out, args.num_images, **options)
         summary.update(format=args.format, train=len(layout.train), eval=len(layout.eval))
-    summary["images"] = len(layout.all_ids)
+    summary.update(images=len(layout.all_ids), difficulty=args.difficulty)
     print(json.dumps(summary))
     return 0
 
@@ -294,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=500, help="longer image side (VOC: 500)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    p.add_argument(
+        "--difficulty",
+        choices=DATASET_DIFFICULTIES,
+        default=DATASET_DIFFICULTIES[0],
+        help="easy: each class its own colour, shape and texture (the demo's data); hard: classes share "
+        "each cue and differ in the combination, object-coloured backgrounds, clutter labelled background, "
+        "small, overlapping and repeated objects (default easy)",
+    )
     p.set_defaults(func=_make_dataset)
 
     p = sub.add_parser("ingest", help="run SegmentationExampleGen's Beam job alone, no orchestrator")

@@ -28,6 +28,7 @@ from pipeline.checks import (  # noqa: F401 - ConfigError and the rules are part
     above,
     at_least,
     between,
+    each,
     matches,
     one_of,
 )
@@ -162,6 +163,20 @@ class TrainerConfig(Checked):
     # image, not a request, and 16 JPEGs of 10 KB declaring 2500x2500 each (100 MP) cost 1.15 GB
     # and 12 s. 4 images at the limit; at least max_image_pixels, so one such image is served.
     max_batch_pixels: int = 100_000_000
+    # Warm start (scheduled runs): the pipeline gives the Trainer the newest model an earlier run
+    # blessed (base_model), and training starts from its weights when their shapes match this
+    # model's, else from scratch, saying why (trainer/warm_start.py).
+    warm_start: bool = False
+    # ... and then trains at this fraction of learning_rate (warm-up and poly decay as set): at
+    # the full rate, 50 steps took the tiny model from 0.939 to 0.602 eval mean IoU; at 0.1x to
+    # 0.957 (README, Trainer).
+    warm_start_learning_rate_factor: float = 0.1
+    # ... for this many steps (0: train_steps); a run that starts from scratch takes train_steps.
+    warm_start_train_steps: int = 0
+    # Test-time augmentation in every predicting signature (trainer/tta.py): the logits of the
+    # input resized by each scale and, with tta_flip, mirrored, averaged. () and false: off.
+    tta_scales: tuple = ()
+    tta_flip: bool = False
 
     RULES = {
         "backbone": one_of(*BACKBONES),
@@ -191,6 +206,10 @@ class TrainerConfig(Checked):
         "backup_every_steps": at_least(0),
         "max_image_pixels": at_least(1),
         "max_batch_pixels": at_least(1),
+        "warm_start_learning_rate_factor": above(0),
+        "warm_start_train_steps": at_least(0),
+        # Beyond 2x a 512 px model serves 1024 px views: 4x the compute of each for little gain.
+        "tta_scales": each(between(0.25, 2.0)),
     }
 
     def check_together(self) -> None:
@@ -356,6 +375,25 @@ class PipelineConfig(Checked):
 
     RULES = {"pipeline_name": NAME, "pipeline_root": NOT_EMPTY}
 
+    def check_together(self) -> None:
+        # Test-time augmentation builds a model per scale at the export, after the training:
+        # what cannot work must fail here, not there.
+        scales, size = self.trainer.tta_scales, self.transform.image_size
+        if not scales and not self.trainer.tta_flip:
+            return
+        if size % TTA_SIZE_MULTIPLE:
+            raise ConfigError(
+                f"trainer.tta_scales/tta_flip need transform.image_size to be a multiple of "
+                f"{TTA_SIZE_MULTIPLE}, got {size}"
+            )
+        sizes = [tta_size(scale, size) for scale in scales]
+        for k, later in enumerate(sizes):
+            if later in sizes[:k]:
+                raise ConfigError(
+                    f"trainer.tta_scales {scales[sizes.index(later)]} and {scales[k]} both give {later} px "
+                    f"views at transform.image_size={size}: one of them would be a repeated view"
+                )
+
     def required_data_root(self) -> tuple:
         """``(config key, value)`` of the root the dataset's layout cannot do without."""
         if self.dataset.layout == dataset_spec.FOLDERS:
@@ -384,6 +422,20 @@ class PipelineConfig(Checked):
                 f"--direct_num_workers={self.beam.direct_num_workers}",
             ]
         return args + list(self.beam.extra_args)
+
+
+# Test-time augmentation (trainer/tta.py): each scale's view is a multiple of this, so that every
+# backbone's output stride (at most 32) divides it and the decoder's stride-4 features keep
+# exact sizes.
+TTA_SIZE_MULTIPLE = 32
+
+
+def tta_size(scale: float, image_size: int) -> int:
+    """The side of the view at ``scale`` of a model trained at ``image_size``: ``image_size``
+    for 1.0, else ``scale * image_size`` to the nearest multiple of 32 (halves up), at least 32."""
+    if scale == 1.0:
+        return image_size
+    return max(TTA_SIZE_MULTIPLE, int(scale * image_size / TTA_SIZE_MULTIPLE + 0.5) * TTA_SIZE_MULTIPLE)
 
 
 def resolve_path(path: str) -> str:

@@ -7,7 +7,8 @@ pick the metadata store; nothing here depends on where the pipeline runs.
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
                                                └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
-                        Resolver (latest blessed model) ──────┘ (baseline)
+    Resolver (latest blessed model) ─► Evaluator (its baseline)
+                                    └► Trainer (its base_model, with trainer.warm_start)
 """
 
 import dataclasses
@@ -80,6 +81,9 @@ def create_components(config: PipelineConfig) -> list:
 
         trainer_class = google_cloud_ai_platform.Trainer
         custom_config = {**custom_config, **vertex_training_args(config)}
+    # The newest model an earlier run blessed (none on the first run): the Evaluator's baseline,
+    # and with trainer.warm_start the Trainer's starting weights.
+    baseline = latest_blessed_model()
     trainer = trainer_class(
         run_fn="trainer.run_fn.run_fn",
         examples=example_gen.outputs["examples"],
@@ -89,9 +93,14 @@ def create_components(config: PipelineConfig) -> list:
         # No num_steps: evaluate on the whole eval split unless the config caps it.
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config=custom_config,
+        base_model=baseline.outputs["model"] if config.trainer.warm_start else None,
     )
-    baseline, evaluator, pusher = validation_and_push(
-        config, example_gen.outputs["examples"], schema_gen.outputs["schema"], trainer.outputs["model"]
+    evaluator, pusher = validation_and_push(
+        config,
+        example_gen.outputs["examples"],
+        schema_gen.outputs["schema"],
+        trainer.outputs["model"],
+        baseline,
     )
     report = RunReportGen(
         examples=example_gen.outputs["examples"],
@@ -106,8 +115,8 @@ def create_components(config: PipelineConfig) -> list:
         samples=config.report.samples,
     )
     return [
-        example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, trainer,
-        baseline, evaluator, pusher, report,
+        example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, baseline,
+        trainer, evaluator, pusher, report,
     ]  # fmt: skip
 
 
@@ -138,18 +147,22 @@ def vertex_training_args(config: PipelineConfig) -> dict:
     }
 
 
-def validation_and_push(config: PipelineConfig, examples, schema, model) -> list:
-    """Resolver, Evaluator and ServingPusher for the Model channel ``model``.
-
-    Separate so that tests can judge given models (through an Importer) with the same wiring.
-    """
-    # The baseline for the change threshold: the newest model any earlier run blessed. None on
-    # the first run, when TFX's Evaluator judges by the value thresholds alone.
-    baseline = tfx.dsl.Resolver(
+def latest_blessed_model() -> tfx.dsl.Resolver:
+    """The Resolver of the newest model any earlier run blessed (none on the first run)."""
+    return tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
+
+
+def validation_and_push(config: PipelineConfig, examples, schema, model, baseline: tfx.dsl.Resolver) -> list:
+    """Evaluator and ServingPusher for the Model channel ``model``, against ``baseline``
+    (``latest_blessed_model``): on the first run, when it gives none, TFX's Evaluator judges by
+    the value thresholds alone.
+
+    Separate so that tests can judge given models (through an Importer) with the same wiring.
+    """
     evaluator = tfx.components.Evaluator(
         examples=examples,
         model=model,
@@ -167,7 +180,7 @@ def validation_and_push(config: PipelineConfig, examples, schema, model) -> list
         model_name=config.pusher.model_name,
         warmup_requests=config.pusher.warmup_requests,
     )
-    return [baseline, evaluator, pusher]
+    return [evaluator, pusher]
 
 
 def create_pipeline(

@@ -1,5 +1,6 @@
 """Shared fixtures: datasets in the real VOC/SBD formats, made on the fly, and readers."""
 
+import dataclasses
 import glob
 import io
 import os
@@ -131,29 +132,29 @@ def learning_data(tmp_path_factory):
     return ingest_and_analyze(os.path.join(out, "raw"), out, 128)
 
 
+def train_tiny(examples_uri: str, out, base_model=None, **overrides):
+    """(SavedModel dir, TrainingResult): the tiny config (``overrides`` on its trainer section)
+    trained on ``examples_uri``'s records, written under ``out``."""
+    from trainer import training  # imported here: collecting other tests must not build Keras
+
+    config = dataclasses.replace(config_lib.load_config("tiny").trainer, **overrides)
+    job = training.TrainingJob.of_examples(
+        examples_uri, transform_dir(examples_uri), str(out), config.train_steps, base_model=base_model
+    )
+    result = training.train(config, job)
+    print(f"trained: {result}")
+    return str(out / "serving"), result
+
+
 @pytest.fixture(scope="session")
 def trained_model(learning_data, tmp_path_factory):
     """(SavedModel dir, TrainingResult): the tiny config trained on ``learning_data`` (about 3 min).
 
-    Shared by the learning test, which checks what it reached, and the Evaluator/Pusher tests,
-    which need a model that is good as well as one that is not.
+    Shared by the learning test, which checks what it reached, the Evaluator/Pusher tests,
+    which need a model that is good as well as one that is not, and the warm-start and
+    test-time augmentation tests, which start from a model that learned.
     """
-    from trainer import training  # imported here: collecting other tests must not build Keras
-
-    examples_uri, _ = learning_data
-    out = tmp_path_factory.mktemp("trained")
-    config = config_lib.load_config("tiny").trainer
-    job = training.TrainingJob(
-        train_files=[os.path.join(examples_uri, "Split-train", "*")],
-        eval_files=[os.path.join(examples_uri, "Split-eval", "*")],
-        transform_output=transform_dir(examples_uri),
-        serving_model_dir=str(out / "serving"),
-        model_run_dir=str(out / "run"),
-        train_steps=config.train_steps,
-    )
-    result = training.train(config, job)
-    print(f"trained_model: {result}")
-    return str(out / "serving"), result
+    return train_tiny(learning_data[0], tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import demo_figures, scaling, summary
+from benchmarks import demo_figures, learning, scaling, summary
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -23,6 +23,16 @@ def test_readme_table_matches_the_results_files():
     block = _readme_block(summary.START, summary.END)
     assert block == summary.render(
         results
+    ), "README is stale: run `python -m benchmarks.summary --write README.md`"
+
+
+@pytest.mark.parametrize("name", sorted(summary.BLOCKS))
+def test_readme_blocks_beside_their_features_match_the_results_files(name):
+    results = summary.load()
+    assert name in results, f"benchmarks/results/{name}.json is missing"
+    start, end, rendered = summary.BLOCKS[name]
+    assert _readme_block(start, end) == rendered(
+        results[name]
     ), "README is stale: run `python -m benchmarks.summary --write README.md`"
 
 
@@ -45,3 +55,50 @@ def test_fit_recovers_a_line_and_flags_growth_that_is_not_one():
     quadratic = scaling.fit(sizes, [1e-5 * n * n for n in sizes])
     assert not quadratic["linear"] and quadratic["largest_residual_fraction"] > 0.1
     np.testing.assert_array_less(quadratic["r_squared"], 1.0)
+
+
+def _curve(*points) -> dict:
+    keys = ("step", "cpu_seconds", "wall_seconds", "mean_iou")
+    return {"curve": [dict(zip(keys, point, strict=True)) for point in points]}
+
+
+def _learning_figures() -> dict:
+    """Two recipes' curves, and a third that could not run."""
+    return {
+        "ours": _curve((10, 8.0, 6.0, 0.1), (25, 20.0, 15.0, 0.3), (100, 70.0, 50.0, 0.6)),
+        "tutorial": _curve((10, 30.0, 20.0, 0.2), (25, 65.0, 40.0, 0.25)),
+        "keras_hub": {"unavailable": "not installed"},
+    }
+
+
+def test_learning_compares_recipes_at_equal_steps_and_equal_cpu_seconds():
+    figures = _learning_figures()
+    assert learning.at_equal_steps(figures) == {
+        "10": {"ours": 0.1, "tutorial": 0.2},
+        "25": {"ours": 0.3, "tutorial": 0.25},
+    }
+    assert learning.at_equal_cpu(figures, [5, 60, 150]) == {
+        "5": {"ours": None, "tutorial": None},
+        "60": {"ours": 0.3, "tutorial": 0.2},
+        "150": {"ours": 0.6, "tutorial": 0.25},
+    }
+
+
+def test_learning_rows_show_both_comparisons_and_ours_last_step():
+    figures = _learning_figures()
+    result = {
+        "dataset": {"difficulty": "hard", "train_images": 510, "eval_images": 90, "image_size": 128},
+        "batch": 8,
+        "figures": figures,
+        "at_equal_steps": learning.at_equal_steps(figures),
+        "at_equal_cpu_seconds": learning.at_equal_cpu(figures, [5, 60]),
+    }
+    rows = summary._learning(result)
+    assert [row[1:] for row in rows] == [
+        ("mean IoU at step 10", "ours 0.100", "TF tutorial U-Net 0.200", "ours -0.100", "highest"),
+        ("mean IoU at step 25", "ours 0.300", "TF tutorial U-Net 0.250", "ours +0.050", ""),
+        ("best mean IoU within 5 CPU-s", "ours n/a", "TF tutorial U-Net n/a", "", ""),
+        ("best mean IoU within 60 CPU-s", "ours 0.300", "TF tutorial U-Net 0.200", "ours +0.100", ""),
+        ("ours at its last step (100)", "0.600 in 70 CPU-s (50 s wall)", "", "", ">= 0.8 within 10 min"),
+    ]
+    assert rows[0][0] == "learning, hard mode (510 train / 90 eval), 128 px batch 8, random init"

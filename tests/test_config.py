@@ -182,11 +182,15 @@ def test_every_named_config_builds_the_pipeline(name):
         "num_classes": cfg.dataset.num_classes,
     }
     trainer = nodes["Trainer"]
+    # With trainer.warm_start (the scheduled configs), the latest blessed model too.
+    warm = {nodes["latest_blessed_model_resolver"]} if cfg.trainer.warm_start else set()
     assert trainer.upstream_nodes == {
         nodes["SegmentationExampleGen"],
         nodes["Transform"],
         nodes["DatasetSchemaGen"],
+        *warm,
     }
+    assert cfg.trainer.warm_start == (name in ("voc", "vertex"))
     assert trainer.exec_properties["run_fn"] == "trainer.run_fn.run_fn"
     trainer_config = json.loads(trainer.exec_properties["custom_config"])
     # The Trainer gets the whole trainer section, and it round-trips into the same dataclass.

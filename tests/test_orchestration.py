@@ -1,6 +1,7 @@
 """One DAG, every orchestrator: Kubeflow (compiled, parsed as kfp-pipeline-spec protos), Airflow
 (a real DagBag and ``dag.test()``), and the scale-out settings, built and checked, not run."""
 
+import glob
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from components.serving_pusher import layout
 from pipeline import config as config_lib
 from pipeline import kubeflow_runner, local_runner
 from pipeline.pipeline import create_pipeline
+from trainer import warm_start
 
 ROOT = config_lib.PROJECT_ROOT
 
@@ -49,6 +51,10 @@ def test_kubeflow_pipeline_job(tmp_path):
             "latest_blessed_model_resolver-model-resolver" if u.startswith("latest") else u for u in upstream
         )
         assert depends == wanted, name
+    # Scheduled (trainer.warm_start): the Trainer starts from the latest blessed model.
+    assert cfg.trainer.warm_start
+    base_model = tasks["Trainer"].inputs.artifacts["base_model"].task_output_artifact
+    assert base_model.producer_task == "latest_blessed_model_resolver-model-resolver"
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
     executor_dicts = {name: json_format.MessageToDict(e.struct_value) for name, e in executors.items()}
     containers = {name: e["container"] for name, e in executor_dicts.items() if "container" in e}
@@ -155,6 +161,8 @@ def test_airflow_dag_runs_end_to_end(dataset_dir, tmp_path):
         f"data.voc_root={data}", f"data.sbd_root={data}", f"pipeline_root={tmp_path / 'run'}",
         "trainer.train_steps=4", "trainer.steps_per_epoch=2", "evaluator.min_mean_iou=0.0",
         "airflow.schedule=@daily",
+        # Scheduled, so warm-started; on this first run the Resolver finds no blessed model.
+        "trainer.warm_start=true",
         # Airflow's orchestration is under test here; Beam's multi-process mode is the local
         # pipeline tests' (its worker start-up cost a minute over the four Beam components).
         "beam.direct_running_mode=in_memory",
@@ -186,3 +194,6 @@ def test_airflow_dag_runs_end_to_end(dataset_dir, tmp_path):
     assert result["run_state"] == "success"
     assert layout.versions(os.path.join(tmp_path, "run", "serving", "deeplab")) == [1]
     assert os.path.exists(os.path.join(tmp_path, "run", "report", "index.html"))
+    # The Trainer waited on the Resolver, which gave it nothing: trained from scratch, no record.
+    assert "latest_blessed_model_resolver" in result["upstream"]["Trainer"]
+    assert glob.glob(os.path.join(tmp_path, "run", "**", warm_start.WARM_START_FILE), recursive=True) == []

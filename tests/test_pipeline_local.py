@@ -33,6 +33,7 @@ from serving import client
 from serving.server import Server
 from tests.conftest import feature, png_indices, read_examples
 from tests.helpers import browser
+from trainer import warm_start
 from transform import preprocessing
 
 pytestmark = pytest.mark.slow
@@ -304,6 +305,41 @@ def test_rerun_with_unchanged_inputs_is_cached(run_config, first_run, capsys):
     assert f"pushed as version 1 to {run_config.serving_model_dir()}/1" in out
     assert re.search(r"\] Transform: cached in [\d.]+ s", out)
     assert sorted(os.listdir(run_config.serving_model_dir())) == ["1"]
+
+
+def test_a_warm_started_run_starts_from_the_last_blessed_model(
+    run_config, run_overrides, first_run, tmp_path, capsys
+):
+    """``trainer.warm_start=true`` on a run after the first, in a copy of its ML Metadata (so the
+    first run's store and serving directory stay as they were): the Resolver's latest blessed
+    model is the Trainer's base_model, and training starts from its weights. That it then learns
+    in a fraction of the steps is in test_warm_start.py, on a model trained for 500 steps."""
+    root = tmp_path / "run"
+    root.mkdir()
+    shutil.copy(run_config.metadata_path, root / "metadata.sqlite")
+    overrides = [*run_overrides, f"pipeline_root={root}", "trainer.warm_start=true"]
+    cfg = local_runner.resolve_local_paths(config_lib.load_config("tiny", overrides))
+    assert local_runner.run(cfg) == 0
+
+    first_model = first_run["outputs"]["Model"]
+    store = _store(cfg)
+    trainer = max(
+        store.get_executions_by_type("tfx.components.trainer.component.Trainer"), key=lambda e: e.id
+    )
+    assert trainer.last_known_state == metadata_store_pb2.Execution.COMPLETE
+    base_inputs = [
+        event.artifact_id for event in store.get_events_by_execution_ids([trainer.id])
+        if event.type == metadata_store_pb2.Event.INPUT and event.path.steps[0].key == "base_model"
+    ]  # fmt: skip
+    assert base_inputs == [first_model.id]
+    outputs = latest_outputs(cfg)
+    warm = warm_start.read(outputs["ModelRun"].uri)
+    assert warm.warm_started and warm.base_model == os.path.join(first_model.uri, "Format-Serving")
+    # Its first evaluation is the first run's best one: the same weights, the same eval split.
+    history = json.load(open(os.path.join(first_run["outputs"]["ModelRun"].uri, "history.json")))
+    best = max(row["val_mean_iou"] for row in history["epochs"])
+    assert warm.initial_mean_iou == pytest.approx(best, abs=1e-4)
+    assert f"Trainer warm start from {warm.base_model}: eval mean IoU" in capsys.readouterr().out
 
 
 def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_overrides, first_run, tmp_path):

@@ -15,12 +15,14 @@
 * ``transform_features``: serialized raw tf.Examples -> the Transform outputs (TFMA).
 
 All run the Transform graph exported by the Transform component, so serving sees exactly the
-preprocessing of training. The dataset spec the model was trained on (class names, colours)
-goes into the SavedModel as ``assets.extra/dataset_spec.json`` (``DATASET_SPEC_FILE``). The
-push copies it into each version; TF Serving reads nothing in ``assets.extra`` but its warm-up
-file, and its ``GetModelMetadata`` answers the signatures only, which have no room for class
-names: a client that wants them reads that file from the version's directory
-(``model_dataset_spec``).
+preprocessing of training. With test-time augmentation (``trainer.tta_scales``,
+``trainer.tta_flip``) the three predicting signatures average the logits of every view
+(``trainer/tta.py``), so TF Serving serves and TFMA scores the same masks. The dataset spec the
+model was trained on (class names, colours) goes into the SavedModel as
+``assets.extra/dataset_spec.json`` (``DATASET_SPEC_FILE``). The push copies it into each
+version; TF Serving reads nothing in ``assets.extra`` but its warm-up file, and its
+``GetModelMetadata`` answers the signatures only, which have no room for class names: a client
+that wants them reads that file from the version's directory (``model_dataset_spec``).
 
 The image signatures first read each image's size from its header and refuse, before decoding
 anything, one that declares more than ``max_image_pixels`` (``trainer.max_image_pixels``), and
@@ -28,7 +30,9 @@ a batch that declares more than ``max_batch_pixels`` in all (``trainer.max_batch
 the real TF Serving is as protected as ``deeplab-tfx serve``.
 """
 
+import functools
 import os
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -36,6 +40,7 @@ import tf_keras as keras
 
 from pipeline import dataset_spec, features
 from pipeline.config import TrainerConfig
+from trainer.tta import AveragedLogits, TestTimeAugmentation
 from transform import preprocessing
 
 SERVING_DEFAULT = "serving_default"
@@ -188,17 +193,20 @@ def make_signatures(
     with_probabilities: bool = False,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+    tta: Optional[TestTimeAugmentation] = None,
 ) -> dict:
-    """The signatures to pass to ``model.save(..., signatures=...)``."""
+    """The signatures to pass to ``model.save(..., signatures=...)``; with ``tta``, every
+    predicting one averages the logits of its views (``trainer/tta.py``)."""
     # Attached to the model so that the Transform graph's assets are saved with it.
     model.tft_layer = tft_output.transform_features_layer()
+    logits_of = AveragedLogits(model, tta) if tta else functools.partial(model, training=False)
     raw_spec = tft_output.raw_feature_spec()
     image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
 
     def predict(encoded: tf.Tensor, input_name: str, **outputs) -> dict:
         encoded = check_declared_sizes(encoded, max_image_pixels, input_name, max_batch_pixels)
         transformed = model.tft_layer({features.IMAGE_KEY: tf.reshape(encoded, [-1, 1])})
-        logits = model(transformed[features.IMAGE], training=False)
+        logits = logits_of(transformed[features.IMAGE])
         return to_original_resolution(
             logits, transformed[features.ORIGINAL_HEIGHT], transformed[features.ORIGINAL_WIDTH], **outputs
         )
@@ -251,9 +259,10 @@ def export(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
     dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC,
+    tta: Optional[TestTimeAugmentation] = None,
 ) -> None:
-    """Saves ``model`` as a SavedModel with the signatures above, and ``dataset`` (the classes it
-    predicts) as ``DATASET_SPEC_FILE`` in it.
+    """Saves ``model`` as a SavedModel with the signatures above (with ``tta``, test-time
+    augmented), and ``dataset`` (the classes it predicts) as ``DATASET_SPEC_FILE`` in it.
 
     ``save_traces=False``: TF Serving and TFMA need only the signatures; tracing every layer's
     ``call`` for Keras revival made saving 10x slower, and the layers revive from ``get_config``.
@@ -268,7 +277,9 @@ def export(
         export_dir,
         save_format="tf",
         save_traces=False,
-        signatures=make_signatures(model, tft_output, with_probabilities, max_image_pixels, max_batch_pixels),
+        signatures=make_signatures(
+            model, tft_output, with_probabilities, max_image_pixels, max_batch_pixels, tta
+        ),
     )
     tf.io.gfile.makedirs(os.path.join(export_dir, ASSETS_EXTRA))
     dataset_spec.write(dataset, os.path.join(export_dir, ASSETS_EXTRA))

@@ -43,5 +43,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         eval_steps=fn_args.eval_steps or None,
         images_normalized=bool(custom.get(IMAGES_NORMALIZED_KEY, False)),
         dataset=dataset_spec.of_examples(dataset_spec.examples_dir(fn_args.train_files[0])),
+        base_model=fn_args.base_model,
     )
     training.train(trainer_config, job)

@@ -18,7 +18,7 @@ import tf_keras as keras
 
 from pipeline import dataset_spec, features, storage
 from pipeline.config import TrainerConfig
-from trainer import callbacks, distribute, export, losses, model, optimization
+from trainer import callbacks, distribute, export, losses, model, optimization, tta, warm_start
 from trainer import data as data_lib
 from transform import preprocessing
 
@@ -44,6 +44,25 @@ class TrainingJob:
     # The classes of the Examples (``dataset_spec.of_examples``): the head's channels, the loss's
     # class weights and the mean IoU follow it, and the export carries it.
     dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
+    # A SavedModel to start from (TFX: the Trainer's base_model, the latest blessed model when
+    # trainer.warm_start is on): its weights are taken when their shapes match (warm_start.py).
+    base_model: Optional[str] = None
+
+    @classmethod
+    def of_examples(
+        cls, examples_uri: str, transform_output: str, out: str, train_steps: int, **fields
+    ) -> "TrainingJob":
+        """The job of an Examples artifact's two splits, writing to ``out``/serving and
+        ``out``/run: what tests and benchmarks train outside TFX."""
+        return cls(
+            train_files=[os.path.join(examples_uri, f"Split-{features.TRAIN_SPLIT}", "*")],
+            eval_files=[os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")],
+            transform_output=transform_output,
+            serving_model_dir=os.path.join(out, "serving"),
+            model_run_dir=os.path.join(out, "run"),
+            train_steps=train_steps,
+            **fields,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +75,7 @@ class TrainingResult:
     global_batch_size: int
     precision: str
     replicas: int
+    warm: Optional[warm_start.WarmStart] = None  # how it warm-started; None: no base model given
 
 
 def build_model(
@@ -156,6 +176,17 @@ def backup_dir(config: TrainerConfig, model_run_dir: str) -> str:
     return os.path.join(config.backup_dir, key)
 
 
+def _warm_start(net, job: TrainingJob, run_dir: str, backup: str) -> warm_start.WarmStart:
+    """``job.base_model``'s weights into ``net`` when they fit (``warm_start.restore``). A restart
+    of a killed execution (its backup is there) takes the record its first attempt wrote
+    instead: the backup holds the weights, and the start was measured then."""
+    if tf.io.gfile.exists(backup):
+        recorded = warm_start.read(run_dir)
+        if recorded is not None:
+            return recorded
+    return warm_start.restore(net, job.base_model, job.dataset)
+
+
 def train(
     config: TrainerConfig,
     job: TrainingJob,
@@ -175,19 +206,7 @@ def train(
     policy = distribute.precision_policy(config.mixed_precision, strategy)
     tft_output = tft.TFTransformOutput(job.transform_output)
     image_size = tft_output.transformed_feature_spec()[features.LABEL].shape[0]
-    # Exactly the steps asked for: the last epoch is cut short (callbacks.StopAtStep) when they
-    # are not a multiple of the epoch, and the poly schedule ends there.
-    total_steps = job.train_steps
-    steps_per_epoch = min(config.steps_per_epoch, total_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
     num_classes = job.dataset.num_classes
-    _log.info(
-        "training %s/OS%d at %d px on %s (%d classes): %d steps (%d epochs of %d), global batch %d "
-        "over %d replica(s), %s",
-        config.backbone, config.output_stride, image_size, job.dataset.name, num_classes, total_steps,
-        epochs, steps_per_epoch, global_batch, replicas, policy,
-    )  # fmt: skip
-
     class_weights = None
     if config.class_weights:
         counts = preprocessing.read_class_counts(tft_output, num_classes)
@@ -198,9 +217,33 @@ def train(
     previous_policy = distribute.set_policy(policy)
     try:
         train_ds, eval_ds, eval_steps = _datasets(config, job, tft_output, strategy, global_batch)
+        # Built apart from compiled: a warm start sets the weights first, and decides the recipe
+        # (learning rate, steps) the optimizer is made with.
         with strategy.scope():
             net = build_model(config, image_size, replicas, job.images_normalized, num_classes)
-            compile_model(net, config, total_steps, class_weights)
+        backup = backup_dir(config, job.model_run_dir)
+        warm = _warm_start(net, job, run_dir, backup) if job.base_model else None
+        warm_started = warm is not None and warm.warm_started
+        recipe = warm_start.fine_tuning(config) if warm_started else config
+        # Exactly the steps asked for: the last epoch is cut short (callbacks.StopAtStep) when
+        # they are not a multiple of the epoch, and the poly schedule ends there.
+        total_steps = (warm_started and config.warm_start_train_steps) or job.train_steps
+        steps_per_epoch = min(config.steps_per_epoch, total_steps)
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        _log.info(
+            "training %s/OS%d at %d px on %s (%d classes): %d steps (%d epochs of %d), global batch %d "
+            "over %d replica(s), %s, learning rate %g",
+            config.backbone, config.output_stride, image_size, job.dataset.name, num_classes, total_steps,
+            epochs, steps_per_epoch, global_batch, replicas, policy, recipe.learning_rate,
+        )  # fmt: skip
+        with strategy.scope():
+            compile_model(net, recipe, total_steps, class_weights)
+        if warm_started and warm.initial_mean_iou is None:
+            initial = net.evaluate(eval_ds, steps=eval_steps, verbose=0, return_dict=True)[MEAN_IOU]
+            warm = dataclasses.replace(warm, initial_mean_iou=float(initial))
+        if warm and chief:
+            warm.write(run_dir)
+            warm_start.announce(warm)
         best = callbacks.BestCheckpoint(
             os.path.join(run_dir, BEST_CHECKPOINT_DIR),
             f"val_{MEAN_IOU}",
@@ -208,7 +251,6 @@ def train(
             chief_directory=os.path.join(job.model_run_dir, BEST_CHECKPOINT_DIR),
         )
         start_step = callbacks.StartStep()
-        backup = backup_dir(config, job.model_run_dir)
         cbs = [
             # First, so that a resumed run restores before any other callback looks. The backup
             # outlives fit (Keras would delete it in on_train_end) and goes once the export is
@@ -246,6 +288,7 @@ def train(
             max_image_pixels=config.max_image_pixels,
             max_batch_pixels=config.max_batch_pixels,
             dataset=job.dataset,
+            tta=tta.TestTimeAugmentation.of(config.tta_scales, config.tta_flip),
         )
         # The backup goes once every worker's export is complete (the barrier), with what the
         # other workers left in it (workertemp_<id>): from here on a restart has nothing to redo.
@@ -265,6 +308,7 @@ def train(
         global_batch_size=global_batch,
         precision=policy,
         replicas=replicas,
+        warm=warm,
     )
     _log.info("training done: %s", result)
     return result
