@@ -79,9 +79,13 @@ browser:
 	  $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }; }
 
+# Two pytest-xdist workers, a test module to a worker (its module-scoped pipeline runs and
+# servers are built once), the slowest modules first (tests/conftest.py): 2 cores spend much of
+# the suite waiting on subprocesses, Beam workers and servers. TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 # Every benchmark writes benchmarks/results/<name>.json and one line; the README table is then
 # regenerated from the JSON. keras_hub (the train-step reference) is not one of our pins: it goes

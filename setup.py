@@ -29,7 +29,7 @@ _EXTRAS = {
     "airflow": ["apache-airflow==2.10.5"],
     "kfp": ["kfp==2.5.0", "kfp-pipeline-spec==0.2.2"],
     "report": ["matplotlib"],
-    "test": ["pytest", "pytest-timeout", "ruff"],
+    "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff"],
 }
 _EXTRAS["all"] = sorted({req for reqs in _EXTRAS.values() for req in reqs})
 

@@ -1,15 +1,19 @@
 """Shared fixtures: datasets in the real VOC/SBD formats, made on the fly, and readers."""
 
 import dataclasses
+import fcntl
 import glob
+import importlib.util
 import io
 import os
+import pickle
 import shutil
 
 import numpy as np
 import pytest
 import scipy.io
 import tensorflow as tf
+import tensorflow_transform as tft
 from PIL import Image
 
 from datasets import synthetic_voc
@@ -34,12 +38,77 @@ def pytest_collection_modifyitems(config, items):
         items.reverse()
 
 
+# `make test` runs the suite on 2 pytest-xdist workers with --dist loadscope: a module goes to one
+# worker, so its module-scoped pipeline runs and servers are built once. xdist hands modules out
+# by their number of tests, which would start these (minutes each, few tests) last and leave one
+# worker finishing them alone. They go first, slowest first (pytest --durations, issue 27).
+SLOWEST_MODULES = (
+    "tests/test_pipeline_local.py",
+    "tests/test_training.py",
+    "tests/test_orchestration.py",
+    "tests/test_evaluation.py",
+    "tests/test_datasets.py",
+    "tests/test_warm_start.py",
+    "tests/test_tta.py",
+    "tests/test_serving.py",
+)
+
+if importlib.util.find_spec("xdist"):
+
+    def pytest_xdist_make_scheduler(config, log):
+        """loadscope, taking ``SLOWEST_MODULES`` first (longest processing time first)."""
+        from xdist.scheduler import LoadScopeScheduling
+
+        if config.getoption("dist") != "loadscope":
+            return None
+
+        class SlowestFirst(LoadScopeScheduling):
+            # xdist 3.6's LoadScopeScheduling pops the next module from the front of its
+            # ``workqueue`` here; the slowest one left is moved there first.
+            def _assign_work_unit(self, node):
+                slow = [scope for scope in self.workqueue if scope in SLOWEST_MODULES]
+                if slow:
+                    self.workqueue.move_to_end(min(slow, key=SLOWEST_MODULES.index), last=False)
+                super()._assign_work_unit(node)
+
+        return SlowestFirst(config, log)
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """``build(out_dir)`` once per test session, whichever pytest-xdist worker asks first.
+
+    Each xdist worker is a process with its own session fixtures: left alone, every worker
+    that runs a test of the trained model would train it again. The first one to ask builds it
+    in a directory that all workers of the session share, under a lock; the others wait for it
+    and read what it returned (pickled: keep the value plain, paths and small records). Without
+    xdist, the build runs in this session's own temporary directory, as any fixture would.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's, above each worker's own
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{name}.pickle"
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        out = shared / name
+        if out.exists():  # a worker that died mid-build
+            shutil.rmtree(out)
+        out.mkdir()
+        value = build(out)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory):
     """A 40-image VOC+SBD dataset (read-only: tests that corrupt files copy it first)."""
-    out = str(tmp_path_factory.mktemp("voc_sbd"))
-    synthetic_voc.make_dataset(out, num_images=40, seed=7, max_side=MAX_SIDE, workers=1)
-    return out
+
+    def build(out):
+        synthetic_voc.make_dataset(str(out), num_images=40, seed=7, max_side=MAX_SIDE, workers=1)
+        return str(out)
+
+    return built_once(tmp_path_factory, "voc_sbd", build)
 
 
 @pytest.fixture
@@ -110,26 +179,43 @@ ingest_and_analyze = analysis.ingest_and_analyze
 transform_dir = analysis.transform_dir
 
 
+def _ingested_and_analyzed(tmp_path_factory, name: str, build) -> tuple:
+    """(raw Examples uri, TFTransformOutput) of ``build(out) -> examples uri``, built once."""
+    examples_uri = built_once(tmp_path_factory, name, build)
+    return examples_uri, tft.TFTransformOutput(transform_dir(examples_uri))
+
+
 @pytest.fixture(scope="session")
 def analyzed(dataset_dir, tmp_path_factory):
     """(raw Examples uri, TFTransformOutput) of the 40-image dataset at MAX_SIDE."""
-    return ingest_and_analyze(dataset_dir, str(tmp_path_factory.mktemp("transform")), MAX_SIDE)
+
+    def build(out):
+        return ingest_and_analyze(dataset_dir, str(out), MAX_SIDE)[0]
+
+    return _ingested_and_analyzed(tmp_path_factory, "transform", build)
 
 
 @pytest.fixture(scope="session")
 def eval_in_four_files(analyzed, tmp_path_factory):
     """The eval split of ``analyzed`` rewritten as 4 files: more files than the tests' 2 workers."""
     examples_uri, _ = analyzed
-    out = str(tmp_path_factory.mktemp("eval_in_four_files"))
-    return examples_lib.reshard(os.path.join(examples_uri, "Split-eval", "*"), out, 4)
+
+    def build(out):
+        return examples_lib.reshard(os.path.join(examples_uri, "Split-eval", "*"), str(out), 4)
+
+    return built_once(tmp_path_factory, "eval_in_four_files", build)
 
 
 @pytest.fixture(scope="session")
 def learning_data(tmp_path_factory):
     """(raw Examples uri, TFTransformOutput) of 200 generated images at 128 px, for learning tests."""
-    out = str(tmp_path_factory.mktemp("learning"))
-    synthetic_voc.make_dataset(os.path.join(out, "raw"), num_images=200, seed=3, max_side=128, workers=2)
-    return ingest_and_analyze(os.path.join(out, "raw"), out, 128)
+
+    def build(out):
+        raw = os.path.join(out, "raw")
+        synthetic_voc.make_dataset(raw, num_images=200, seed=3, max_side=128, workers=2)
+        return ingest_and_analyze(raw, str(out), 128)[0]
+
+    return _ingested_and_analyzed(tmp_path_factory, "learning", build)
 
 
 def train_tiny(examples_uri: str, out, base_model=None, **overrides):
@@ -154,7 +240,7 @@ def trained_model(learning_data, tmp_path_factory):
     which need a model that is good as well as one that is not, and the warm-start and
     test-time augmentation tests, which start from a model that learned.
     """
-    return train_tiny(learning_data[0], tmp_path_factory.mktemp("trained"))
+    return built_once(tmp_path_factory, "trained", lambda out: train_tiny(learning_data[0], out))
 
 
 @pytest.fixture(scope="session")
@@ -163,9 +249,12 @@ def untrained_model(learning_data, tmp_path_factory):
     from trainer import export, training
 
     examples_uri, tft_output = learning_data
-    out = str(tmp_path_factory.mktemp("untrained") / "serving")
-    net = training.build_model(
-        config_lib.load_config("tiny").trainer, 128, replicas=1, images_normalized=False
-    )
-    export.export(net, tft_output, out)
-    return out
+
+    def build(out):
+        net = training.build_model(
+            config_lib.load_config("tiny").trainer, 128, replicas=1, images_normalized=False
+        )
+        export.export(net, tft_output, str(out / "serving"))
+        return str(out / "serving")
+
+    return built_once(tmp_path_factory, "untrained", build)

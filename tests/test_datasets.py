@@ -62,6 +62,10 @@ def dataset_run(request, tmp_path_factory):
         f"data.root={data}",
         f"pipeline_root={root / 'run'}",
         "transform.image_size=64",
+        # The dataset's path through every component is under test here, not Beam's workers
+        # (test_pipeline_local.py's run is multi-processing): in memory, each Beam component
+        # starts no worker processes.
+        "beam.direct_running_mode=in_memory",
         # The wiring is under test here, not learning: a few steps, blessed whatever it scores.
         "trainer.train_steps=4",
         "trainer.steps_per_epoch=2",

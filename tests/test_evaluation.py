@@ -578,16 +578,19 @@ def _as_model_artifact(model_dir: str, out) -> str:
 
 
 @pytest.mark.slow
-def test_a_test_time_augmented_export_scores_at_least_the_plain_one_in_tfma(
+def test_the_evaluator_scores_a_test_time_augmented_export_as_it_is_served(
     learning_data, trained_model, tmp_path
 ):
     """The model of ``trained_model`` exported as trained and with test-time augmentation (3
     scales, flip), judged one after the other by the Evaluator, the second against the first as
     its baseline with no drop allowed.
 
-    On the generator's easy mode, where the tiny recipe learns (0.94); on its hard mode the
-    suite's budget leaves the tiny recipe near 0.07, where averaging views changes noise (the
-    hard-mode figures are `benchmarks/test_time_augmentation.py`'s, in the README)."""
+    What the code guarantees is asserted: TFMA scores exactly the masks each export serves, and
+    the blessing follows those two scores. Which export scores higher is a property of the
+    trained model, not of the code (on the generator's hard mode TTA loses: the README's
+    `benchmarks/test_time_augmentation.py` figures), so it is printed as a measurement. That the
+    averaged logits are each view's logits averaged is tests/test_tta.py's.
+    """
     examples_uri, tft_output = learning_data
     plain_dir, _ = trained_model
     tta_dir = str(tmp_path / "tta")
@@ -620,7 +623,9 @@ def test_a_test_time_augmented_export_scores_at_least_the_plain_one_in_tfma(
     tta_iou, plain_iou = mean_iou(tfma.CANDIDATE_KEY), mean_iou(tfma.BASELINE_KEY)
     assert tta_iou == pytest.approx(reference.scores(tta_pairs)["mean_iou"], abs=1e-6)
     assert plain_iou == pytest.approx(reference.scores(plain_pairs)["mean_iou"], abs=1e-6)
-    assert tta_iou >= plain_iou, (tta_iou, plain_iou)
-    # ... so the Evaluator blesses it against the plain model with no drop allowed.
-    assert _props(out["ModelBlessing"])["blessed"] == 1, (tta_iou, plain_iou)
+    # With no drop allowed, the blessing is exactly "not below the baseline" on those scores.
+    blessed = _props(out["ModelBlessing"]).get("blessed", 0) == 1
+    assert blessed == (tta_iou >= plain_iou), (tta_iou, plain_iou)
+    reason = _props(out["PushedModel"]).get(NOT_PUSHED_REASON, "")
+    assert blessed or ("below the latest blessed model's" in reason and "max_mean_iou_drop" in reason), reason
     print(f"eval split: mean IoU {plain_iou:.4f} plain, {tta_iou:.4f} with test-time augmentation")

@@ -257,10 +257,12 @@ def test_tf_errors_map_to_their_grpc_status_with_the_reason_first():
         allocate(tf.constant(1 << 40, tf.int64))
     error = model_error(e.value, "images[3]")
     assert error.code == "RESOURCE_EXHAUSTED"
-    assert str(error) == (
-        "images[3]: OOM when allocating tensor with shape[1099511627776] and type float "
-        "on /job:localhost/replica:0/task:0/device:CPU:0 by allocator cpu"
-    )
+    # Ours: the image first, then the one line of TF's that names the failure (here the shape
+    # asked for). The rest of that line is TF's and differs between CPUs (the allocator is
+    # "cpu" on some, oneDNN's "mklcpu" on others), so it is not pinned.
+    where, reason = str(error).split(": ", 1)
+    assert where == "images[3]" and "\n" not in reason and "Graph execution" not in reason
+    assert "shape[1099511627776]" in reason and reason in e.value.message
 
     @tf.function
     def decode(data):

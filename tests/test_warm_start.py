@@ -16,7 +16,7 @@ import tf_keras as keras
 from pipeline import config as config_lib
 from pipeline import dataset_spec
 from tests.conftest import train_tiny
-from trainer import export, warm_start
+from trainer import export, training, warm_start
 
 pytestmark = pytest.mark.slow
 # The fraction of the first training's steps the warm-started one takes.
@@ -36,9 +36,11 @@ def test_a_warm_started_run_starts_where_the_base_model_ended(learning_data, tra
     # Its first evaluation, before any step, is the base model's own best evaluation (the
     # exported weights are the best epoch's): the same weights on the same eval split.
     assert warm.initial_mean_iou == pytest.approx(base.best_mean_iou, abs=1e-4)
-    # ... and a tenth of the steps keep it there (from scratch, 50 steps reach about 0.1).
+    # ... and a tenth of the steps keep it there: from scratch, 50 steps reach about 0.1, and at
+    # the full learning rate the base model fell to 0.60 (trainer/warm_start.py). The margin
+    # tells those apart and leaves room for another CPU's kernels (0.957 from 0.939 here).
     assert result.steps == steps
-    assert result.best_mean_iou >= base.best_mean_iou - 0.03, (result, base)
+    assert result.best_mean_iou >= base.best_mean_iou - 0.1, (result, base)
     # Written for the run (the ModelRun artifact) and said on the terminal.
     assert warm_start.read(str(tmp_path / "run")) == warm
     with open(tmp_path / "run" / warm_start.WARM_START_FILE) as f:
@@ -88,9 +90,10 @@ def test_a_base_model_that_cannot_be_read_fails_the_run(learning_data, tmp_path)
     assert not os.path.exists(tmp_path / "out" / "serving"), "nothing exported"
 
 
-def test_a_base_model_of_other_classes_is_not_taken(learning_data, trained_model, tmp_path):
-    """Same count and shapes, other names: the head would map onto the wrong classes."""
-    examples_uri, _ = learning_data
+def test_a_base_model_of_other_classes_is_not_taken(trained_model, tmp_path):
+    """Same count and shapes, other names: the head would map onto the wrong classes. Decided
+    before the base model's weights are read, so the decision alone is called here; what a run
+    does with a refusal (trains from scratch, records and says why) is the test above's."""
     base_dir, _ = trained_model
     other = tmp_path / "other_classes"
     shutil.copytree(base_dir, other)
@@ -101,9 +104,13 @@ def test_a_base_model_of_other_classes_is_not_taken(learning_data, trained_model
         folders, name="renamed", class_names=(*spec.class_names[:-1], "sofa_bed"), colours=()
     )
     dataset_spec.write(renamed, str(other / export.ASSETS_EXTRA))
-    _, result = train_tiny(examples_uri, tmp_path / "out", base_model=str(other), train_steps=2)
-    assert not result.warm.warm_started
-    assert result.warm.reason == (
+    config = config_lib.load_config("tiny").trainer
+    net = training.build_model(config, 128, replicas=1, images_normalized=False, num_classes=spec.num_classes)
+    before = net.get_weights()
+    warm = warm_start.restore(net, str(other), spec)
+    assert not warm.warm_started
+    assert warm.reason == (
         f"it predicts classes {list(renamed.class_names)}, this run's dataset has {list(spec.class_names)}: "
         "training from scratch"
     )
+    assert all((a == b).all() for a, b in zip(net.get_weights(), before, strict=True)), "weights untouched"
