@@ -52,6 +52,9 @@ SLOWEST_MODULES = (
     "tests/test_tta.py",
     "tests/test_serving.py",
 )
+# Modules whose module-scoped fixture is parametrized (a pipeline run per dataset): each
+# parameter is a unit of its own, since pytest builds only the instances a worker's tests use.
+SPLIT_BY_PARAMETER = ("tests/test_datasets.py",)
 
 if importlib.util.find_spec("xdist"):
 
@@ -62,13 +65,23 @@ if importlib.util.find_spec("xdist"):
         if config.getoption("dist") != "loadscope":
             return None
 
+        def module(scope: str) -> str:
+            return scope.split("[", 1)[0]
+
         class SlowestFirst(LoadScopeScheduling):
-            # xdist 3.6's LoadScopeScheduling pops the next module from the front of its
-            # ``workqueue`` here; the slowest one left is moved there first.
+            # Both methods are xdist 3.6's LoadScopeScheduling's: it names each test's unit of
+            # work here, and pops the next unit from the front of its ``workqueue`` there.
+            def _split_scope(self, nodeid):
+                scope = super()._split_scope(nodeid)
+                if scope in SPLIT_BY_PARAMETER and nodeid.endswith("]"):
+                    return f"{scope}[{nodeid.rsplit('[', 1)[1]}"
+                return scope
+
             def _assign_work_unit(self, node):
-                slow = [scope for scope in self.workqueue if scope in SLOWEST_MODULES]
+                slow = [scope for scope in self.workqueue if module(scope) in SLOWEST_MODULES]
                 if slow:
-                    self.workqueue.move_to_end(min(slow, key=SLOWEST_MODULES.index), last=False)
+                    slowest = min(slow, key=lambda scope: SLOWEST_MODULES.index(module(scope)))
+                    self.workqueue.move_to_end(slowest, last=False)
                 super()._assign_work_unit(node)
 
         return SlowestFirst(config, log)

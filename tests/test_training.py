@@ -256,6 +256,28 @@ def test_non_chief_scratch_belongs_to_the_execution_and_the_output(monkeypatch):
     assert distribute.output_dir(f"{root}/model_run/7", chief) == f"{root}/model_run/7"
 
 
+# First of the slow tests here: it builds the session's trained model (tests/conftest.py), which
+# the Evaluator and warm-start tests wait for when pytest-xdist runs them on the other worker.
+@pytest.mark.slow
+def test_learns_the_generated_dataset(learning_data, trained_model):
+    """200 generated images at 128 px: the tiny config's MobileNetV2 model reaches mIoU >= 0.70."""
+    examples_uri, _ = learning_data
+    model_dir, result = trained_model
+    assert result.best_mean_iou >= 0.70, result
+    # Keras' metric is at the 128 px training resolution; the exported model must also reach it
+    # at each image's original resolution, scored against the PNG masks by numpy.
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_DEFAULT]
+    pairs = []
+    for example in read_examples(examples_uri, features.EVAL_SPLIT):
+        out = serve(images=tf.constant([feature(example, features.IMAGE_KEY)[0]]))
+        truth = png_indices(feature(example, features.MASK_KEY)[0])
+        h, w = truth.shape
+        assert (int(out["height"][0]), int(out["width"][0])) == (h, w)
+        pairs.append((truth, out["class_ids"].numpy()[0, :h, :w]))
+    mean_iou = reference.scores(pairs)["mean_iou"]
+    assert mean_iou >= 0.70, mean_iou
+
+
 @pytest.mark.slow
 def test_mirrored_step_on_two_devices_equals_one_device():
     out = subprocess.run(
@@ -499,23 +521,3 @@ def test_killed_training_resumes_from_its_backup(analyzed, tmp_path):
     exported.load_weights(on_disk)
     _assert_same_weights(exported.get_weights(), expected)
     assert (tmp_path / "serving" / "saved_model.pb").exists()
-
-
-@pytest.mark.slow
-def test_learns_the_generated_dataset(learning_data, trained_model):
-    """200 generated images at 128 px: the tiny config's MobileNetV2 model reaches mIoU >= 0.70."""
-    examples_uri, _ = learning_data
-    model_dir, result = trained_model
-    assert result.best_mean_iou >= 0.70, result
-    # Keras' metric is at the 128 px training resolution; the exported model must also reach it
-    # at each image's original resolution, scored against the PNG masks by numpy.
-    serve = tf.saved_model.load(model_dir).signatures[SERVING_DEFAULT]
-    pairs = []
-    for example in read_examples(examples_uri, features.EVAL_SPLIT):
-        out = serve(images=tf.constant([feature(example, features.IMAGE_KEY)[0]]))
-        truth = png_indices(feature(example, features.MASK_KEY)[0])
-        h, w = truth.shape
-        assert (int(out["height"][0]), int(out["width"][0])) == (h, w)
-        pairs.append((truth, out["class_ids"].numpy()[0, :h, :w]))
-    mean_iou = reference.scores(pairs)["mean_iou"]
-    assert mean_iou >= 0.70, mean_iou
