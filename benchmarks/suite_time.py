@@ -65,11 +65,14 @@ def _cpu_model() -> str:
 
 
 def _commit() -> str:
+    """HEAD, with ``-dirty`` when tracked files differ from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True)  # fmt: skip
     except OSError:
         return "unknown"
+    return (head.stdout.strip() or "unknown") + ("-dirty" if changed.stdout.strip() else "")
 
 
 def _duration(seconds: float) -> str:
@@ -77,22 +80,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def verdict(seconds: float, status: int) -> str:
-    """The line every CI log ends with: the time, install included, against the budget."""
+def verdict(seconds: float, status: int, install: bool = True) -> str:
+    """The line every CI log ends with: the time, and whether it included the install, against
+    the budget (which is for a clean clone, install included)."""
     within = "within" if seconds <= BUDGET_SECONDS else "OVER"
     result = "passed" if status == 0 else f"FAILED (exit {status})"
-    return (f"== make test {result} in {_duration(seconds)}, install included: {within} the suite's "
+    installed = "install included" if install else "no install needed"
+    return (f"== make test {result} in {_duration(seconds)}, {installed}: {within} the suite's "
             f"{_duration(BUDGET_SECONDS)} budget")  # fmt: skip
 
 
-def record(seconds: float, status: int, log_path: str, out: str) -> dict:
+def record(seconds: float, status: int, log_path: str, out: str, install: bool = True) -> dict:
     with open(log_path, errors="replace") as f:
         parsed = parse_log(f.read())
     figures = results_io.save(
         out, "suite", seconds=round(seconds), status=status, budget_seconds=BUDGET_SECONDS,
-        commit=_commit(), cpu=_cpu_model(), **parsed,
+        install=install, commit=_commit(), cpu=_cpu_model(), **parsed,
     )  # fmt: skip
-    print(verdict(seconds, status))
+    print(verdict(seconds, status, install))
     return figures
 
 
@@ -100,10 +105,11 @@ def render(figures: dict) -> str:
     """The README block: the clean-clone time against the budget and the slowest tests."""
     counts = ", ".join(f"{n} {kind}" for kind, n in figures["counts"].items())
     machine = figures["machine"]
+    installed = "install included" if figures.get("install", True) else "no install"
     lines = [
         START,
         "",
-        f"`make test` from a clean clone, install included: **{_duration(figures['seconds'])}** "
+        f"`make test` from a clean clone, {installed}: **{_duration(figures['seconds'])}** "
         f"(budget {_duration(figures['budget_seconds'])}), pytest {_duration(figures['pytest_seconds'])}: "
         f"{counts}. Measured {figures['measured_at'][:10]} at {figures['commit']} on "
         f"{machine['cpus']} CPUs ({figures['cpu']}), by `.ci/run`.",
@@ -128,13 +134,14 @@ def main() -> None:
     p = sub.add_parser("record", help="write a make-test run's figures as JSON and print the verdict")
     p.add_argument("--seconds", type=float, required=True, help="make test's wall time, install included")
     p.add_argument("--status", type=int, required=True, help="make test's exit status")
+    p.add_argument("--install", type=int, choices=(0, 1), default=1, help="1: make test installed first")
     p.add_argument("--log", required=True, help="make test's output")
     p.add_argument("--out", required=True)
     parser.add_argument("--write", metavar="README", help="replace the README's generated suite block")
     parser.add_argument("--from", dest="source", help="a run's suite-time.json to commit first")
     args = parser.parse_args()
     if args.command == "record":
-        record(args.seconds, args.status, args.log, args.out)
+        record(args.seconds, args.status, args.log, args.out, bool(args.install))
         return
     if args.source and not (os.path.exists(FIGURES) and os.path.samefile(args.source, FIGURES)):
         os.makedirs(os.path.dirname(FIGURES), exist_ok=True)

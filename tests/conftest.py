@@ -3,11 +3,12 @@
 import dataclasses
 import fcntl
 import glob
-import importlib.util
 import io
 import os
 import pickle
 import shutil
+import traceback
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -52,39 +53,51 @@ SLOWEST_MODULES = (
     "tests/test_tta.py",
     "tests/test_serving.py",
 )
-# Modules whose module-scoped fixture is parametrized (a pipeline run per dataset): each
-# parameter is a unit of its own, since pytest builds only the instances a worker's tests use.
+# Modules whose only parametrization is that of a module-scoped fixture (a pipeline run per
+# dataset): each parameter is a unit of its own, since pytest builds only the instances a
+# worker's tests use. A test-level parametrize there would split a dataset's tests over the
+# workers and run its pipeline on each: keep such tests in another module.
 SPLIT_BY_PARAMETER = ("tests/test_datasets.py",)
+# The xdist whose LoadScopeScheduling internals SlowestFirst overrides; any other runs plain
+# loadscope (correct, only slower).
+XDIST_SCHEDULER_VERSION = "3.6."
 
-if importlib.util.find_spec("xdist"):
 
-    def pytest_xdist_make_scheduler(config, log):
-        """loadscope, taking ``SLOWEST_MODULES`` first (longest processing time first)."""
-        from xdist.scheduler import LoadScopeScheduling
+def work_unit(module_scope: str, nodeid: str) -> str:
+    """The unit of work of a test: its module (loadscope's), or module and parameter."""
+    if module_scope in SPLIT_BY_PARAMETER and nodeid.endswith("]"):
+        return f"{module_scope}[{nodeid.rsplit('[', 1)[1]}"
+    return module_scope
 
-        if config.getoption("dist") != "loadscope":
-            return None
 
-        def module(scope: str) -> str:
-            return scope.split("[", 1)[0]
+def slowest_unit(units) -> Optional[str]:
+    """The unit of ``SLOWEST_MODULES`` to hand out next, or None for xdist's own order."""
+    slow = [unit for unit in units if unit.split("[", 1)[0] in SLOWEST_MODULES]
+    return min(slow, key=lambda unit: SLOWEST_MODULES.index(unit.split("[", 1)[0])) if slow else None
 
-        class SlowestFirst(LoadScopeScheduling):
-            # Both methods are xdist 3.6's LoadScopeScheduling's: it names each test's unit of
-            # work here, and pops the next unit from the front of its ``workqueue`` there.
-            def _split_scope(self, nodeid):
-                scope = super()._split_scope(nodeid)
-                if scope in SPLIT_BY_PARAMETER and nodeid.endswith("]"):
-                    return f"{scope}[{nodeid.rsplit('[', 1)[1]}"
-                return scope
 
-            def _assign_work_unit(self, node):
-                slow = [scope for scope in self.workqueue if module(scope) in SLOWEST_MODULES]
-                if slow:
-                    slowest = min(slow, key=lambda scope: SLOWEST_MODULES.index(module(scope)))
-                    self.workqueue.move_to_end(slowest, last=False)
-                super()._assign_work_unit(node)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """loadscope, handing out ``SLOWEST_MODULES`` first (longest processing time first)."""
+    import xdist
+    from xdist.scheduler import LoadScopeScheduling
 
-        return SlowestFirst(config, log)
+    if config.getoption("dist") != "loadscope" or not xdist.__version__.startswith(XDIST_SCHEDULER_VERSION):
+        return None
+
+    class SlowestFirst(LoadScopeScheduling):
+        # xdist 3.6's LoadScopeScheduling names each test's unit of work in _split_scope and
+        # pops the next unit from the front of its ``workqueue`` in _assign_work_unit.
+        def _split_scope(self, nodeid):
+            return work_unit(super()._split_scope(nodeid), nodeid)
+
+        def _assign_work_unit(self, node):
+            slowest = slowest_unit(self.workqueue)
+            if slowest:
+                self.workqueue.move_to_end(slowest, last=False)
+            super()._assign_work_unit(node)
+
+    return SlowestFirst(config, log)
 
 
 def built_once(tmp_path_factory, name: str, build):
@@ -93,24 +106,41 @@ def built_once(tmp_path_factory, name: str, build):
     Each xdist worker is a process with its own session fixtures: left alone, every worker
     that runs a test of the trained model would train it again. The first one to ask builds it
     in a directory that all workers of the session share, under a lock; the others wait for it
-    and read what it returned (pickled: keep the value plain, paths and small records). Without
-    xdist, the build runs in this session's own temporary directory, as any fixture would.
+    and read what it returned (pickled: keep the value plain, paths and small records). A build
+    that failed fails the others at once, naming the worker's error, rather than being paid
+    again. Without xdist (or with workers that do not share this machine's session directory),
+    the build runs in this session's own temporary directory, as any fixture would.
     """
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    own = tmp_path_factory.getbasetemp()
+    # xdist's local workers get <session dir>/popen-gw<N>: the session dir is theirs alone.
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not own.name.startswith("popen-gw"):
         return build(tmp_path_factory.mktemp(name))
-    shared = tmp_path_factory.getbasetemp().parent  # the session's, above each worker's own
+    shared = own.parent
+    done, failed = shared / f"{name}.pickle", shared / f"{name}.failed"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        done = shared / f"{name}.pickle"
-        if done.exists():
-            return pickle.loads(done.read_bytes())
-        out = shared / name
-        if out.exists():  # a worker that died mid-build
-            shutil.rmtree(out)
-        out.mkdir()
-        value = build(out)
-        done.write_bytes(pickle.dumps(value))
-        return value
+        try:
+            if failed.exists():
+                pytest.fail(f"building {name} failed on another worker:\n{failed.read_text()}")
+            if done.exists():
+                return pickle.loads(done.read_bytes())
+            out = shared / name
+            if out.exists():  # a worker killed mid-build
+                shutil.rmtree(out)
+            out.mkdir()
+            try:
+                value = build(out)
+            except Exception:
+                failed.write_text(traceback.format_exc())
+                raise
+            partial = shared / f"{name}.pickle.partial"
+            partial.write_bytes(pickle.dumps(value))
+            os.replace(partial, done)
+            return value
+        finally:
+            # Explicitly: processes the build forked share the lock's file description and
+            # would otherwise hold it for as long as they live.
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import demo_figures, learning, scaling, summary
+from benchmarks import demo_figures, learning, scaling, suite_time, summary
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -44,6 +44,55 @@ def test_readme_demo_figures_match_the_committed_demo_run():
         figures
     ), "README is stale: run `python -m benchmarks.demo_figures --write README.md --from demo/figures.json`"
     assert f"**{figures['evaluation']['mean_iou']:.4f}**" in block
+
+
+def test_readme_suite_figures_match_the_committed_clean_clone_run():
+    figures = suite_time.load()
+    assert figures["benchmark"] == "suite" and figures["budget_seconds"] == suite_time.BUDGET_SECONDS
+    block = _readme_block(suite_time.START, suite_time.END)
+    assert block == suite_time.render(
+        figures
+    ), "README is stale: run `python -m benchmarks.suite_time --write README.md --from .ci/suite-time.json`"
+
+
+# What `make test` printed, cut down: ruff, pytest's durations table and closing line.
+MAKE_TEST_LOG = """.venv/bin/ruff check .
+All checks passed!
+============================= slowest 3 durations ==============================
+192.15s setup    tests/test_pipeline_local.py::test_the_terminal_shows_progress
+132.50s call     tests/test_training.py::test_killed_training_resumes_from_its_backup
+0.01s teardown tests/test_x.py::test_y[a-b]
+=========== 2 failed, 388 passed, 1 skipped, 1 error in 819.74s (0:13:39) ============
+2026-12-06 22:29:55.995016: I tensorflow/core/util/port.cc:113] oneDNN custom operations are on.
+"""
+
+
+def test_the_suite_time_is_read_from_the_log_and_judged_against_the_budget(tmp_path, capsys):
+    log = tmp_path / "make-test.log"
+    log.write_text(MAKE_TEST_LOG)
+    figures = suite_time.record(852, 0, str(log), str(tmp_path / "suite-time.json"))
+    assert figures["counts"] == {"failed": 2, "passed": 388, "skipped": 1, "error": 1}
+    assert figures["pytest_seconds"] == 819.74 and figures["seconds"] == 852
+    assert figures["slowest"] == [
+        [192.15, "setup", "tests/test_pipeline_local.py::test_the_terminal_shows_progress"],
+        [132.5, "call", "tests/test_training.py::test_killed_training_resumes_from_its_backup"],
+        [0.01, "teardown", "tests/test_x.py::test_y[a-b]"],
+    ]  # fmt: skip
+    assert capsys.readouterr().out == (
+        "== make test passed in 14m12s, install included: within the suite's 15m00s budget\n"
+    )
+    assert suite_time.verdict(901, 2) == (
+        "== make test FAILED (exit 2) in 15m01s, install included: OVER the suite's 15m00s budget"
+    )
+    assert suite_time.verdict(60, 0, install=False) == (
+        "== make test passed in 1m00s, no install needed: within the suite's 15m00s budget"
+    )
+    rendered = suite_time.render(figures)
+    assert "**14m12s** (budget 15m00s), pytest 13m40s: 2 failed, 388 passed, 1 skipped, 1 error" in rendered
+    assert (
+        "| `tests/test_training.py::test_killed_training_resumes_from_its_backup` | call | 132.5 |"
+        in rendered
+    )
 
 
 def test_fit_recovers_a_line_and_flags_growth_that_is_not_one():

@@ -297,16 +297,17 @@ def test_bad_values_and_wrong_encodings_are_rejected_naming_file_value_and_spec(
 # The Beam job on make-dataset's outputs
 
 
-def _pipeline():
-    return lambda: beam.Pipeline(
-        options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
-    )
+def _pipeline(mode: str):
+    args = ["--runner=DirectRunner", f"--direct_running_mode={mode}"]
+    if mode == "multi_processing":
+        args.append("--direct_num_workers=2")
+    return lambda: beam.Pipeline(options=PipelineOptions(args))
 
 
-def _ingest(spec, root, out, **kwargs):
+def _ingest(spec, root, out, mode="in_memory", **kwargs):
     examples = os.path.join(out, "examples")
     summary = beam_ingest.run(
-        _pipeline(),
+        _pipeline(mode),
         None,
         None,
         examples,
@@ -394,7 +395,10 @@ def test_oxford_pet_ingest_is_exact(pet_dir, tmp_path):
         features.TRAIN_SPLIT: _first_words(os.path.join(annotations, "trainval.txt")),
         features.EVAL_SPLIT: _first_words(os.path.join(annotations, "test.txt")),
     }
-    summary, examples = _ingest(PET, pet_dir, str(tmp_path / "out"))
+    # In Beam's worker processes, as the pipeline's default config runs it: the folders source
+    # and the value map are pickled to them (the pipeline tests of the folder formats run Beam
+    # in memory).
+    summary, examples = _ingest(PET, pet_dir, str(tmp_path / "out"), mode="multi_processing")
     assert summary.splits == {"train": 9, "eval": 3} and summary.rejected == []
     _check_records(examples, PET, pet_dir, splits, np.vectorize(TRIMAP_IDS.get))
     # The next run into the same place starts without it: no stale spec may describe other records.

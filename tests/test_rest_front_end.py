@@ -357,7 +357,9 @@ def test_a_client_that_trickles_is_dropped_at_the_deadline_and_others_are_served
         assert (status, answer) == (408, {"error": NOT_RECEIVED})
         assert in_head.recv(1) == b""  # closed without an answer: its headers never arrived
         elapsed = time.monotonic() - start
-        assert TIMEOUT_S <= elapsed < 2 * TIMEOUT_S, elapsed
+        # At the deadline, not when the trickle would end (60 s; never for the headers). The
+        # bound leaves room for the good prediction above on a machine busy with other work.
+        assert TIMEOUT_S <= elapsed < 10 * TIMEOUT_S, elapsed
     finally:
         in_body.close()
         in_head.close()
@@ -376,7 +378,8 @@ def test_predictions_beyond_the_workers_wait_then_get_503_and_freed_slots_serve_
         start = time.monotonic()
         assert _post_json(server.rest_port, {"instances": [{"images": B64}]}) == (503, {"error": busy})
         elapsed = time.monotonic() - start
-        assert rest.DEFAULT_BUSY_WAIT_S <= elapsed < 2 * rest.DEFAULT_BUSY_WAIT_S, elapsed
+        # It waited for a slot, and not for ever (room for a machine busy with other work).
+        assert rest.DEFAULT_BUSY_WAIT_S <= elapsed < 5 * rest.DEFAULT_BUSY_WAIT_S, elapsed
         # Freed while the next request waits for a slot: that one is served, not refused.
         release = threading.Timer(0.3, held.close)
         release.start()

@@ -270,19 +270,23 @@ def test_tf_errors_map_to_their_grpc_status_with_the_reason_first():
 
     with pytest.raises(tf.errors.InvalidArgumentError) as e:
         decode(tf.constant(b"\x89PNG\r\n\x1a\n"))
-    assert e.value.message.startswith("Graph execution error:")
+    assert len(e.value.message.splitlines()) > 3, "TF frames the reason in lines of its own"
     error = model_error(e.value, "images[0]")
-    assert (error.code, str(error)) == (
-        "INVALID_ARGUMENT",
-        "images[0]: Invalid PNG. Failed to initialize decoder.",
-    )
+    assert error.code == "INVALID_ARGUMENT"
+    where, reason = str(error).split(": ", 1)
+    assert where == "images[0]" and "\n" not in reason and "Graph execution" not in reason
+    assert "PNG" in reason and reason in e.value.message
 
 
 def test_unavailable_is_retried_until_the_deadline():
-    port = free_port()  # nothing listens there
-    start = time.monotonic()
-    with pytest.raises(client.ServerUnavailableError, match="server unavailable for 2 s"):
-        client.GrpcClient(f"127.0.0.1:{port}", MODEL).predict([b"\xff\xd8\xff"], deadline_s=2.0)
+    # A port bound and never listened on refuses connections, and no other process (the other
+    # test worker's servers and Beam workers) can take it while the socket is held.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(client.ServerUnavailableError, match="server unavailable for 2 s"):
+            client.GrpcClient(f"127.0.0.1:{port}", MODEL).predict([b"\xff\xd8\xff"], deadline_s=2.0)
     # Jittered sleeps of at least 0.05 + 0.1 + 0.2 + 0.4 s before the next (1.6 s) passes the deadline.
     assert time.monotonic() - start >= 0.75, "it retried rather than giving up at the first refusal"
 
