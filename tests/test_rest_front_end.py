@@ -298,7 +298,8 @@ def _handler_threads() -> int:
 
 
 def _wait_for_handler_threads(count: int) -> int:
-    """The number of handler threads once it is down to ``count`` (or after 10 s)."""
+    """The number of handler threads once it is down to ``count`` (or after 10 s). It may go
+    below: a thread of an earlier test's connection, alive when ``count`` was taken, may end."""
     deadline = time.monotonic() + 10
     while _handler_threads() > count and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -322,7 +323,7 @@ def test_a_client_that_stalls_is_dropped_and_others_are_served(server):
     finally:
         half_body.close()
         half_head.close()
-    assert _wait_for_handler_threads(before) == before, "the stalled clients' threads were let go"
+    assert _wait_for_handler_threads(before) <= before, "the stalled clients' threads were let go"
 
 
 def _trickle(sock: socket.socket, data: bytes, every_s: float) -> threading.Thread:
@@ -365,7 +366,7 @@ def test_a_client_that_trickles_is_dropped_at_the_deadline_and_others_are_served
         in_head.close()
     for sender in senders:
         sender.join(timeout=10)
-    assert _wait_for_handler_threads(before) == before, "the trickling clients' threads were let go"
+    assert _wait_for_handler_threads(before) <= before, "the trickling clients' threads were let go"
 
 
 def test_predictions_beyond_the_workers_wait_then_get_503_and_freed_slots_serve_the_next(server):
