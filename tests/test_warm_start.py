@@ -38,7 +38,7 @@ def test_a_warm_started_run_starts_where_the_base_model_ended(learning_data, tra
     assert warm.initial_mean_iou == pytest.approx(base.best_mean_iou, abs=1e-4)
     # ... and a tenth of the steps keep it there: from scratch, 50 steps reach about 0.1, and at
     # the full learning rate the base model fell to 0.60 (trainer/warm_start.py). The margin
-    # tells those apart and leaves room for another CPU's kernels (0.957 from 0.939 here).
+    # tells those apart and leaves room for another CPU's kernels (measured: 0.957 from 0.939).
     assert result.steps == steps
     assert result.best_mean_iou >= base.best_mean_iou - 0.1, (result, base)
     # Written for the run (the ModelRun artifact) and said on the terminal.
@@ -93,7 +93,8 @@ def test_a_base_model_that_cannot_be_read_fails_the_run(learning_data, tmp_path)
 def test_a_base_model_of_other_classes_is_not_taken(trained_model, tmp_path):
     """Same count and shapes, other names: the head would map onto the wrong classes. Decided
     before the base model's weights are read, so the decision alone is called here; what a run
-    does with a refusal (trains from scratch, records and says why) is the test above's."""
+    does with a refusal (trains from scratch, records and says why) is
+    test_a_base_model_of_another_shape_is_not_taken_and_the_run_says_why's."""
     base_dir, _ = trained_model
     other = tmp_path / "other_classes"
     shutil.copytree(base_dir, other)
