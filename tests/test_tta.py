@@ -12,6 +12,7 @@ import tf_keras as keras
 
 from pipeline import config as config_lib
 from pipeline import features
+from tests import reference
 from tests.conftest import feature, read_examples, train_tiny
 from trainer import export, training, tta
 
@@ -112,7 +113,11 @@ def test_the_config_exports_augmented_signatures_that_serve_the_averaged_masks(l
         averaged(transformed[features.IMAGE]),
         transformed[features.ORIGINAL_HEIGHT],
         transformed[features.ORIGINAL_WIDTH],
+        with_probabilities=True,
     )
-    np.testing.assert_array_equal(served[export.CLASS_IDS].numpy(), expected[export.CLASS_IDS].numpy())
+    # The SavedModel's graph against eager Keras: equal but where two classes nearly tie.
+    reference.assert_same_masks_but_near_ties(
+        served[export.CLASS_IDS], expected[export.CLASS_IDS], expected[export.PROBABILITIES]
+    )
     plain = net(transformed[features.IMAGE], training=False)
     assert not np.array_equal(averaged(transformed[features.IMAGE]).numpy(), plain.numpy())
