@@ -15,7 +15,6 @@ this runs at the end of the demo, where importing TensorFlow would cost seconds 
 import argparse
 import json
 import os
-import shutil
 
 from benchmarks import results_io, summary
 
@@ -84,11 +83,6 @@ def collect(pipeline_root: str, demo_seconds: float) -> dict:
     }
 
 
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def render(figures: dict) -> str:
     """The generated README block: one table of the demo's figures and where they come from."""
     ev, decision, tr, sec = (
@@ -110,7 +104,7 @@ def render(figures: dict) -> str:
             f"(step {tr['best_step']} of {tr['steps']})",
         ),
         ("data", ", ".join(f"{split} {n}" for split, n in counts.items()) + " images"),
-        ("`make demo` after the install", _duration(sec["demo_after_install"])),
+        ("`make demo` after the install", summary.duration(sec["demo_after_install"])),
         ("the pipeline (Trainer)", f"{sec['pipeline']:.0f} s ({sec['trainer']:.0f} s)"),
     ]  # fmt: skip
     lines = [
@@ -128,8 +122,7 @@ def render(figures: dict) -> str:
 
 
 def load(path: str = FIGURES) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return summary.load_figures(path)
 
 
 def main() -> None:
@@ -149,13 +142,7 @@ def main() -> None:
         print(f"demo figures: {args.out} (README: python -m benchmarks.demo_figures --write README.md "
               f"--from {args.out})")  # fmt: skip
         return
-    if args.source and not os.path.samefile(args.source, FIGURES):
-        os.makedirs(os.path.dirname(FIGURES), exist_ok=True)
-        shutil.copyfile(args.source, FIGURES)
-    if args.write:
-        summary.write_block(args.write, START, END, render(load()))
-    else:
-        print(render(load()))
+    summary.publish_figures(args.source, FIGURES, args.write, START, END, render)
 
 
 if __name__ == "__main__":

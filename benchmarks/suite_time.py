@@ -13,11 +13,9 @@ Standard library only: ``record`` runs whatever state the install was left in.
 """
 
 import argparse
-import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 
@@ -75,19 +73,14 @@ def _commit() -> str:
     return (head.stdout.strip() or "unknown") + ("-dirty" if changed.stdout.strip() else "")
 
 
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def verdict(seconds: float, status: int, install: bool = True) -> str:
     """The line every CI log ends with: the time, and whether it included the install, against
     the budget (which is for a clean clone, install included)."""
     within = "within" if seconds <= BUDGET_SECONDS else "OVER"
     result = "passed" if status == 0 else f"FAILED (exit {status})"
     installed = "install included" if install else "no install needed"
-    return (f"== make test {result} in {_duration(seconds)}, {installed}: {within} the suite's "
-            f"{_duration(BUDGET_SECONDS)} budget")  # fmt: skip
+    return (f"== make test {result} in {summary.duration(seconds)}, {installed}: {within} the suite's "
+            f"{summary.duration(BUDGET_SECONDS)} budget")  # fmt: skip
 
 
 def record(seconds: float, status: int, log_path: str, out: str, install: bool = True) -> dict:
@@ -106,11 +99,13 @@ def render(figures: dict) -> str:
     counts = ", ".join(f"{n} {kind}" for kind, n in figures["counts"].items())
     machine = figures["machine"]
     installed = "install included" if figures.get("install", True) else "no install"
+    wall, budget, pytest_wall = (
+        summary.duration(figures[key]) for key in ("seconds", "budget_seconds", "pytest_seconds")
+    )
     lines = [
         START,
         "",
-        f"`make test` from a clean clone, {installed}: **{_duration(figures['seconds'])}** "
-        f"(budget {_duration(figures['budget_seconds'])}), pytest {_duration(figures['pytest_seconds'])}: "
+        f"`make test` from a clean clone, {installed}: **{wall}** (budget {budget}), pytest {pytest_wall}: "
         f"{counts}. Measured {figures['measured_at'][:10]} at {figures['commit']} on "
         f"{machine['cpus']} CPUs ({figures['cpu']}), by `.ci/run`.",
         "",
@@ -124,8 +119,7 @@ def render(figures: dict) -> str:
 
 
 def load(path: str = FIGURES) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return summary.load_figures(path)
 
 
 def main() -> None:
@@ -143,13 +137,7 @@ def main() -> None:
     if args.command == "record":
         record(args.seconds, args.status, args.log, args.out, bool(args.install))
         return
-    if args.source and not (os.path.exists(FIGURES) and os.path.samefile(args.source, FIGURES)):
-        os.makedirs(os.path.dirname(FIGURES), exist_ok=True)
-        shutil.copyfile(args.source, FIGURES)
-    if args.write:
-        summary.write_block(args.write, START, END, render(load()))
-    else:
-        print(render(load()))
+    summary.publish_figures(args.source, FIGURES, args.write, START, END, render)
 
 
 if __name__ == "__main__":

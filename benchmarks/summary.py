@@ -9,6 +9,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 
 from benchmarks import results_io
 
@@ -303,6 +304,32 @@ def write(readme: str, results: dict) -> None:
     for name, (start, end, rendered) in BLOCKS.items():
         if name in results:
             write_block(readme, start, end, rendered(results[name]))
+
+
+def duration(seconds: float) -> str:
+    """``12m05s``: how the README's generated blocks write a wall time."""
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def load_figures(path: str) -> dict:
+    """One committed figures file (a demo's, the suite's)."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def publish_figures(source, figures: str, readme, start: str, end: str, render) -> None:
+    """What `--from SOURCE --write README` does for a run's figures file: ``source`` is copied to
+    the committed ``figures`` first (when given), then the README's block between ``start`` and
+    ``end`` is rendered from ``figures`` (printed when no README is given)."""
+    if source and not (os.path.exists(figures) and os.path.samefile(source, figures)):
+        os.makedirs(os.path.dirname(figures), exist_ok=True)
+        shutil.copyfile(source, figures)
+    block = render(load_figures(figures))
+    if readme:
+        write_block(readme, start, end, block)
+    else:
+        print(block)
 
 
 def write_block(readme: str, start: str, end: str, block: str) -> None:
