@@ -4,11 +4,12 @@
 FROM tensorflow/tfx:1.16.0
 WORKDIR /deeplab-tfx
 COPY constraints.txt setup.py README.md ./
-COPY pipeline pipeline
-COPY components components
+COPY core core
 COPY transform transform
 COPY trainer trainer
 COPY evaluation evaluation
 COPY serving serving
+COPY components components
 COPY datasets datasets
+COPY pipeline pipeline
 RUN pip install --no-cache-dir -c constraints.txt -e .

@@ -39,7 +39,16 @@ setuptools.setup(
     description="Production TFX pipeline for semantic segmentation: VOC 2012 + SBD to TF Serving.",
     python_requires=">=3.9,<3.11",
     packages=setuptools.find_packages(
-        include=["pipeline*", "components*", "transform*", "trainer*", "evaluation*", "serving*", "datasets*"]
+        include=[
+            "core*",
+            "transform*",
+            "trainer*",
+            "evaluation*",
+            "serving*",
+            "components*",
+            "datasets*",
+            "pipeline*",
+        ]
     ),
     package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"], "datasets": ["specs/*.yaml"]},
     install_requires=_CORE,

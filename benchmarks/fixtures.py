@@ -14,8 +14,8 @@ import shutil
 import numpy as np
 
 from components.segmentation_example_gen import sources
+from core import dataset_spec, features
 from datasets import synthetic_voc
-from pipeline import features
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.environ.get("DEEPLAB_BENCH_WORK", os.path.join(HERE, ".work"))
@@ -99,7 +99,9 @@ def analyzed(
     num_images: int, image_size: int, max_side: int = 500, difficulty: str = synthetic_voc.EASY
 ) -> tuple:
     """``(raw Examples uri, TFTransformOutput)``: a generated dataset, ingested and analyzed."""
-    from transform import analysis  # TF and TFT: only for the benchmarks that need them
+    from benchmarks import (
+        transform_analysis as analysis,  # TF and TFT: only for the benchmarks that need them
+    )
 
     out = os.path.join(
         WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}{difficulty_suffix(difficulty)}"
@@ -119,7 +121,7 @@ def served_model(config_name: str = "tiny", image_size: int = 128) -> str:
     Weights do not change the time a forward pass takes, so serving and evaluation timings of
     this model are those of a trained one of the same config, without training it here.
     """
-    from pipeline import config as config_lib
+    from core import config as config_lib
     from trainer import export, training
 
     root = os.path.join(WORK, f"serving_{config_name}_{image_size}")
@@ -128,7 +130,11 @@ def served_model(config_name: str = "tiny", image_size: int = 128) -> str:
         if build:
             _, tft_output = analyzed(60, image_size)
             net = training.build_model(
-                config_lib.load_config(config_name).trainer, image_size, replicas=1, images_normalized=False
+                config_lib.load_config(config_name).trainer,
+                image_size,
+                replicas=1,
+                images_normalized=False,
+                num_classes=dataset_spec.VOC_SPEC.num_classes,
             )
-            export.export(net, tft_output, os.path.join(base, "1"))
+            export.export(net, tft_output, os.path.join(base, "1"), dataset_spec.VOC_SPEC)
     return base

@@ -27,6 +27,7 @@ from PIL import Image
 
 from benchmarks import fixtures, results_io
 from components.segmentation_example_gen import beam_ingest, records, sources
+from core.dataset_spec import VOC_SPEC
 
 
 def yardstick(root: str) -> float:
@@ -52,7 +53,7 @@ def stage_split(root: str, out: str) -> dict:
         start = time.perf_counter()
         files = records.read(item)
         read = time.perf_counter()
-        checked = records.validate(item, files)
+        checked = records.validate(item, files, VOC_SPEC)
         validated = time.perf_counter()
         by_split[item.split].append(records.encode(item, files, checked).SerializeToString())
         encoded = time.perf_counter()
@@ -77,6 +78,7 @@ def beam_run(root: str, out: str, mode: str) -> float:
         root,
         os.path.join(out, "examples"),
         os.path.join(out, "rejected"),
+        dataset=VOC_SPEC,
     )
     assert not summary.rejected
     return summary.seconds

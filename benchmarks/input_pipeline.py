@@ -19,7 +19,7 @@ import time
 import tensorflow as tf
 
 from benchmarks import fixtures, results_io, train_step
-from pipeline import config as config_lib
+from core import config as config_lib
 from trainer import data as data_lib
 
 # (config, image size, batch and timed steps for the model's train step: voc's 8 per replica

@@ -20,9 +20,9 @@ from tensorflow_model_analysis.metrics import semantic_segmentation_confusion_ma
 from tensorflow_model_analysis.metrics.preprocessors import image_preprocessors
 
 from benchmarks import results_io
+from core import features
+from core.dataset_spec import VOC_SPEC
 from evaluation import tfma_metrics
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
 from transform import palette
 
 HEIGHT, WIDTH = 375, 500

@@ -53,6 +53,7 @@ import time
 import numpy as np
 
 from benchmarks import fixtures, keras_hub_reference, results_io
+from core import artifacts
 from datasets import synthetic_voc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,9 +100,9 @@ def materialize(num_images: int, image_size: int, difficulty: str, max_side: int
 def _write_records(num_images, image_size, difficulty, max_side, out) -> None:
     import tensorflow as tf
 
-    from components.segmentation_example_gen import beam_ingest
-    from pipeline import dataset_spec, features
-    from transform import analysis, preprocessing
+    from benchmarks import preprocessing
+    from benchmarks import transform_analysis as analysis
+    from core import dataset_spec, features
 
     examples, tft_output = fixtures.analyzed(num_images, image_size, max_side, difficulty=difficulty)
     num_classes = dataset_spec.of_examples(examples).num_classes
@@ -109,7 +110,7 @@ def _write_records(num_images, image_size, difficulty, max_side, out) -> None:
     spec = tft_output.raw_feature_spec()
     counts = {}
     for split, name in ((features.TRAIN_SPLIT, TRAIN_FILE), (features.EVAL_SPLIT, EVAL_FILE)):
-        files = sorted(tf.io.gfile.glob(os.path.join(beam_ingest.split_dir(examples, split), "*")))
+        files = sorted(tf.io.gfile.glob(os.path.join(artifacts.split_dir(examples, split), "*")))
         raw = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(16)
         counts[split] = 0
         with tf.io.TFRecordWriter(os.path.join(out, name)) as writer:
@@ -258,7 +259,7 @@ def mean_iou(predict, items: list, num_classes: int, batch_size: int) -> float:
 def build_ours(meta: dict, steps: int, overrides: list) -> tuple:
     import tf_keras as keras
 
-    from pipeline import config as config_lib
+    from core import config as config_lib
     from trainer import data as data_lib
     from trainer import losses, training
     from transform import preprocessing
@@ -284,7 +285,9 @@ def build_ours(meta: dict, steps: int, overrides: list) -> tuple:
 def build_tutorial(meta: dict, steps: int, batch_size: int) -> tuple:
     import tf_keras as keras
 
-    import trainer  # noqa: F401  autograph leaves tf_keras alone, as for ours: 100 CPU-s less at step 1
+    from trainer import autograph
+
+    autograph.skip_keras_conversion()  # as for ours: 100 CPU-s less at step 1
 
     keras.utils.set_random_seed(0)
     size = meta["image_size"]

@@ -21,8 +21,9 @@ import tensorflow as tf
 from PIL import Image
 
 from benchmarks import results_io
+from core import features
+from core.dataset_spec import VOC_SPEC
 from datasets import synthetic_voc
-from pipeline import features
 from transform import palette, preprocessing
 
 
@@ -79,7 +80,7 @@ def main() -> None:
 
     @tf.function(input_signature=spec)
     def ours(png):  # class ids, 255 for anything else
-        return preprocessing.mask_ids(preprocessing.mask_indices(png))
+        return preprocessing.mask_ids(preprocessing.mask_indices(png), VOC_SPEC.num_classes)
 
     @tf.function(input_signature=spec)
     def colour_table(png):  # the previous decoder: RGBA, bitcast, 1 KB hash table, XOR
@@ -90,7 +91,7 @@ def main() -> None:
 
     @tf.function(input_signature=spec)
     def ours_with_count(png):  # ...plus the off-palette pixel count
-        return preprocessing.decode_mask(png)
+        return preprocessing.decode_mask(png, VOC_SPEC.num_classes)
 
     @tf.function(input_signature=spec)
     def cube_table(png):

@@ -32,15 +32,16 @@ import numpy as np
 import tensorflow_model_analysis as tfma
 
 from benchmarks import fixtures, ingest_throughput, results_io
+from core import config as config_lib
+from core.dataset_spec import VOC_SPEC
 from evaluation import eval_config as eval_config_lib
-from pipeline import config as config_lib
 
 SIZES = (250, 2000, 500, 1000)  # interleaved, so drift over the run does not look like growth
 
 
 def evaluate_seconds(examples_uri: str, model_dir: str, out: str) -> float:
     config = tfma.utils.update_eval_config_with_defaults(
-        eval_config_lib.make_eval_config(config_lib.load_config("tiny").evaluator),
+        eval_config_lib.make_eval_config(config_lib.load_config("tiny").evaluator, VOC_SPEC),
         has_baseline=False,
         rubber_stamp=True,  # a first run without a baseline, as TFX's Evaluator treats one
     )

@@ -23,8 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 from benchmarks import fixtures, results_io
-from components.serving_pusher import layout
-from serving import client, server
+from serving import client, layout, server
 from trainer.export import SERVING_DEFAULT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

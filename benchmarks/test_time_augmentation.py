@@ -24,11 +24,11 @@ import tf_keras as keras
 from PIL import Image
 
 from benchmarks import fixtures, results_io
+from benchmarks import transform_analysis as analysis
+from core import config as config_lib
+from core import dataset_spec, features, signatures
 from evaluation import iou
-from pipeline import config as config_lib
-from pipeline import dataset_spec, features
 from trainer import export, training, tta
-from transform import analysis
 
 IMAGES = 600  # the learning benchmark's hard-mode data: made once for both
 MAX_SIDE = 500
@@ -68,7 +68,7 @@ def eval_examples(examples_uri: str) -> list:
 
 def mean_iou(model_dir: str, examples: list, spec: dataset_spec.DatasetSpec) -> float:
     """Mean IoU of the model's ``serving_examples`` masks against the examples' own masks."""
-    serve = tf.saved_model.load(model_dir).signatures[export.SERVING_EXAMPLES]
+    serve = tf.saved_model.load(model_dir).signatures[signatures.SERVING_EXAMPLES]
     matrix = np.zeros((spec.num_classes, spec.num_classes), np.int64)
     for start in range(0, len(examples), 8):
         batch = examples[start : start + 8]
@@ -79,7 +79,9 @@ def mean_iou(model_dir: str, examples: list, spec: dataset_spec.DatasetSpec) -> 
             mask = example.features.feature[features.MASK_KEY].bytes_list.value[0]
             truth = np.asarray(Image.open(io.BytesIO(mask)))
             h, w = truth.shape
-            matrix += iou.confusion_matrix(truth, out[export.CLASS_IDS].numpy()[k, :h, :w], spec.num_classes)
+            matrix += iou.confusion_matrix(
+                truth, out[signatures.CLASS_IDS].numpy()[k, :h, :w], spec.num_classes
+            )
     return float(iou.scores(matrix)["mean_iou"])
 
 
@@ -89,7 +91,7 @@ def latencies_ms(model_dirs: dict, images: list, repeats: int) -> dict:
     Interleaved, each image and repeat calling every model in turn, so that a load that comes
     and goes on a shared machine falls on all of them alike and their ratios hold."""
     serve = {
-        name: tf.saved_model.load(d).signatures[export.SERVING_DEFAULT] for name, d in model_dirs.items()
+        name: tf.saved_model.load(d).signatures[signatures.SERVING_DEFAULT] for name, d in model_dirs.items()
     }
     for call in serve.values():
         call(images=tf.constant(images[:1]))  # warm-up: the first call traces
@@ -112,7 +114,7 @@ def main() -> dict:
 
     examples_uri, tft_output = fixtures.analyzed(IMAGES, IMAGE_SIZE, MAX_SIDE, difficulty="hard")
     plain_dir = trained(examples_uri, args.steps)
-    spec = export.model_dataset_spec(plain_dir)
+    spec = dataset_spec.of_model(plain_dir)
     examples = eval_examples(examples_uri)
     jpegs = [
         tf.train.Example.FromString(e).features.feature[features.IMAGE_KEY].bytes_list.value[0]
@@ -125,7 +127,7 @@ def main() -> dict:
         if views:
             slug = name.replace(" ", "_").replace("/", "-").replace("+", "and")
             model_dir = os.path.join(os.path.dirname(plain_dir), slug)
-            export.export(net, tft_output, model_dir, dataset=spec, tta=views)
+            export.export(net, tft_output, model_dir, spec, tta=views)
         results[name] = {
             "scales": list(views.scales) if views else [1.0],
             "flip": bool(views and views.flip),

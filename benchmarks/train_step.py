@@ -35,8 +35,8 @@ import time
 import numpy as np
 
 from benchmarks import keras_hub_reference, results_io
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC  # the benchmark's model heads: VOC's classes
+from core import features
+from core.dataset_spec import VOC_SPEC  # the benchmark's model heads: VOC's classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_SITE = os.path.join(ROOT, ".bench-site")
@@ -94,7 +94,7 @@ def build(contender: str, size: int, config_name: str):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
         )
         return net, size // 32
-    from pipeline import config as config_lib
+    from core import config as config_lib
     from trainer import training
 
     trainer = config_lib.load_config(config_name).trainer
@@ -105,7 +105,9 @@ def build(contender: str, size: int, config_name: str):
     if stride == 32:  # keras_hub's ASPP rates at stride 32 (ours are given for 16 and scaled)
         net = _with_aspp_rates(trainer, size, (12, 24, 36))
     else:
-        net = training.build_model(trainer, size, replicas=1, images_normalized=False)
+        net = training.build_model(
+            trainer, size, replicas=1, images_normalized=False, num_classes=VOC_SPEC.num_classes
+        )
     training.compile_model(net, trainer, total_steps=1000)
     return net, size
 
@@ -115,6 +117,8 @@ def _with_aspp_rates(trainer, size, rates):
 
     return model.build_deeplabv3plus(
         size,
+        VOC_SPEC.num_classes,
+        backbone_weights=None,
         backbone=trainer.backbone,
         output_stride=trainer.output_stride,
         width=trainer.width,

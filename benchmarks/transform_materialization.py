@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from benchmarks import results_io
 from components.segmentation_example_gen import beam_ingest
+from core import features
+from core.dataset_spec import VOC_SPEC
 from datasets import synthetic_voc
-from pipeline import features
 from transform import preprocessing
 
 
@@ -43,7 +44,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_voc.make_dataset(tmp, args.num_images, seed=0)
         examples = os.path.join(tmp, "examples")
-        beam_ingest.run(lambda: beam.Pipeline(), tmp, tmp, examples, os.path.join(tmp, "rejected"))
+        beam_ingest.run(
+            lambda: beam.Pipeline(), tmp, tmp, examples, os.path.join(tmp, "rejected"), dataset=VOC_SPEC
+        )
         files = tf.io.gfile.glob(os.path.join(examples, "Split-*", "*"))
         raw = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
@@ -57,7 +60,7 @@ def main() -> None:
         image = preprocessing.resize_and_pad_image(
             preprocessing.decode_image(parsed[features.IMAGE_KEY]), size
         )
-        ids, _ = preprocessing.decode_mask(parsed[features.MASK_KEY])
+        ids, _ = preprocessing.decode_mask(parsed[features.MASK_KEY], VOC_SPEC.num_classes)
         return image, preprocessing.resize_and_pad_label(ids, size)
 
     image, label = transform(raw[0])

@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from core import dataset_spec, features
 from datasets import synthetic_voc
 
 CIHP = "cihp"
@@ -70,15 +71,13 @@ def eval_count(num_images: int, eval_fraction: float) -> int:
 def cihp_layout(num_images: int, eval_fraction: float) -> FolderLayout:
     """CIHP-style ids (``0000000``, ``0000001``, ...), skipping those the hash split would put in
     a split already full, so that eval gets ``eval_count`` ids and train the rest."""
-    from components.segmentation_example_gen import sources  # the split rule (and TensorFlow)
-
     wanted = {"eval": eval_count(num_images, eval_fraction)}
     wanted["train"] = num_images - wanted["eval"]
     picked = {"train": [], "eval": []}
     number = 0
     while any(len(picked[s]) < wanted[s] for s in picked):
         image_id = f"{number:07d}"
-        split = "eval" if sources.in_eval(image_id, eval_fraction) else "train"
+        split = features.EVAL_SPLIT if dataset_spec.in_eval(image_id, eval_fraction) else features.TRAIN_SPLIT
         if len(picked[split]) < wanted[split]:
             picked[split].append(image_id)
         number += 1
@@ -201,7 +200,7 @@ def _options(num_images: int, seed: int, max_side: int, difficulty: str) -> dict
 
 def _shipped_spec(name: str):
     """The spec in ``datasets/specs/``: the folders, lists and classes the dataset is read with."""
-    from pipeline import config
+    from core import config  # YAML
 
     return config.load_dataset_spec(name)
 

@@ -42,7 +42,7 @@ import scipy.ndimage
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from pipeline import dataset_spec, features
+from core import dataset_spec, features
 from transform import palette
 
 VOC_CLASSES = dataset_spec.VOC_SPEC.num_classes
@@ -76,7 +76,7 @@ class ClassStyle:
 
 
 @functools.cache
-def class_styles(num_classes: int = VOC_CLASSES) -> dict:
+def class_styles(num_classes: int) -> dict:
     """``{class id: ClassStyle}`` of classes 1 to ``num_classes - 1`` (0 is the background)."""
     styles = {}
     for c in range(1, num_classes):
@@ -246,7 +246,7 @@ class Scene:
     clutter: np.ndarray  # [H, W] bool: visible clutter objects, labelled background (hard mode)
 
 
-def draw_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int = VOC_CLASSES) -> Scene:
+def draw_scene(rng: np.random.Generator, max_side: int, num_classes: int) -> Scene:
     """Draws 1-3 (rarely 4) textured objects of random classes (1 to ``num_classes - 1``, each
     in its ``class_styles`` look) on a noisy background."""
     styles = class_styles(num_classes)
@@ -353,7 +353,7 @@ def _hard_style(triple: tuple) -> ClassStyle:
 
 
 @functools.cache
-def hard_class_styles(num_classes: int = VOC_CLASSES) -> dict:
+def hard_class_styles(num_classes: int) -> dict:
     """``{class id: ClassStyle}`` in hard mode: classes take the design's first triples, so each
     colour, shape and texture is shared by several classes and only their combination is one
     class's. The design holds 24 classes besides at least one clutter style."""
@@ -367,7 +367,7 @@ def hard_class_styles(num_classes: int = VOC_CLASSES) -> dict:
 
 
 @functools.cache
-def hard_clutter_styles(num_classes: int = VOC_CLASSES) -> tuple:
+def hard_clutter_styles(num_classes: int) -> tuple:
     """The looks of clutter: the design's triples that no class uses, drawn and labelled as
     background. Each shares at most one cue with any class, so a person tells them apart."""
     return tuple(_hard_style(t) for t in hard_design()[num_classes - 1 :])
@@ -453,7 +453,7 @@ def _hard_objects(rng: np.random.Generator, num_classes: int) -> list:
     return [objects[k] for k in rng.permutation(len(objects))]
 
 
-def draw_hard_scene(rng: np.random.Generator, max_side: int = 500, num_classes: int = VOC_CLASSES) -> Scene:
+def draw_hard_scene(rng: np.random.Generator, max_side: int, num_classes: int) -> Scene:
     """Draws a hard scene: object-coloured background regions, then class objects and clutter
     (labelled 0) of random sizes in random order, each hiding what it covers, so the labels
     are what is visible."""

@@ -17,10 +17,10 @@ import json
 
 import tensorflow_model_analysis as tfma
 
+from core import dataset_spec, features
+from core.config import EvaluatorConfig
+from core.signatures import SERVING_EXAMPLES
 from evaluation import tfma_metrics
-from pipeline import dataset_spec, features
-from pipeline.config import EvaluatorConfig
-from trainer.export import SERVING_EXAMPLES
 
 METRICS_MODULE = tfma_metrics.__name__
 SLICE_FEATURES = (features.SOURCE_KEY, features.CLASSES_PRESENT_KEY)
@@ -52,9 +52,7 @@ def class_names(eval_config: tfma.EvalConfig) -> tuple:
     )
 
 
-def make_eval_config(
-    config: EvaluatorConfig, spec: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
-) -> tfma.EvalConfig:
+def make_eval_config(config: EvaluatorConfig, spec: dataset_spec.DatasetSpec) -> tfma.EvalConfig:
     """The EvalConfig for models of ``spec``'s classes (the dataset spec of the Examples)."""
     overall = tfma.SlicingSpec()
     metrics = [tfma.MetricConfig(class_name="ExampleCount")]

@@ -8,7 +8,7 @@ are left out of the matrix, so they change no score.
 
 import numpy as np
 
-from pipeline import features
+from core import features, metrics
 
 
 def confusion_matrix(
@@ -70,10 +70,10 @@ def scores(matrix: np.ndarray) -> dict:
     present = ~np.isnan(ious)
     frequency = matrix.sum(axis=1) / total if total else np.zeros(len(matrix))
     return {
-        "class_iou": ious,
-        "mean_iou": float(ious[present].mean()) if present.any() else float("nan"),
-        "pixel_accuracy": float(np.trace(matrix) / total) if total else float("nan"),
-        "frequency_weighted_iou": float((frequency[present] * ious[present]).sum())
+        metrics.CLASS_IOU: ious,
+        metrics.MEAN_IOU: float(ious[present].mean()) if present.any() else float("nan"),
+        metrics.PIXEL_ACCURACY: float(np.trace(matrix) / total) if total else float("nan"),
+        metrics.FREQUENCY_WEIGHTED_IOU: float((frequency[present] * ious[present]).sum())
         if total
         else float("nan"),
     }

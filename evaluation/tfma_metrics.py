@@ -41,24 +41,18 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tensorflow_model_analysis.utils import util
 
+from core import dataset_spec, features
+from core.metrics import CLASS_IOU, CONFUSION_MATRIX, FREQUENCY_WEIGHTED_IOU, MEAN_IOU, PIXEL_ACCURACY
+from core.signatures import CLASS_IDS, HEIGHT, WIDTH
 from evaluation import iou
-from pipeline import dataset_spec, features
 
-CONFUSION_MATRIX = "confusion_matrix"  # the plot
-MEAN_IOU = "mean_iou"
-PIXEL_ACCURACY = "pixel_accuracy"
-FREQUENCY_WEIGHTED_IOU = "frequency_weighted_iou"
-CLASS_IOU = "class_iou"  # one value per class, sub_key class_id
+# The metrics' names (core/metrics.py): CONFUSION_MATRIX is the plot, CLASS_IOU one value per
+# class (sub_key class_id).
 # The summed [C, C] matrix every output derives from. Private (leading "_"): TFMA computes it
 # but does not write it (0.47.1: evaluators/metrics_plots_and_validations_evaluator.py,
 # _remove_private_metrics). Not named like the plot: PlotKey and MetricKey compare as tuples
 # (metrics/metric_types.py, MetricKey.__eq__), so equal names would be one dict key.
 _PIXEL_MATRIX = "_segmentation_pixel_confusion_matrix"
-
-# Outputs of the serving_examples signature (trainer/export.py).
-CLASS_IDS_OUTPUT = "class_ids"
-HEIGHT_OUTPUT = "height"
-WIDTH_OUTPUT = "width"
 
 
 def decode_mask(png: bytes) -> np.ndarray:
@@ -90,18 +84,18 @@ class _ImageConfusion(metric_types.Preprocessor):
         where = _single(name).decode() if name is not None else "an eval example"
         if features.MASK_KEY not in raw:
             raise ValueError(f"{where}: the example has no {features.MASK_KEY!r} feature to score against")
-        if not isinstance(predictions, dict) or CLASS_IDS_OUTPUT not in predictions:
+        if not isinstance(predictions, dict) or CLASS_IDS not in predictions:
             raise ValueError(
-                f"{where}: the model's predictions have no {CLASS_IDS_OUTPUT!r} output; evaluate the "
+                f"{where}: the model's predictions have no {CLASS_IDS!r} output; evaluate the "
                 "'serving_examples' signature of a deeplab-tfx model"
             )
         truth = decode_mask(_single(raw[features.MASK_KEY]))
-        height, width = int(_single(predictions[HEIGHT_OUTPUT])), int(_single(predictions[WIDTH_OUTPUT]))
+        height, width = int(_single(predictions[HEIGHT])), int(_single(predictions[WIDTH]))
         if truth.shape != (height, width):
             raise ValueError(
                 f"{where}: mask is {truth.shape[1]}x{truth.shape[0]} but the prediction is {width}x{height}"
             )
-        predicted = np.asarray(predictions[CLASS_IDS_OUTPUT])[:height, :width]
+        predicted = np.asarray(predictions[CLASS_IDS])[:height, :width]
         beyond = predicted[(predicted >= self._num_classes) & (predicted != self._ignore_label)]
         if beyond.size:
             # A model of another dataset: above all the baseline, when one pipeline was run on two

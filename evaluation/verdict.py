@@ -2,14 +2,14 @@
 
 import tensorflow_model_analysis as tfma
 
-from evaluation import tfma_metrics
+from core import metrics
 
 _CONFIG_KEY = {False: "evaluator.min_mean_iou", True: "evaluator.max_mean_iou_drop"}
 
 
 def _describe(failure) -> str:
     key = failure.metric_key
-    name = "mean IoU" if key.name == tfma_metrics.MEAN_IOU else key.name
+    name = "mean IoU" if key.name == metrics.MEAN_IOU else key.name
     value = failure.metric_value.double_value.value
     threshold = failure.metric_threshold
     if key.is_diff:

@@ -14,8 +14,9 @@ import os
 
 from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
-from pipeline import config as config_lib
-from pipeline.local_runner import metadata_connection, resolve_local_paths
+from core import config as config_lib
+from core import paths
+from pipeline.local_runner import metadata_connection
 from pipeline.pipeline import create_pipeline
 
 
@@ -26,7 +27,7 @@ def config_from_environment() -> config_lib.PipelineConfig:
 
 def build_dag(config: config_lib.PipelineConfig):
     """An ``airflow.models.DAG`` with one task per TFX component."""
-    config = resolve_local_paths(config)
+    config = paths.resolved(config, paths.PROJECT_ROOT, os.getcwd())
     dag_config = {
         "schedule": config.airflow.schedule or None,
         "start_date": datetime.datetime.fromisoformat(config.airflow.start_date),

@@ -18,7 +18,8 @@ import shutil
 import sys
 from typing import Optional, Sequence
 
-from pipeline import config as config_lib
+from core import config as config_lib
+from core import paths
 from pipeline import logs
 
 
@@ -188,8 +189,7 @@ def _say(command: str, message: str, log: Optional[str]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = _load(args, {})
-    root = config.pipeline_root if "://" in config.pipeline_root else os.path.abspath(config.pipeline_root)
-    log_dir = os.path.join(root, logs.LOG_DIR)
+    log_dir = os.path.join(paths.resolve(config.pipeline_root, os.getcwd()), logs.LOG_DIR)
     with logs.capture(args.log_dir or logs.local_log_dir(log_dir), "run", args.verbose) as log:
         _say("run", f"full log in {log}", log)
         from pipeline import local_runner  # TensorFlow: imported once its output is captured
@@ -238,13 +238,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _predict_captured(args: argparse.Namespace) -> int:
+    from core import dataset_spec
     from serving import client
 
     try:
-        spec = client.prediction_spec(args.model_base_path, args.dataset, args.version)
+        # Without a model directory or --dataset, masks are drawn in VOC's colours (the config's default).
+        spec = client.prediction_spec(args.model_base_path, args.dataset, args.version, dataset_spec.VOC_SPEC)
         written = client.predict_files(
-            args.server, args.model_name, args.images, args.out, args.version, args.rest, args.batch_size,
-            args.deadline, spec,
+            args.server, args.model_name, args.images, args.out, spec, args.version, args.rest,
+            args.batch_size, args.deadline,
         )  # fmt: skip
     except client.ServerUnavailableError as e:
         print(f"deeplab-tfx predict: {e}", file=logs.errors())

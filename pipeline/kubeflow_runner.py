@@ -8,34 +8,19 @@ arguments (DataflowRunner in ``vertex.yaml``); the pipeline root should be on GC
 Metadata is the platform's, so no connection config is set here.
 """
 
-import dataclasses
 import os
-import posixpath
 
 from tfx import v1 as tfx
 
-from pipeline import config as config_lib
+from core import config as config_lib
+from core import paths
 from pipeline.pipeline import create_pipeline
-
-
-def in_image(config: config_lib.PipelineConfig) -> config_lib.PipelineConfig:
-    """``config`` with project-relative paths resolved inside the container image."""
-
-    def rebase(path: str) -> str:
-        if not path or "://" in path or os.path.isabs(path):
-            return path
-        return posixpath.join(config.kubeflow.project_root, path)
-
-    return dataclasses.replace(
-        config,
-        validation=dataclasses.replace(config.validation, schema_path=rebase(config.validation.schema_path)),
-        beam=dataclasses.replace(config.beam, setup_file=rebase(config.beam.setup_file)),
-    )
 
 
 def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
     """Writes the PipelineJob JSON to ``output``; returns it as a dict."""
-    config = in_image(config)
+    # Project files inside the image; run paths are URIs there, and stay as they are.
+    config = paths.resolved(config, config.kubeflow.project_root, None)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
         output_dir=os.path.dirname(os.path.abspath(output)),

@@ -1,12 +1,12 @@
 """Runs the pipeline on this machine: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
 
-Thin by design: it resolves paths against the working directory, picks the metadata store and
-reports the outcome; the DAG itself comes from ``create_pipeline``. For a shared metadata
-store set the config's ``mysql`` section (``metadata_connection``). The pipeline root may be a
-bucket (``gs://``): what this reads and writes there goes through ``tf.io.gfile``.
+Thin by design: it resolves the config's paths (``core.paths.resolved``: run paths against the
+working directory), picks the metadata store and reports the outcome; the DAG itself comes from
+``create_pipeline``. For a shared metadata store set the config's ``mysql`` section
+(``metadata_connection``). The pipeline root may be a bucket (``gs://``): what this reads and
+writes there goes through ``tf.io.gfile``.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -19,29 +19,10 @@ from tfx import v1 as tfx
 from tfx.orchestration.pipeline import RunOptions
 
 from components.run_report.component import INDEX, REPORT_JSON, RunReport
-from pipeline import config as config_lib
+from core import artifacts, metrics, paths
+from core import config as config_lib
 from pipeline import logs, progress
 from pipeline.pipeline import create_pipeline
-
-
-def resolve_local_paths(config: config_lib.PipelineConfig) -> config_lib.PipelineConfig:
-    """Makes the run's data and output paths absolute (relative to the working directory)."""
-
-    def absolute(path: str) -> str:
-        return path if not path or "://" in path else os.path.abspath(path)
-
-    root = absolute(config.pipeline_root)
-    return dataclasses.replace(
-        config,
-        pipeline_root=root,
-        metadata_path=absolute(config.metadata_path) or os.path.join(root, "metadata.sqlite"),
-        data=dataclasses.replace(
-            config.data,
-            voc_root=absolute(config.data.voc_root),
-            sbd_root=absolute(config.data.sbd_root),
-            root=absolute(config.data.root),
-        ),
-    )
 
 
 def metadata_connection(config: config_lib.PipelineConfig):
@@ -63,7 +44,7 @@ def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
     ``to_nodes``: run only these components and what they need (a TFX partial run), e.g.
     ``("DataGate",)`` to ingest and validate new data without training.
     """
-    config = resolve_local_paths(config)
+    config = paths.resolved(config, paths.PROJECT_ROOT, os.getcwd())
     key, root = config.required_data_root()
     if not root:
         print(f"deeplab-tfx run: {key} is not set (--set {key}=DIR)", file=logs.errors())
@@ -112,16 +93,17 @@ def run_summary(connection_config, report_dir: str) -> list:
             report = json.load(f)
         overall, decision = report["evaluation"]["overall"], report["decision"]
         lines.append(
-            f"Evaluator: mean IoU {overall['mean_iou']:.4f}, pixel accuracy {overall['pixel_accuracy']:.4f} "
+            f"Evaluator: mean IoU {overall[metrics.MEAN_IOU]:.4f}, pixel accuracy "
+            f"{overall[metrics.PIXEL_ACCURACY]:.4f} "
             f"on {overall['examples']} eval images at original resolution"
         )
-        if decision["blessed"]:
+        if decision[artifacts.BLESSED]:
             lines.append(
                 "blessed"
                 + (
-                    f"; pushed as version {decision['pushed_version']} to "
-                    f"{decision['pushed_destination']}"
-                    if "pushed_version" in decision
+                    f"; pushed as version {decision[artifacts.PUSHED_VERSION]} to "
+                    f"{decision[artifacts.PUSHED_DESTINATION]}"
+                    if artifacts.PUSHED_VERSION in decision
                     else ""
                 )
             )
@@ -137,14 +119,14 @@ def training_summary(store: mlmd.MetadataStore) -> str:
     models = store.get_artifacts_by_type("Model")
     if not runs or not models:
         return ""
-    history_path = os.path.join(max(runs, key=lambda a: a.id).uri, "history.json")
+    history_path = os.path.join(max(runs, key=lambda a: a.id).uri, artifacts.HISTORY_FILE)
     if not tf.io.gfile.exists(history_path):
         return ""
     with tf.io.gfile.GFile(history_path) as f:
         epochs = json.load(f)["epochs"]
-    best = max(epochs, key=lambda row: row.get("val_mean_iou", -1.0))
+    best = max(epochs, key=lambda row: row.get(metrics.VAL_MEAN_IOU, -1.0))
     return (
-        f"Trainer: best eval mean IoU {best.get('val_mean_iou', float('nan')):.4f} at epoch "
+        f"Trainer: best eval mean IoU {best.get(metrics.VAL_MEAN_IOU, float('nan')):.4f} at epoch "
         f"{best['epoch']} of {len(epochs)} (step {best['step']}); model in "
         f"{max(models, key=lambda a: a.id).uri}"
     )

@@ -166,7 +166,7 @@ def publish(path: str, directory: str) -> str:
         return path
     import tensorflow as tf  # only now: capture must run before TensorFlow is imported
 
-    from pipeline import storage  # imports TensorFlow too
+    from core import storage  # imports TensorFlow too
 
     target = os.path.join(directory, os.path.basename(path))
     tf.io.gfile.makedirs(directory)

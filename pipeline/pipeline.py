@@ -1,8 +1,15 @@
 """``create_pipeline``: the one place the DAG is written.
 
-Pure: it reads no files and starts nothing, so every runner (local, Kubeflow, Airflow) and
-every test builds exactly the same graph from a ``PipelineConfig``. Runners resolve paths and
-pick the metadata store; nothing here depends on where the pipeline runs.
+Pure: it reads no files, resolves no path and starts nothing, so every runner (local, Kubeflow,
+Airflow) and every test builds exactly the same graph from a ``PipelineConfig``. Runners resolve
+paths (``core.paths.resolved``, with their own bases) and pick the metadata store; nothing here
+depends on where the pipeline runs.
+
+The dataset spec is read once, when the config loads (``config.dataset``), and handed to the
+components that need it in the form each takes: SegmentationExampleGen and DatasetSchemaGen a
+JSON parameter, Transform the number of classes in its ``custom_config``, the Evaluator the class
+names in its metrics' config. Ingestion writes it into the Examples artifact, where the Trainer,
+the pusher's warm-up and the report read it back: the data carries what it is.
 
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
@@ -22,9 +29,9 @@ from components.dataset_schema.component import DatasetSchemaGen
 from components.run_report.component import RunReportGen
 from components.segmentation_example_gen.component import SegmentationExampleGen
 from components.serving_pusher.component import ServingPusher
+from core import features
+from core.config import PipelineConfig
 from evaluation import eval_config
-from pipeline import features
-from pipeline.config import PipelineConfig, resolve_path
 from trainer import run_fn
 from transform import preprocessing
 
@@ -43,9 +50,7 @@ def create_components(config: PipelineConfig) -> list:
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.validation.schema_path:
         # A curated schema is the contract; inferring one would accept whatever arrived.
-        schema_gen = DatasetSchemaGen(
-            schema_file=resolve_path(config.validation.schema_path), dataset_spec=dataset
-        )
+        schema_gen = DatasetSchemaGen(schema_file=config.validation.schema_path, dataset_spec=dataset)
     else:
         schema_gen = tfx.components.SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True

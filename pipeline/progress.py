@@ -16,10 +16,10 @@ import time
 from ml_metadata import metadata_store as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from core import artifacts
+
 _EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
-# Custom properties shown after an output's URI.
 _SCALARS = ("int_value", "string_value", "double_value")
-_SHOWN = ("num_examples_train", "num_examples_eval", "num_rejected", "blessed", "pushed", "pushed_version")
 
 
 class ComponentProgress(logging.Handler):
@@ -69,7 +69,7 @@ class ComponentProgress(logging.Handler):
             props = artifact.custom_properties
             shown = [
                 f"{k}={getattr(props[k], props[k].WhichOneof('value'))}"
-                for k in _SHOWN
+                for k in artifacts.SHOWN_PROPERTIES
                 if k in props and props[k].WhichOneof("value") in _SCALARS
             ]
             kind = store.get_artifact_types_by_id([artifact.type_id])[0].name

@@ -1,1 +1,2 @@
-"""Serving: a local server speaking TF Serving's gRPC (and REST) API, its client, deploy files."""
+"""Serving: TF Serving's model directory (``layout``) and warm-up records (``warmup``), which the
+pusher writes and every server reads; our TF Serving-compatible gRPC/REST server and its client."""

@@ -31,18 +31,9 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components.serving_pusher import layout
-from pipeline import dataset_spec, storage
-from trainer.export import (
-    CLASS_IDS,
-    CLASS_IDS_PNG,
-    HEIGHT,
-    IMAGES,
-    SERVING_DEFAULT,
-    SERVING_PNG,
-    WIDTH,
-    model_dataset_spec,
-)
+from core import dataset_spec, storage
+from core.signatures import CLASS_IDS, CLASS_IDS_PNG, HEIGHT, IMAGES, SERVING_DEFAULT, SERVING_PNG, WIDTH
+from serving import layout
 from transform import palette
 
 MAX_MESSAGE_BYTES = 256 << 20
@@ -155,15 +146,19 @@ class RestClient:
 
 
 def prediction_spec(
-    model_base_path: Optional[str] = None, dataset: Optional[str] = None, version: Optional[int] = None
+    model_base_path: Optional[str],
+    dataset: Optional[str],
+    version: Optional[int],
+    fallback: dataset_spec.DatasetSpec,
 ) -> dataset_spec.DatasetSpec:
     """The classes to draw predictions in: those of the model under ``model_base_path``
     (``<serving_dir>/<model_name>``: ``version``, else its newest complete version, as the server
     picks it), else the spec ``dataset`` names (a YAML path or a name in ``datasets/specs``),
-    else VOC's. Both given: the model's, which must agree with ``dataset``'s classes."""
-    spec = dataset_spec.VOC_SPEC
+    else ``fallback`` (the caller's default). Both given: the model's, which must agree with
+    ``dataset``'s classes."""
+    spec = fallback
     if dataset:
-        from pipeline import config as config_lib
+        from core import config as config_lib
 
         spec = config_lib.load_dataset_spec(dataset, where="--dataset")
     if not model_base_path:
@@ -175,7 +170,7 @@ def prediction_spec(
         raise FileNotFoundError(
             f"--model-base-path {model_base_path}: no complete {which} there (has {versions})"
         )
-    model_spec = model_dataset_spec(os.path.join(model_base_path, str(chosen)))
+    model_spec = dataset_spec.of_model(os.path.join(model_base_path, str(chosen)))
     if dataset and model_spec.class_names != spec.class_names:
         raise ValueError(
             f"--dataset {dataset} has classes {list(spec.class_names)} but model version {chosen} under "
@@ -189,11 +184,11 @@ def write_results(
     image_bytes: bytes,
     mask: np.ndarray,
     out_dir: str,
-    spec: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC,
+    spec: dataset_spec.DatasetSpec,
 ) -> tuple:
     """``<stem>.png`` (palette PNG of class ids in ``spec``'s colours) and ``<stem>_overlay.jpg``.
 
-    Through ``pipeline.storage`` (``tf.io.gfile``): ``out_dir`` may be a bucket (``gs://...``) as
+    Through ``core.storage`` (``tf.io.gfile``): ``out_dir`` may be a bucket (``gs://...``) as
     well as a directory, and a file written again is replaced whole.
     """
     if mask.size and int(mask.max()) >= spec.num_classes:
@@ -215,9 +210,9 @@ def write_results(
     return mask_path, overlay_path
 
 
-def predict_files(server: str, model_name: str, paths: List[str], out_dir: str, version: Optional[int] = None,
-                  rest: bool = False, batch_size: int = 8, deadline_s: float = 30.0,
-                  spec: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC) -> list:  # fmt: skip
+def predict_files(server: str, model_name: str, paths: List[str], out_dir: str,
+                  spec: dataset_spec.DatasetSpec, version: Optional[int] = None, rest: bool = False,
+                  batch_size: int = 8, deadline_s: float = 30.0) -> list:  # fmt: skip
     """Sends ``paths`` in batches; writes each mask and overlay in ``spec``'s colours
     (``prediction_spec``); returns ``[(path, version, mask_path)]``."""
     client = (RestClient if rest else GrpcClient)(server, model_name, version)

@@ -24,9 +24,9 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from components.serving_pusher import layout, warmup
-from pipeline import dataset_spec
-from trainer.export import DATASET_SPEC_FILE, model_dataset_spec
+from core import artifacts, dataset_spec
+from core.signatures import SERVING_DEFAULT
+from serving import layout, warmup
 
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
 
@@ -112,13 +112,13 @@ class Servable:
     path: str
     signatures: Dict[str, Callable]
     module: object  # keeps the loaded SavedModel (and its variables) alive
-    # The classes the version predicts (its DATASET_SPEC_FILE; VOC's for older models).
-    dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
+    # The classes the version predicts (its artifacts.MODEL_SPEC_FILE; VOC's for older models).
+    dataset: dataset_spec.DatasetSpec
 
 
 def load_servable(path: str, version: int) -> Servable:
     module = tf.saved_model.load(path)
-    return Servable(version, path, dict(module.signatures), module, model_dataset_spec(path))
+    return Servable(version, path, dict(module.signatures), module, dataset_spec.of_model(path))
 
 
 # Class names shown when a version loads; a 150-class dataset's would fill the terminal.
@@ -134,8 +134,8 @@ def describe_classes(servable: Servable) -> str:
         names += f" and {spec.num_classes - SHOWN_CLASS_NAMES} more"
     where = (
         ""
-        if tf.io.gfile.exists(os.path.join(servable.path, DATASET_SPEC_FILE))
-        else (f" (no {DATASET_SPEC_FILE}: a model exported before models carried their classes)")
+        if tf.io.gfile.exists(os.path.join(servable.path, artifacts.MODEL_SPEC_FILE))
+        else (f" (no {artifacts.MODEL_SPEC_FILE}: a model exported before models carried their classes)")
     )
     return f"dataset {spec.name!r}, {spec.num_classes} classes: {names}{where}"
 
@@ -148,7 +148,7 @@ def replay_warmup(servable: Servable, call: Callable) -> int:
     for log in logs:
         request = log.predict_log.request
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        call(servable, request.model_spec.signature_name or "serving_default", inputs)
+        call(servable, request.model_spec.signature_name or SERVING_DEFAULT, inputs)
     return len(logs)
 
 

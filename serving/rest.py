@@ -40,8 +40,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from core.signatures import SERVING_DEFAULT
 from serving.models import ServingError
-from trainer.export import SERVING_DEFAULT
 
 # To receive a whole request (and for each write of the answer). TF Serving's
 # --rest_api_timeout_in_ms has the same 30 s default, but it bounds processing a call, not

@@ -6,8 +6,8 @@ Per class, with boolean masks over the non-void pixels, so they share no code (a
 
 import numpy as np
 
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
+from core import features
+from core.dataset_spec import VOC_SPEC
 
 
 def class_counts(pairs, n: int = VOC_SPEC.num_classes) -> tuple:

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from core import dataset_spec, features
 from datasets import synthetic_voc
-from pipeline import cli, dataset_spec, features, logs
+from pipeline import cli, logs
 from tests.conftest import feature, read_examples, read_list, sbd_path, voc_path
 from tests.helpers.ram_store import ram_root, read_bytes
 

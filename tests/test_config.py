@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
-from pipeline import config as config_lib
-from pipeline.dataset_spec import DatasetSpec
+from core import config as config_lib
+from core import paths
+from core.dataset_spec import DatasetSpec
 from pipeline.pipeline import create_pipeline
 
 COMPONENTS = [
@@ -30,7 +32,7 @@ def test_defaults():
     assert cfg.validation.allow_anomalies is False
     assert cfg.beam_pipeline_args() == [
         "--runner=DirectRunner",
-        f"--setup_file={config_lib.PROJECT_ROOT}/setup.py",
+        "--setup_file=setup.py",  # as given: the runner resolves it (test_paths_are_resolved_by_the_runner)
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=0",
     ]
@@ -235,3 +237,36 @@ def test_without_a_schema_file_schema_is_inferred():
     cfg = config_lib.load_config("tiny", ["data.voc_root=/v", "validation.schema_path="])
     ids = {c.id for c in create_pipeline(cfg).components}
     assert "SchemaGen" in ids and "DatasetSchemaGen" not in ids
+
+
+def test_paths_are_resolved_by_the_runner_against_the_bases_it_gives(tmp_path):
+    """One resolver, two bases: project files against the project (the checkout, or the image's
+    directory for Kubeflow), run paths against the working directory (none for a remote runner)."""
+    cfg = config_lib.load_config(
+        "tiny",
+        ["pipeline_root=runs/p", "data.voc_root=data/voc", "data.root=gs://b/d", "metadata_path=",
+         "pusher.serving_dir=serve", "trainer.backup_dir=/abs/backup", "trainer.backbone_weights=w/b.h5"],
+    )  # fmt: skip
+    local = paths.resolved(cfg, paths.PROJECT_ROOT, str(tmp_path))
+    assert local.validation.schema_path == os.path.join(paths.PROJECT_ROOT, "pipeline/schema/schema.pbtxt")
+    assert local.beam.setup_file == os.path.join(paths.PROJECT_ROOT, "setup.py")
+    assert local.pipeline_root == str(tmp_path / "runs/p")
+    assert local.metadata_path == str(tmp_path / "runs/p/metadata.sqlite")
+    assert (local.data.voc_root, local.data.sbd_root, local.data.root) == (
+        str(tmp_path / "data/voc"),
+        "",
+        "gs://b/d",
+    )
+    assert (local.pusher.serving_dir, local.trainer.backup_dir) == (str(tmp_path / "serve"), "/abs/backup")
+    assert local.trainer.backbone_weights == str(tmp_path / "w/b.h5")
+    imagenet = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, backbone_weights="imagenet"))
+    assert paths.resolved(imagenet, "/p", "/w").trainer.backbone_weights == "imagenet"
+    assert paths.resolved(local, "/elsewhere", "/other") == local, "resolving twice changes nothing"
+    image = paths.resolved(cfg, "/deeplab-tfx", None)
+    assert image.validation.schema_path == "/deeplab-tfx/pipeline/schema/schema.pbtxt"
+    assert image.beam.setup_file == "/deeplab-tfx/setup.py"
+    assert (image.pipeline_root, image.data.voc_root, image.metadata_path) == ("runs/p", "data/voc", "")
+    nodes = {c.id: c for c in create_pipeline(image).components}
+    assert (
+        nodes["DatasetSchemaGen"].exec_properties["schema_file"] == image.validation.schema_path
+    ), "create_pipeline takes the paths as they come"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import features
+from core import features
 from tests.conftest import MAX_SIDE, read_examples
 from trainer import data
 

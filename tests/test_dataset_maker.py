@@ -13,8 +13,9 @@ import scipy.io
 import scipy.ndimage
 from PIL import Image
 
+from core import dataset_spec, features
 from datasets import synthetic_folders, synthetic_voc
-from pipeline import cli, dataset_spec, features
+from pipeline import cli
 from tests.conftest import png_indices, read_list, sbd_path, sbd_segmentation, voc_path
 from transform import palette
 
@@ -127,7 +128,7 @@ def test_too_few_images_is_refused():
 
 
 def _sha_eval(image_id, fraction):
-    """The pipeline's hash split, written out again (sources.in_eval)."""
+    """The pipeline's hash split, written out again (dataset_spec.in_eval)."""
     return int(hashlib.sha256(image_id.encode()).hexdigest()[:16], 16) < fraction * 2**64
 
 
@@ -286,7 +287,9 @@ def _hard_scenes(root):
     ids = sorted(set(manifest["voc_train"]) | set(manifest["voc_val"]) | sbd)
     out = {}
     for index, image_id in enumerate(ids):
-        scene = synthetic_voc.draw_hard_scene(synthetic_voc.scene_rng(HARD_SEED, index), HARD_SIDE)
+        scene = synthetic_voc.draw_hard_scene(
+            synthetic_voc.scene_rng(HARD_SEED, index), HARD_SIDE, synthetic_voc.VOC_CLASSES
+        )
         if image_id in sbd:
             cls = sbd_segmentation(sbd_path(root, "cls", f"{image_id}.mat"))
             inst = scipy.io.loadmat(sbd_path(root, "inst", f"{image_id}.mat"))["GTinst"][0, 0]["Segmentation"]
@@ -316,7 +319,7 @@ def _nearest_hue(pixels, colours):
 
 def test_hard_dataset_is_hard_in_each_listed_way(hard_dir):
     assert _manifest(hard_dir)["difficulty"] == "hard"
-    styles = synthetic_voc.hard_class_styles()
+    styles = synthetic_voc.hard_class_styles(synthetic_voc.VOC_CLASSES)
     colours = np.asarray(sorted({s.color for s in styles.values()}), float)
     repeated = small = clutter = lookalike = touching = 0
     for scene, cls, _, image in _hard_scenes(hard_dir).values():

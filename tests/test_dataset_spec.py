@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from components.dataset_schema.component import read_schema, schema_for
-from pipeline import config as config_lib
-from pipeline import dataset_spec, features
-from pipeline.config import ConfigError
-from pipeline.dataset_spec import DatasetSpec
+from core import artifacts, dataset_spec, features, paths
+from core import config as config_lib
+from core.config import ConfigError
+from core.dataset_spec import DatasetSpec
 
-CURATED_SCHEMA = config_lib.resolve_path(config_lib.ValidationConfig().schema_path)
+CURATED_SCHEMA = paths.project_file(config_lib.ValidationConfig().schema_path)
 
 
 def _spec(**fields) -> DatasetSpec:
@@ -38,7 +38,7 @@ def test_shipped_specs_load_by_name_or_path_and_overrides_apply_after_them():
     assert pet.name == "oxford_pet" and pet.class_names == ("background", "pet") and pet.eval_fraction == 0.25
     lookup = pet.value_lookup()
     assert lookup[[0, 1, 2, 3, 4]].tolist() == [-1, 1, 0, features.IGNORE_LABEL, -1]
-    path = os.path.join(config_lib.DATASET_SPEC_DIR, "cihp.yaml")
+    path = os.path.join(paths.DATASET_SPEC_DIR, "cihp.yaml")
     cihp = config_lib.load_config("tiny", [f"dataset={path}"]).dataset
     assert cihp == config_lib.load_dataset_spec("cihp") and cihp.num_classes == 20
     assert cihp.value_lookup()[:20].tolist() == list(range(20)) and cihp.value_lookup()[20] == -1
@@ -120,7 +120,8 @@ def test_the_spec_file_round_trips_through_any_filesystem():
     dataset_spec.write(spec, directory)
     assert dataset_spec.read(directory) == spec
     assert dataset_spec.of_examples("ram://test_dataset_spec/none") == dataset_spec.VOC_SPEC
-    assert dataset_spec.examples_dir("gs://b/Examples/7/Split-train/*") == "gs://b/Examples/7"
+    assert artifacts.examples_dir("gs://b/Examples/7/Split-train/*") == "gs://b/Examples/7"
+    assert artifacts.split_files("gs://b/Examples/7", "train") == "gs://b/Examples/7/Split-train/*"
 
 
 def test_the_schema_is_the_curated_one_for_voc_and_follows_other_specs():

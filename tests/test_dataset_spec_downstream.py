@@ -27,12 +27,12 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, sche
 from tfx import v1 as tfx
 
 from components.run_report import figures, page
-from components.serving_pusher import layout, warmup
+from core import artifacts, dataset_spec, features, metrics, signatures
+from core import config as config_lib
+from core.config import EvaluatorConfig, TrainerConfig
+from core.dataset_spec import VOC_SPEC
 from evaluation import eval_config, tfma_metrics
-from pipeline import config as config_lib
-from pipeline import dataset_spec, features
-from pipeline.config import EvaluatorConfig, TrainerConfig
-from serving import client
+from serving import client, layout, warmup
 from serving.server import Server
 from tests.test_evaluation import _extracts, run_metrics
 from trainer import export, run_fn, training
@@ -151,7 +151,7 @@ def test_the_head_the_mean_iou_and_the_class_weights_have_n_classes():
     assert net.output_shape == (None, SIDE, SIDE, 3)
     training.compile_model(net, config, total_steps=10)
     net.evaluate(np.zeros((1, SIDE, SIDE, 3), np.float32), np.full((1, SIDE, SIDE), 2), verbose=0)
-    [mean_iou] = [m for m in net.metrics if m.name == training.MEAN_IOU]
+    [mean_iou] = [m for m in net.metrics if m.name == metrics.MEAN_IOU]
     assert mean_iou.num_classes == 3
     with pytest.raises(ValueError, match="21 class weights for a model of 3 classes"):
         training.compile_model(net, config, 10, class_weights=[1.0] * dataset_spec.VOC_SPEC.num_classes)
@@ -197,18 +197,18 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_run_fn_exports_the_spec_of_its_examples(trained):
     model_dir, jpegs = trained
-    assert dataset_spec.read(os.path.join(model_dir, export.ASSETS_EXTRA)) == THREE
-    assert export.model_dataset_spec(model_dir) == THREE
-    out = tf.saved_model.load(model_dir).signatures[export.SERVING_DEFAULT](images=tf.constant(jpegs))
-    ids = out[export.CLASS_IDS].numpy()
+    assert dataset_spec.read(os.path.join(model_dir, artifacts.ASSETS_EXTRA)) == THREE
+    assert dataset_spec.of_model(model_dir) == THREE
+    out = tf.saved_model.load(model_dir).signatures[signatures.SERVING_DEFAULT](images=tf.constant(jpegs))
+    ids = out[signatures.CLASS_IDS].numpy()
     assert ids.shape == (2, SIDE * 3 // 4, SIDE) and ids.max() < THREE.num_classes
-    assert out[export.PROBABILITIES].shape[-1] == THREE.num_classes
+    assert out[signatures.PROBABILITIES].shape[-1] == THREE.num_classes
 
 
 def test_an_export_with_another_datasets_classes_is_refused(tmp_path):
     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="the model predicts 3 classes but dataset 'voc' has 21"):
-        export.export(net, None, str(tmp_path))
+        export.export(net, None, str(tmp_path), VOC_SPEC)
     assert not os.listdir(tmp_path), "nothing exported"
 
 
@@ -220,7 +220,7 @@ def test_the_pushed_version_carries_its_classes_to_the_server_and_predict(traine
     assert layout.push(model_dir, base, "model/1", lambda d: warmup.write(d, logs)) == (1, True)
     version = os.path.join(base, "1")
     # The spec and the warm-up requests side by side in assets.extra, both whole.
-    assert dataset_spec.read(os.path.join(version, export.ASSETS_EXTRA)) == THREE
+    assert dataset_spec.read(os.path.join(version, artifacts.ASSETS_EXTRA)) == THREE
     assert len(warmup.read(version)) == 1
     # The server says which classes it serves, and answers ids of those classes over gRPC.
     server = Server("pets", base, port=0, poll_seconds=0.2)
@@ -232,23 +232,23 @@ def test_the_pushed_version_carries_its_classes_to_the_server_and_predict(traine
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "pets"
-            request.inputs[export.IMAGES].CopyFrom(tf.make_tensor_proto(jpegs, dtype=tf.string))
+            request.inputs[signatures.IMAGES].CopyFrom(tf.make_tensor_proto(jpegs, dtype=tf.string))
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request)
-        ids = tf.make_ndarray(response.outputs[export.CLASS_IDS])
+        ids = tf.make_ndarray(response.outputs[signatures.CLASS_IDS])
         assert ids.shape == (2, SIDE * 3 // 4, SIDE) and ids.max() < THREE.num_classes
     finally:
         server.stop()
     # predict: the masks in the model's colours, whichever way the spec is found.
-    assert client.prediction_spec(base) == THREE
-    assert client.prediction_spec(base, dataset=None, version=1) == THREE
+    assert client.prediction_spec(base, None, None, VOC_SPEC) == THREE
+    assert client.prediction_spec(base, None, 1, VOC_SPEC) == THREE
     with pytest.raises(
         ValueError, match=r"--dataset cihp has classes .* predicts \['background', 'cat', 'dog'\]"
     ):
-        client.prediction_spec(base, dataset="cihp")
+        client.prediction_spec(base, "cihp", None, VOC_SPEC)
     with pytest.raises(FileNotFoundError, match="no complete version 7"):
-        client.prediction_spec(base, version=7)
-    assert client.prediction_spec(dataset="oxford_pet").name == "oxford_pet"
-    assert client.prediction_spec() == dataset_spec.VOC_SPEC
+        client.prediction_spec(base, None, 7, VOC_SPEC)
+    assert client.prediction_spec(None, "oxford_pet", None, VOC_SPEC).name == "oxford_pet"
+    assert client.prediction_spec(None, None, None, THREE) == THREE  # the caller's fallback
     mask = ids[0]
     mask_path, overlay_path = client.write_results("in/cat.jpg", jpegs[0], mask, str(tmp_path / "out"), THREE)
     with Image.open(mask_path) as png:
@@ -278,9 +278,7 @@ def test_the_eval_config_has_the_spec_classes_and_names():
     truth = np.array([[0, 0, 1], [1, 1, 255]], np.uint8)
     predicted = np.array([[0, 1, 1], [1, 1, 0]], np.uint8)
     out = run_metrics([metric_specs.metric_instance(m) for m in ours], [_extracts(truth, predicted)])
-    class_iou = {
-        k.sub_key.class_id: v for k, v in out.items() if k.name == tfma_metrics.CLASS_IOU and k.sub_key
-    }
+    class_iou = {k.sub_key.class_id: v for k, v in out.items() if k.name == metrics.CLASS_IOU and k.sub_key}
     assert class_iou == {0: 0.5, 1: 0.75}
     [plot] = [v for k, v in out.items() if isinstance(k, metric_types.PlotKey)]
     cells = {
@@ -307,7 +305,7 @@ def test_a_metric_without_the_spec_classes_is_refused(kwargs, message):
 
 
 def test_the_eval_config_without_a_spec_is_vocs():
-    config = eval_config.make_eval_config(EvaluatorConfig())
+    config = eval_config.make_eval_config(EvaluatorConfig(), VOC_SPEC)
     assert eval_config.class_names(config) == dataset_spec.VOC_CLASS_NAMES
     with pytest.raises(ValueError, match="not made by make_eval_config"):
         eval_config.class_names(tfma.EvalConfig())

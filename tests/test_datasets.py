@@ -21,8 +21,9 @@ from PIL import Image
 
 from components.dataset_schema.component import SCHEMA_FILE, read_schema
 from components.run_report.component import eval_samples
-from pipeline import config as config_lib
-from pipeline import dataset_spec, features, local_runner
+from core import config as config_lib
+from core import dataset_spec, features, paths
+from pipeline import local_runner
 from tests import reference
 from tests.conftest import feature, png_indices, predicted_pairs, read_examples
 from tests.test_pipeline_local import latest_outputs
@@ -73,7 +74,7 @@ def dataset_run(request, tmp_path_factory):
         "pusher.warmup_requests=1",
         "report.samples=2",
     ]
-    cfg = local_runner.resolve_local_paths(config_lib.load_config("tiny", overrides))
+    cfg = paths.resolved(config_lib.load_config("tiny", overrides), paths.PROJECT_ROOT, os.getcwd())
     assert local_runner.run(cfg) == 0
     return cfg, latest_outputs(cfg)
 

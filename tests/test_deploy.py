@@ -7,9 +7,9 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline import config as config_lib
+from core import paths
 
-DEPLOY = os.path.join(config_lib.PROJECT_ROOT, "serving", "deploy")
+DEPLOY = os.path.join(paths.PROJECT_ROOT, "serving", "deploy")
 # BatchingParameters' fields (tensorflow_serving/servables/tensorflow/session_bundle_config.proto,
 # not shipped in the tensorflow-serving-api wheel): scalar wrappers, and the repeated ints.
 BATCHING_WRAPPED = {

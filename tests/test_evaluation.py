@@ -22,19 +22,15 @@ from tfx import v1 as tfx
 
 from components.run_report import eval_results
 from components.run_report.component import INDEX, REPORT_JSON, RunReport, RunReportGen
-from components.serving_pusher import layout, warmup
-from components.serving_pusher.component import (
-    NOT_PUSHED_REASON,
-    PUSHED,
-    PUSHED_DESTINATION,
-    PUSHED_VERSION,
-    ServingPusher,
-)
+from components.serving_pusher.component import ServingPusher
+from core import config as config_lib
+from core import dataset_spec, features, metrics, paths, signatures, storage
+from core.artifacts import NOT_PUSHED_REASON, PUSHED, PUSHED_DESTINATION, PUSHED_VERSION
+from core.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
 from evaluation import iou, tfma_metrics
-from pipeline import config as config_lib
-from pipeline import features, local_runner, storage
-from pipeline.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
+from pipeline import local_runner
 from pipeline.pipeline import latest_blessed_model, validation_and_push
+from serving import layout, warmup
 from tests import reference
 from tests.conftest import feature, predicted_pairs, read_examples, transform_dir
 from tests.helpers import browser
@@ -264,15 +260,15 @@ def test_the_confusion_matrix_is_a_plot_that_tfmas_viewer_shows(tmp_path):
 
     out = _evaluate_one_slice([_extracts(t, p) for t, p in pairs])
     plots = {key: value for key, value in out.items() if isinstance(key, metric_types.PlotKey)}
-    assert list(plots) == [metric_types.PlotKey(tfma_metrics.CONFUSION_MATRIX)], "one plot"
+    assert list(plots) == [metric_types.PlotKey(metrics.CONFUSION_MATRIX)], "one plot"
     # Not also a metric (TFMA does not write metrics whose names start with "_"). PlotKey and
     # MetricKey compare as tuples, so the type is what tells them apart.
     public = {(type(key), key.name) for key in out if not key.name.startswith("_")}
     assert public == {
-        (metric_types.MetricKey, tfma_metrics.MEAN_IOU), (metric_types.MetricKey, tfma_metrics.CLASS_IOU),
-        (metric_types.MetricKey, tfma_metrics.PIXEL_ACCURACY),
-        (metric_types.MetricKey, tfma_metrics.FREQUENCY_WEIGHTED_IOU),
-        (metric_types.PlotKey, tfma_metrics.CONFUSION_MATRIX),
+        (metric_types.MetricKey, metrics.MEAN_IOU), (metric_types.MetricKey, metrics.CLASS_IOU),
+        (metric_types.MetricKey, metrics.PIXEL_ACCURACY),
+        (metric_types.MetricKey, metrics.FREQUENCY_WEIGHTED_IOU),
+        (metric_types.PlotKey, metrics.CONFUSION_MATRIX),
     }  # fmt: skip
 
     # Through TFMA's writer (the plots file) and reader (load_eval_result) to its viewer.
@@ -313,7 +309,7 @@ def _judge(root, examples_uri, model_dir, tag, **evaluator):
         properties={"split_names": json.dumps(list(features.SPLITS))},
     ).with_id("examples")
     schema = tfx.dsl.Importer(
-        source_uri=os.path.dirname(config_lib.resolve_path(cfg.validation.schema_path)),
+        source_uri=os.path.dirname(paths.project_file(cfg.validation.schema_path)),
         artifact_type=tfx.types.standard_artifacts.Schema,
     ).with_id("schema")
     # Model artifacts hold the SavedModel under Format-Serving, as the Trainer writes it.
@@ -417,7 +413,7 @@ def _check_push_and_report_on_an_object_store(local: dict, tmp_path) -> None:
     assert files_under(f"{base}/1") == model_files | {warmup.WARMUP_FILE, layout.PROVENANCE_FILE}
     requests = [log.predict_log.request for log in warmup.read(f"{base}/1")]
     first_eval = read_examples(local["examples"], features.EVAL_SPLIT)[:4]
-    sent = [tf.make_ndarray(r.inputs[warmup.IMAGES_INPUT])[0] for r in requests]
+    sent = [tf.make_ndarray(r.inputs[signatures.IMAGES])[0] for r in requests]
     assert sent == [feature(e, features.IMAGE_KEY)[0] for e in first_eval]
 
     # The report, in the RunReport artifact and published: the Evaluator's numbers, the push,
@@ -547,7 +543,7 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     for log in logs:
         request = log.predict_log.request
         assert (request.model_spec.name, request.model_spec.signature_name) == ("deeplab", SERVING_DEFAULT)
-        images = tf.make_ndarray(request.inputs[warmup.IMAGES_INPUT])
+        images = tf.make_ndarray(request.inputs[signatures.IMAGES])
         answer = served(images=tf.constant(images))
         width, height = Image.open(io.BytesIO(images[0])).size
         assert answer["class_ids"].shape == (1, height, width)
@@ -596,7 +592,7 @@ def test_the_evaluator_scores_a_test_time_augmented_export_as_it_is_served(
     tta_dir = str(tmp_path / "tta")
     net = tf_keras.models.load_model(plain_dir, compile=False)
     views = tta.TestTimeAugmentation((0.75, 1.0, 1.25), flip=True)
-    export.export(net, tft_output, tta_dir, dataset=export.model_dataset_spec(plain_dir), tta=views)
+    export.export(net, tft_output, tta_dir, dataset_spec.of_model(plain_dir), tta=views)
 
     eval_examples = read_examples(examples_uri, features.EVAL_SPLIT)
     plain_pairs = predicted_pairs(plain_dir, eval_examples)

@@ -9,9 +9,9 @@ import tensorflow as tf
 import tf_keras as keras
 from PIL import Image
 
-from pipeline import features
-from pipeline.config import ConfigError, TrainerConfig
-from pipeline.dataset_spec import VOC_SPEC
+from core import dataset_spec, features, signatures
+from core.config import ConfigError, TrainerConfig
+from core.dataset_spec import VOC_SPEC
 from tests import reference
 from tests.conftest import MAX_SIDE, feature, read_examples
 from tests.helpers.images import declaring, encode
@@ -24,12 +24,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(analyzed, tmp_path_factory):
     examples_uri, tft_output = analyzed
-    net = model.build_deeplabv3plus(MAX_SIDE, width=0.35, aspp_filters=16, decoder_filters=16)
+    net = model.build_deeplabv3plus(
+        MAX_SIDE,
+        VOC_SPEC.num_classes,
+        backbone_weights=None,
+        backbone="mobilenetv2",
+        width=0.35,
+        aspp_filters=16,
+        decoder_filters=16,
+    )
     # Compiled as training compiles it, so that the SavedModel carries the loss, schedule and
     # metric that `tf_keras.models.load_model(path)` (compile=True) revives.
     training.compile_model(net, TrainerConfig(), total_steps=100)
     path = str(tmp_path_factory.mktemp("export") / "model")
-    export.export(net, tft_output, path, with_probabilities=True)
+    export.export(net, tft_output, path, dataset_spec.of_examples(examples_uri), with_probabilities=True)
     return net, tft_output, tf.saved_model.load(path), read_examples(examples_uri, features.TRAIN_SPLIT), path
 
 
@@ -56,7 +64,7 @@ def test_serving_default_returns_each_image_at_its_own_size(exported):
     net, tft_output, loaded, examples, _ = exported
     batch = _different_sizes(examples)
     jpegs = tf.constant([feature(e, features.IMAGE_KEY)[0] for e in batch])
-    out = loaded.signatures[export.SERVING_DEFAULT](images=jpegs)
+    out = loaded.signatures[signatures.SERVING_DEFAULT](images=jpegs)
     expected = _in_process(net, tft_output, batch)
     heights, widths = out["height"].numpy(), out["width"].numpy()
     ids = out["class_ids"].numpy()
@@ -75,12 +83,12 @@ def test_serving_examples_and_transform_features(exported):
     net, tft_output, loaded, examples, _ = exported
     batch = _different_sizes(examples)
     serialized = tf.constant([e.SerializeToString() for e in batch])
-    by_examples = loaded.signatures[export.SERVING_EXAMPLES](examples=serialized)
-    by_images = loaded.signatures[export.SERVING_DEFAULT](
+    by_examples = loaded.signatures[signatures.SERVING_EXAMPLES](examples=serialized)
+    by_images = loaded.signatures[signatures.SERVING_DEFAULT](
         images=tf.constant([feature(e, features.IMAGE_KEY)[0] for e in batch])
     )
     np.testing.assert_array_equal(by_examples["class_ids"].numpy(), by_images["class_ids"].numpy())
-    transformed = loaded.signatures[export.TRANSFORM_FEATURES](examples=serialized)
+    transformed = loaded.signatures[signatures.TRANSFORM_FEATURES](examples=serialized)
     assert transformed[features.LABEL].shape == (3, MAX_SIDE, MAX_SIDE)
     assert transformed[features.IMAGE].shape == (3, MAX_SIDE, MAX_SIDE, 3)
 
@@ -104,11 +112,11 @@ def test_keras_reloads_the_export_with_its_training_setup_and_the_served_masks(e
         logits, transformed[features.ORIGINAL_HEIGHT], transformed[features.ORIGINAL_WIDTH],
         with_probabilities=True,
     )  # fmt: skip
-    served = loaded.signatures[export.SERVING_DEFAULT](
+    served = loaded.signatures[signatures.SERVING_DEFAULT](
         images=tf.constant([feature(e, features.IMAGE_KEY)[0] for e in batch])
     )
     reference.assert_same_masks_but_near_ties(
-        served["class_ids"], ours["class_ids"], ours[export.PROBABILITIES]
+        served["class_ids"], ours["class_ids"], ours[signatures.PROBABILITIES]
     )
     assert len(np.unique(served["class_ids"].numpy())) > 1, "masks of one class would prove little"
 
@@ -141,7 +149,7 @@ def test_the_records_jpegs_decode_and_measure_as_before(analyzed):
 
 def test_png_bmp_and_gif_of_the_same_pixels_get_the_same_masks(exported):
     _, _, loaded, examples, _ = exported
-    serve = loaded.signatures[export.SERVING_DEFAULT]
+    serve = loaded.signatures[signatures.SERVING_DEFAULT]
     batch = [feature(e, features.IMAGE_KEY)[0] for e in _different_sizes(examples, 2)]
     pixels = [tf.io.decode_jpeg(jpeg, channels=3).numpy() for jpeg in batch]
     by_jpeg = serve(images=tf.constant(batch))
@@ -149,7 +157,7 @@ def test_png_bmp_and_gif_of_the_same_pixels_get_the_same_masks(exported):
     lossless = [encode(pixels[0], "PNG"), encode(pixels[1], "BMP")]
     by_lossless = serve(images=tf.constant(lossless))
     mixed = serve(images=tf.constant([lossless[0], batch[1]]))
-    for name in (export.CLASS_IDS, export.HEIGHT, export.WIDTH):
+    for name in (signatures.CLASS_IDS, signatures.HEIGHT, signatures.WIDTH):
         np.testing.assert_array_equal(by_lossless[name].numpy(), by_jpeg[name].numpy(), err_msg=name)
         np.testing.assert_array_equal(mixed[name].numpy(), by_jpeg[name].numpy(), err_msg=name)
     # GIF holds 256 colours: the same 256-colour pixels as a PNG (RGBA, grey too) and a GIF.
@@ -158,22 +166,22 @@ def test_png_bmp_and_gif_of_the_same_pixels_get_the_same_masks(exported):
     rgba = encode(np.dstack([few, np.full(few.shape[:2], 255, np.uint8)]), "PNG")
     assert tf.io.decode_image(gif, expand_animations=False).numpy().tolist() == few.tolist()
     by_gif, by_png = serve(images=tf.constant([gif, rgba])), serve(images=tf.constant([png, png]))
-    np.testing.assert_array_equal(by_gif[export.CLASS_IDS].numpy(), by_png[export.CLASS_IDS].numpy())
-    assert by_gif[export.HEIGHT].numpy().tolist() == [few.shape[0]] * 2
+    np.testing.assert_array_equal(by_gif[signatures.CLASS_IDS].numpy(), by_png[signatures.CLASS_IDS].numpy())
+    assert by_gif[signatures.HEIGHT].numpy().tolist() == [few.shape[0]] * 2
 
 
 def test_png_masks_decode_to_the_class_ids(exported):
     _, _, loaded, examples, _ = exported
     jpegs = tf.constant([feature(e, features.IMAGE_KEY)[0] for e in _different_sizes(examples)])
-    out = loaded.signatures[export.SERVING_DEFAULT](images=jpegs)
-    png_only = loaded.signatures[export.SERVING_PNG](images=jpegs)
-    assert export.CLASS_IDS_PNG not in out, "no PNG encode by default"
-    assert set(png_only) == {export.CLASS_IDS_PNG, export.HEIGHT, export.WIDTH}
-    pngs = png_only[export.CLASS_IDS_PNG].numpy()
-    for name in (export.HEIGHT, export.WIDTH):
+    out = loaded.signatures[signatures.SERVING_DEFAULT](images=jpegs)
+    png_only = loaded.signatures[signatures.SERVING_PNG](images=jpegs)
+    assert signatures.CLASS_IDS_PNG not in out, "no PNG encode by default"
+    assert set(png_only) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
+    pngs = png_only[signatures.CLASS_IDS_PNG].numpy()
+    for name in (signatures.HEIGHT, signatures.WIDTH):
         np.testing.assert_array_equal(png_only[name].numpy(), out[name].numpy())
-    ids = out[export.CLASS_IDS].numpy()
-    sizes = zip(out[export.HEIGHT].numpy(), out[export.WIDTH].numpy(), strict=True)
+    ids = out[signatures.CLASS_IDS].numpy()
+    sizes = zip(out[signatures.HEIGHT].numpy(), out[signatures.WIDTH].numpy(), strict=True)
     for i, (png, (h, w)) in enumerate(zip(pngs, sizes, strict=True)):
         with Image.open(io.BytesIO(png)) as decoded:  # an independent decoder: PIL
             assert decoded.mode == "L" and decoded.size == (w, h)
@@ -187,7 +195,7 @@ def test_an_image_declaring_30000x30000_is_refused_before_decoding(exported):
     bombs = [declaring(data, 30000, 30000) for data in small.values()]
     for bomb in bombs:
         assert len(bomb) < 1000 and preprocessing.declared_shape(bomb).numpy().tolist() == [30000, 30000]
-    serve = loaded.signatures[export.SERVING_DEFAULT]
+    serve = loaded.signatures[signatures.SERVING_DEFAULT]
     reason = (
         "images[1] declares 30000x30000 pixels (900000000), "
         f"above the limit of {TrainerConfig.max_image_pixels} (trainer.max_image_pixels)"
@@ -195,15 +203,18 @@ def test_an_image_declaring_30000x30000_is_refused_before_decoding(exported):
     for bomb in bombs:
         with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
             serve(images=tf.constant([good, bomb]))
-        assert serve(images=tf.constant([good]))[export.HEIGHT].numpy().tolist() == [
+        assert serve(images=tf.constant([good]))[signatures.HEIGHT].numpy().tolist() == [
             feature(examples[0], features.HEIGHT_KEY)[0]
         ]
     # TF Serving's own loader (a v1 session over the SignatureDef) refuses them the same way.
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def[
-            export.SERVING_DEFAULT
+            signatures.SERVING_DEFAULT
         ]
-        images, class_ids = signature.inputs[export.IMAGES].name, signature.outputs[export.CLASS_IDS].name
+        images, class_ids = (
+            signature.inputs[signatures.IMAGES].name,
+            signature.outputs[signatures.CLASS_IDS].name,
+        )
         for bomb in bombs:
             with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
                 session.run(class_ids, feed_dict={images: np.array([good, bomb], dtype=object)})
@@ -222,7 +233,7 @@ def test_transform_features_refuses_an_example_declaring_12000x12000(exported):
         "examples[0] declares 12000x12000 pixels (144000000), "
         f"above the limit of {TrainerConfig.max_image_pixels} (trainer.max_image_pixels)"
     )
-    transform = loaded.signatures[export.TRANSFORM_FEATURES]
+    transform = loaded.signatures[signatures.TRANSFORM_FEATURES]
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
         transform(examples=tf.constant([serialized]))
     good = transform(examples=tf.constant([examples[0].SerializeToString()]))
@@ -240,16 +251,16 @@ def test_a_batch_of_images_each_under_the_limit_is_refused_above_the_batch_budge
         "the batch declares 125000000 pixels in 5 images, above the limit of "
         f"{TrainerConfig.max_batch_pixels} (trainer.max_batch_pixels)"
     )
-    serve = loaded.signatures[export.SERVING_DEFAULT]
+    serve = loaded.signatures[signatures.SERVING_DEFAULT]
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
         serve(images=tf.constant([bomb] * 5))
     example = tf.train.Example.FromString(examples[0].SerializeToString())
     example.features.feature[features.IMAGE_KEY].bytes_list.value[:] = [bomb]
-    transform = loaded.signatures[export.TRANSFORM_FEATURES]
+    transform = loaded.signatures[signatures.TRANSFORM_FEATURES]
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
         transform(examples=tf.constant([example.SerializeToString()] * 5))
     good, height = feature(examples[0], features.IMAGE_KEY)[0], feature(examples[0], features.HEIGHT_KEY)[0]
-    assert serve(images=tf.constant([good] * 5))[export.HEIGHT].numpy().tolist() == [height] * 5
+    assert serve(images=tf.constant([good] * 5))[signatures.HEIGHT].numpy().tolist() == [height] * 5
 
 
 def test_the_batch_budget_is_inclusive_and_a_bad_image_is_named_before_the_batch():
@@ -286,9 +297,9 @@ def test_a_gif_gets_masks_of_its_decoded_size_not_its_logical_screen(exported):
     gif = bytes(gif)
     assert preprocessing.declared_shape(gif).numpy().tolist() == [300, 400]
     assert preprocessing.decode_image(tf.constant(gif)).shape == (30, 40, 3)
-    out = loaded.signatures[export.SERVING_DEFAULT](images=tf.constant([gif]))
-    assert (out[export.HEIGHT].numpy().tolist(), out[export.WIDTH].numpy().tolist()) == ([30], [40])
-    assert out[export.CLASS_IDS].shape == (1, 30, 40)
+    out = loaded.signatures[signatures.SERVING_DEFAULT](images=tf.constant([gif]))
+    assert (out[signatures.HEIGHT].numpy().tolist(), out[signatures.WIDTH].numpy().tolist()) == ([30], [40])
+    assert out[signatures.CLASS_IDS].shape == (1, 30, 40)
 
 
 def test_the_header_check_names_the_first_bad_image_and_its_fault():

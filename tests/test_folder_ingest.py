@@ -15,10 +15,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from components.segmentation_example_gen import beam_ingest, records, sources
+from core import config as config_lib
+from core import dataset_spec, features
+from core.dataset_spec import DatasetSpec
 from datasets import synthetic_folders
-from pipeline import config as config_lib
-from pipeline import dataset_spec, features
-from pipeline.dataset_spec import DatasetSpec
 from tests.conftest import feature, png_indices, read_examples
 
 SIDE = 64

@@ -12,8 +12,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from components.segmentation_example_gen import beam_ingest, records, sources
-from pipeline import dataset_spec, features
-from pipeline.dataset_spec import VOC_SPEC
+from core import dataset_spec, features
+from core.dataset_spec import VOC_SPEC
 from tests.conftest import feature, png_indices, read_examples, read_list, sbd_path, voc_path
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,13 @@ def _pipeline(mode="in_memory"):
 
 def _ingest(root, out, mode="in_memory", **kwargs):
     return beam_ingest.run(
-        _pipeline(mode), root, root, os.path.join(out, "examples"), os.path.join(out, "rejected"), **kwargs
+        _pipeline(mode),
+        root,
+        root,
+        os.path.join(out, "examples"),
+        os.path.join(out, "rejected"),
+        dataset=VOC_SPEC,
+        **kwargs,
     )
 
 

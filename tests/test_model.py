@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.utils import data_utils as keras_data_utils  # what keras.applications download with
 
-from pipeline.dataset_spec import VOC_SPEC
+from core.dataset_spec import VOC_SPEC
 from trainer import losses, model
 
 SIZE = 64
@@ -20,7 +20,14 @@ VOC_CLASSES = VOC_SPEC.num_classes
 @pytest.mark.parametrize("output_stride", [16, 8, 32])
 def test_output_shapes_and_feature_strides(backbone, width, output_stride):
     net = model.build_deeplabv3plus(
-        SIZE, backbone=backbone, output_stride=output_stride, width=width, aspp_filters=32, decoder_filters=32
+        SIZE,
+        VOC_SPEC.num_classes,
+        backbone_weights=None,
+        backbone=backbone,
+        output_stride=output_stride,
+        width=width,
+        aspp_filters=32,
+        decoder_filters=32,
     )
     logits = net(np.zeros((2, SIZE, SIZE, 3), np.float32), training=False)
     assert logits.shape == (2, SIZE, SIZE, VOC_CLASSES) and logits.dtype == tf.float32
@@ -127,7 +134,9 @@ def test_aspp_config_round_trip():
 
 
 def test_resnet50_deeplabv3plus_parameter_count():
-    net = model.build_deeplabv3plus(512, backbone="resnet50", output_stride=16)
+    net = model.build_deeplabv3plus(
+        512, VOC_SPEC.num_classes, backbone_weights=None, backbone="resnet50", output_stride=16
+    )
     # Figure quoted in the README.
     assert net.count_params() == 40_436_053
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.serving_pusher import layout, warmup
-from pipeline.dataset_spec import VOC_SPEC
+from core.dataset_spec import VOC_SPEC
+from serving import layout, warmup
 from trainer.export import SERVING_DEFAULT
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from components.segmentation_example_gen import records, sources
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
+from core import features
+from core.dataset_spec import VOC_SPEC
 from tests.conftest import png_indices
 from transform import palette, preprocessing
 
@@ -31,7 +31,7 @@ def _model_garden_label(png: tf.Tensor) -> np.ndarray:
 
 def test_model_garden_parses_our_keys_and_image(dataset_dir):
     item = sources.plan_items(dataset_dir, dataset_dir)[0]
-    example = records.build_example(item)
+    example = records.build_example(item, VOC_SPEC)
     parsed = tf.io.parse_single_example(example.SerializeToString(), MODEL_GARDEN_KEYS)
     # No default was used: every key is ours, with Model Garden's type.
     image = tf.io.decode_image(parsed["image/encoded"], channels=3).numpy()
@@ -51,6 +51,6 @@ def test_model_garden_reads_our_masks_as_luminance_not_class_ids():
     assert theirs[0] == 0 and (theirs[1:] != ids[0, 1:]).all()
     assert (theirs[6], theirs[18]) == (89, 112)
     # Ours decodes the same bytes to the ids.
-    ours, off_palette = preprocessing.decode_mask(png)
+    ours, off_palette = preprocessing.decode_mask(png, VOC_SPEC.num_classes)
     np.testing.assert_array_equal(ours.numpy()[0], ids[0])
     assert int(off_palette) == 0

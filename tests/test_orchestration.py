@@ -14,13 +14,14 @@ import setuptools
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.serving_pusher import layout
+from core import config as config_lib
+from core import paths
 from pipeline import cli, kubeflow_runner, local_runner
-from pipeline import config as config_lib
 from pipeline.pipeline import create_pipeline
+from serving import layout
 from trainer import warm_start
 
-ROOT = config_lib.PROJECT_ROOT
+ROOT = paths.PROJECT_ROOT
 
 
 def tfx_upstream(cfg) -> dict:
@@ -102,7 +103,7 @@ def test_compile_command(tmp_path, capsys):
 )
 def test_scale_out_beam_args(runner, extra):
     cfg = config_lib.load_config("voc", [f"beam.runner={runner}", f"beam.extra_args={json.dumps(extra)}"])
-    args = create_pipeline(cfg).beam_pipeline_args
+    args = create_pipeline(paths.resolved(cfg, ROOT, None)).beam_pipeline_args
     assert args == [f"--runner={runner}", f"--setup_file={ROOT}/setup.py", *extra]
     assert not any(a.startswith("--direct_") for a in args)
 
@@ -117,6 +118,7 @@ def test_setup_py_ships_every_package_workers_import():
         "components.segmentation_example_gen",
         "components.serving_pusher",
         "components.run_report",
+        "core",
     } <= shipped
 
 

@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
+from core import features
+from core.dataset_spec import VOC_SPEC
 from transform import palette
 
 # Colours published with the VOC devkit (VOCcode/VOClabelcolormap.m) for a few classes.

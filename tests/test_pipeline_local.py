@@ -26,9 +26,10 @@ from PIL import Image
 
 from components.data_gate.component import DataGateDecision
 from components.segmentation_example_gen import sources
-from pipeline import config as config_lib
-from pipeline import features, local_runner, logs
-from pipeline.dataset_spec import VOC_SPEC
+from core import config as config_lib
+from core import features, paths
+from core.dataset_spec import VOC_SPEC
+from pipeline import local_runner, logs
 from serving import client
 from serving.server import Server
 from tests.conftest import feature, png_indices, read_examples
@@ -104,7 +105,7 @@ def run_overrides(dataset_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_config(run_overrides):
-    return local_runner.resolve_local_paths(config_lib.load_config("tiny", run_overrides))
+    return paths.resolved(config_lib.load_config("tiny", run_overrides), paths.PROJECT_ROOT, os.getcwd())
 
 
 def _cli_run(overrides):
@@ -188,7 +189,7 @@ def test_first_run_executes_every_component_once(run_config, first_run):
         ids = png_indices(feature(example, features.MASK_KEY)[0])
         expected += np.bincount(ids.ravel(), minlength=256)
     graph = tft.TFTransformOutput(uri["TransformGraph"])
-    counts = preprocessing.read_class_counts(graph)
+    counts = preprocessing.read_class_counts(graph, VOC_SPEC.num_classes)
     assert {t: n for t, n in counts.items() if n} == {str(c): int(n) for c, n in enumerate(expected) if n}
     # The Trainer trained for the configured steps and exported a model that serves masks at
     # each image's own size.
@@ -318,7 +319,7 @@ def test_a_warm_started_run_starts_from_the_last_blessed_model(
     root.mkdir()
     shutil.copy(run_config.metadata_path, root / "metadata.sqlite")
     overrides = [*run_overrides, f"pipeline_root={root}", "trainer.warm_start=true"]
-    cfg = local_runner.resolve_local_paths(config_lib.load_config("tiny", overrides))
+    cfg = paths.resolved(config_lib.load_config("tiny", overrides), paths.PROJECT_ROOT, os.getcwd())
     # Up to the Trainer: what follows it is the first run's wiring, judged there.
     assert local_runner.run(cfg, to_nodes=["Trainer"]) == 0
 
@@ -345,7 +346,7 @@ def test_a_warm_started_run_starts_from_the_last_blessed_model(
 
 def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_overrides, first_run, tmp_path):
     # A schema that admits only VOC-sourced images: the SBD records in train are anomalies.
-    schema = open(config_lib.resolve_path(run_config.validation.schema_path)).read()
+    schema = open(paths.project_file(run_config.validation.schema_path)).read()
     strict = tmp_path / "schema.pbtxt"
     strict.write_text(schema.replace('  value: "sbd"\n', ""))
     cfg = config_lib.apply_overrides(run_config, [f"validation.schema_path={strict}"])

@@ -11,8 +11,8 @@ import scipy.io
 from PIL import Image, PngImagePlugin
 
 from components.segmentation_example_gen import records, sources
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
+from core import features
+from core.dataset_spec import VOC_SPEC
 from tests.conftest import feature, png_indices, sbd_segmentation
 from tests.test_palette import assert_canonical_mask_png, png_chunks
 from transform import palette, preprocessing
@@ -39,7 +39,7 @@ def _write_png(path, ids, pal=None, mode="P"):
 
 def test_voc_record_holds_the_contract(dataset_dir):
     item = _item(dataset_dir, features.SOURCE_VOC)
-    example = records.build_example(item)
+    example = records.build_example(item, VOC_SPEC)
     with open(item.image_path, "rb") as f:
         jpeg = f.read()
     with open(item.mask_path, "rb") as f:
@@ -73,7 +73,7 @@ def test_voc_record_holds_the_contract(dataset_dir):
 
 def test_sbd_mat_becomes_a_voc_palette_png(dataset_dir):
     item = _item(dataset_dir, features.SOURCE_SBD)
-    example = records.build_example(item)
+    example = records.build_example(item, VOC_SPEC)
     png = feature(example, features.MASK_KEY)[0]
     assert (
         Image.open(io.BytesIO(png)).getpalette()[: 3 * VOC_CLASSES]
@@ -88,19 +88,21 @@ def test_rgb_and_grey_masks_are_read_by_colour_and_by_id(dataset_copy):
     ids = png_indices(open(item.mask_path, "rb").read())
     for mode, pixels in (("RGB", palette.VOC_COLORMAP[ids]), ("L", ids)):
         _write_png(item.mask_path, pixels, mode=mode)
-        example = records.build_example(item)
+        example = records.build_example(item, VOC_SPEC)
         np.testing.assert_array_equal(png_indices(feature(example, features.MASK_KEY)[0]), ids)
 
 
 def test_grayscale_jpeg_is_accepted(dataset_copy):
     item = _item(dataset_copy, features.SOURCE_VOC)
     Image.open(item.image_path).convert("L").save(item.image_path, format="JPEG")
-    assert feature(records.build_example(item), features.IMAGE_KEY) == [open(item.image_path, "rb").read()]
+    assert feature(records.build_example(item, VOC_SPEC), features.IMAGE_KEY) == [
+        open(item.image_path, "rb").read()
+    ]
 
 
 def _reject(item):
     with pytest.raises(records.Rejected) as err:
-        records.build_example(item)
+        records.build_example(item, VOC_SPEC)
     return err.value
 
 
@@ -175,7 +177,7 @@ def test_palette_png_is_read_by_index_and_repainted_in_voc_colours(dataset_copy,
     pal = [255 - v for v in pal] if palette_entries == "recoloured" else pal[: 3 * VOC_CLASSES]
     _write_png(item.mask_path, ids, pal=pal)
     assert (ids == 255).any()
-    png = feature(records.build_example(item), features.MASK_KEY)[0]
+    png = feature(records.build_example(item, VOC_SPEC), features.MASK_KEY)[0]
     assert png != open(item.mask_path, "rb").read(), "re-encoded"
     np.testing.assert_array_equal(png_indices(png), ids)
     assert Image.open(io.BytesIO(png)).getpalette() == palette.flat_palette()
@@ -203,12 +205,12 @@ def test_masks_with_ancillary_chunks_are_stored_in_the_canonical_encoding(datase
     ids = png_indices(open(item.mask_path, "rb").read())
     assert len(np.unique(ids)) >= 3, "background, a class and void at least"
     _save_with_chunks(item.mask_path, ids, chunks)
-    example = records.build_example(item)
+    example = records.build_example(item, VOC_SPEC)
     stored = feature(example, features.MASK_KEY)[0]
     assert_canonical_mask_png(stored)
     np.testing.assert_array_equal(png_indices(stored), ids)
     # What Transform reads: the same indices, nothing off-palette.
-    decoded, off_palette = preprocessing.decode_mask(stored)
+    decoded, off_palette = preprocessing.decode_mask(stored, VOC_SPEC.num_classes)
     np.testing.assert_array_equal(decoded.numpy(), ids)
     assert int(off_palette) == 0
     present = sorted(int(c) for c in np.unique(png_indices(stored)) if 0 < c < VOC_CLASSES)
@@ -251,7 +253,7 @@ def test_damaged_images_and_masks_are_rejected_as_data_never_raised(dataset_copy
                 damaged = _damaged(original, rng)
             open(path, "wb").write(damaged)
             try:
-                records.build_example(item)
+                records.build_example(item, VOC_SPEC)
             except records.Rejected as e:
                 assert e.kind in allowed and path in e.reason, (e.kind, e.reason)
                 kinds[e.kind] = kinds.get(e.kind, 0) + 1

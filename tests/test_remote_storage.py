@@ -33,11 +33,9 @@ from tensorflow_serving.apis import (
 )
 
 from components.run_report import component as run_report
-from components.serving_pusher import layout, warmup
-from pipeline import config as config_lib
-from pipeline import features, storage
-from pipeline.dataset_spec import VOC_SPEC
-from serving import client
+from core import artifacts, features, paths, signatures, storage
+from core.dataset_spec import VOC_SPEC
+from serving import client, layout, warmup
 from serving.models import ModelVersions, replay_warmup
 from serving.server import Predictor, Server
 from tests.conftest import feature, png_indices, read_examples
@@ -62,7 +60,7 @@ def _eval_images(examples_uri: str, count: int) -> list:
     return [feature(e, features.IMAGE_KEY)[0] for e in examples]
 
 
-# pipeline/storage.py
+# core/storage.py
 
 
 @pytest.mark.parametrize(
@@ -118,7 +116,9 @@ def test_prediction_results_are_written_through_gfile():
     mask = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8) % VOC_SPEC.num_classes
     jpeg = io.BytesIO()
     Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(jpeg, format="JPEG")
-    mask_path, overlay_path = client.write_results("photos/2007_000032.jpg", jpeg.getvalue(), mask, out)
+    mask_path, overlay_path = client.write_results(
+        "photos/2007_000032.jpg", jpeg.getvalue(), mask, out, VOC_SPEC
+    )
     assert (mask_path, overlay_path) == (f"{out}/2007_000032.png", f"{out}/2007_000032_overlay.jpg")
     np.testing.assert_array_equal(png_indices(read_bytes(mask_path)), mask)
     with Image.open(io.BytesIO(read_bytes(overlay_path))) as overlay:
@@ -357,7 +357,7 @@ def test_the_server_loads_an_object_store_version_only_once_complete(
     with pytest.raises((tf.errors.OpError, OSError)):
         layout.push(str(broken), base, source="model/broken", add_files=add_warmup)
     assert layout.version_numbers(base) == []
-    storage.copy_tree(untrained_model, f"{base}/1", exclude=[layout.SAVED_MODEL_FILE])
+    storage.copy_tree(untrained_model, f"{base}/1", exclude=[artifacts.SAVED_MODEL_FILE])
     assert layout.version_numbers(base) == [1] and layout.versions(base) == []
     models = ModelVersions(MODEL, base, warm=lambda s: replay_warmup(s, Predictor.call), poll_seconds=0.1)
     assert not models.poll() and models.states() == {}
@@ -376,7 +376,7 @@ def test_the_server_loads_an_object_store_version_only_once_complete(
         layout.PROVENANCE_FILE,
     }
     logs = warmup.read(f"{base}/2")
-    assert [tf.make_ndarray(log.predict_log.request.inputs[warmup.IMAGES_INPUT])[0] for log in logs] == (
+    assert [tf.make_ndarray(log.predict_log.request.inputs[signatures.IMAGES])[0] for log in logs] == (
         eval_images[:2]
     )
 
@@ -387,7 +387,7 @@ def test_the_server_loads_an_object_store_version_only_once_complete(
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         request = predict_pb2.PredictRequest()
         request.model_spec.name, request.model_spec.signature_name = MODEL, SERVING_DEFAULT
-        request.inputs[warmup.IMAGES_INPUT].CopyFrom(tf.make_tensor_proto(eval_images[:1], dtype=tf.string))
+        request.inputs[signatures.IMAGES].CopyFrom(tf.make_tensor_proto(eval_images[:1], dtype=tf.string))
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
         width, height = Image.open(io.BytesIO(eval_images[0])).size
         assert response.model_spec.version.value == 2
@@ -448,7 +448,7 @@ def test_a_crash_mid_push_leaves_no_version_a_server_would_load(tmp_path):
 
 _PUSHER = """
 import os, sys, time
-from components.serving_pusher import layout
+from serving import layout
 
 model, base, source, ready = sys.argv[1:]
 
@@ -467,7 +467,7 @@ def _start_pusher(model: str, base: str, source: str, ready: str) -> subprocess.
     """Another process pushing ``model``: it writes its staging dir's path to ``ready`` and waits,
     mid-push, until ``ready + ".go"`` appears."""
     return subprocess.Popen(
-        [sys.executable, "-c", _PUSHER, model, base, source, ready], cwd=config_lib.PROJECT_ROOT,
+        [sys.executable, "-c", _PUSHER, model, base, source, ready], cwd=paths.PROJECT_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

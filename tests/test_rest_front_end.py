@@ -21,8 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.serving_pusher import layout
-from serving import rest
+from serving import layout, rest
 from serving.server import Server
 from tests.test_serving import free_port
 from trainer.export import SERVING_DEFAULT

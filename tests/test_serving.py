@@ -26,16 +26,14 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.serving_pusher import layout, warmup
-from pipeline import config as config_lib
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
-from serving import client
+from core import config as config_lib
+from core import features, paths, signatures
+from core.dataset_spec import VOC_SPEC
+from serving import client, layout, warmup
 from serving.models import MAX_REASON_CHARS, model_error
 from serving.server import Server
 from tests.conftest import feature, read_examples
 from tests.helpers.images import declaring, encode
-from trainer import export
 from trainer.export import SERVING_DEFAULT
 
 pytestmark = pytest.mark.slow
@@ -60,7 +58,7 @@ def served(untrained_model, learning_data, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base, "--model-name", MODEL,
          "--port", "0", "--rest-port", str(free_port()), "--poll-seconds", "0.2", "--max-request-mb", "1"],
-        cwd=config_lib.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.time() + 120
     ports = None
@@ -131,7 +129,9 @@ def test_predict_command_writes_palette_masks_and_overlays(served, tmp_path):
     for i, image in enumerate(served["images"]):
         paths.append(str(tmp_path / f"img{i}.jpg"))
         open(paths[-1], "wb").write(image)
-    written = client.predict_files(served["grpc"], MODEL, paths, str(tmp_path / "out"), batch_size=2)
+    written = client.predict_files(
+        served["grpc"], MODEL, paths, str(tmp_path / "out"), VOC_SPEC, batch_size=2
+    )
     expected = _in_process(os.path.join(served["base"], "1"), served["images"])
     assert [(p, v) for p, v, _ in written] == [(p, 1) for p in paths]
     for (_, _, mask_path), want in zip(written, expected, strict=True):
@@ -161,12 +161,12 @@ def test_status_and_metadata(served):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     default = signatures.signature_def[SERVING_DEFAULT]
-    assert default.inputs[export.IMAGES].dtype == tf.string.as_datatype_enum
-    assert set(default.outputs) == {export.CLASS_IDS, export.HEIGHT, export.WIDTH}
-    png = signatures.signature_def[export.SERVING_PNG]
-    assert set(png.outputs) == {export.CLASS_IDS_PNG, export.HEIGHT, export.WIDTH}
-    assert png.outputs[export.CLASS_IDS_PNG].dtype == tf.string.as_datatype_enum
-    assert {export.SERVING_EXAMPLES, export.TRANSFORM_FEATURES} <= set(signatures.signature_def)
+    assert default.inputs[signatures.IMAGES].dtype == tf.string.as_datatype_enum
+    assert set(default.outputs) == {signatures.CLASS_IDS, signatures.HEIGHT, signatures.WIDTH}
+    png = signatures.signature_def[signatures.SERVING_PNG]
+    assert set(png.outputs) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
+    assert png.outputs[signatures.CLASS_IDS_PNG].dtype == tf.string.as_datatype_enum
+    assert {signatures.SERVING_EXAMPLES, signatures.TRANSFORM_FEATURES} <= set(signatures.signature_def)
     # The classes are not in TF Serving's API; `serve` says which it serves when it starts.
     started = re.search(r"model 'deeplab' version 1 on .*; (.*)", open(served["log"]).read()).group(1)
     assert started == f"dataset 'voc', 21 classes: {', '.join(VOC_SPEC.class_names)}"
@@ -239,7 +239,8 @@ def test_a_20kb_garbage_example_gets_invalid_argument_with_a_short_reason(served
     garbage = b"\x01garbage" * 2500
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(
-            _request([garbage], input_name=export.EXAMPLES, signature=export.SERVING_EXAMPLES), timeout=30
+            _request([garbage], input_name=signatures.EXAMPLES, signature=signatures.SERVING_EXAMPLES),
+            timeout=30,
         )
     details = e.value.details()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, details
@@ -392,26 +393,30 @@ def test_rest_answers_png_masks_a_fraction_of_the_json_class_ids(served):
     # A 500x375 image, VOC's commonest size. The figures go to the README (`-s` prints them).
     with Image.open(io.BytesIO(served["images"][0])) as small:
         image = encode(np.asarray(small.convert("RGB").resize((500, 375))), "JPEG")
-    instances = [{export.IMAGES: {"b64": base64.b64encode(image).decode()}}]
+    instances = [{signatures.IMAGES: {"b64": base64.b64encode(image).decode()}}]
     answers = {
         name: _post(served, {"signature_name": name, "instances": instances})
-        for name in (export.SERVING_DEFAULT, export.SERVING_PNG)
+        for name in (signatures.SERVING_DEFAULT, signatures.SERVING_PNG)
     }
-    [full] = json.loads(answers[export.SERVING_DEFAULT])["predictions"]
-    [png_only] = json.loads(answers[export.SERVING_PNG])["predictions"]
-    assert set(png_only) == {export.CLASS_IDS_PNG, export.HEIGHT, export.WIDTH}
-    class_ids = np.asarray(full[export.CLASS_IDS], np.uint8)
-    assert class_ids.shape == (375, 500) and (png_only[export.HEIGHT], png_only[export.WIDTH]) == (375, 500)
-    np.testing.assert_array_equal(
-        client.decode_png_mask(base64.b64decode(png_only[export.CLASS_IDS_PNG]["b64"])), class_ids
+    [full] = json.loads(answers[signatures.SERVING_DEFAULT])["predictions"]
+    [png_only] = json.loads(answers[signatures.SERVING_PNG])["predictions"]
+    assert set(png_only) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
+    class_ids = np.asarray(full[signatures.CLASS_IDS], np.uint8)
+    assert class_ids.shape == (375, 500) and (png_only[signatures.HEIGHT], png_only[signatures.WIDTH]) == (
+        375,
+        500,
     )
-    json_ids = len(json.dumps(full[export.CLASS_IDS]))
+    np.testing.assert_array_equal(
+        client.decode_png_mask(base64.b64decode(png_only[signatures.CLASS_IDS_PNG]["b64"])), class_ids
+    )
+    json_ids = len(json.dumps(full[signatures.CLASS_IDS]))
     print(
-        f"REST answer for 500x375: {export.SERVING_DEFAULT} {len(answers[export.SERVING_DEFAULT])} bytes "
-        f"(class_ids as JSON {json_ids}), {export.SERVING_PNG} {len(answers[export.SERVING_PNG])} bytes"
+        f"REST answer for 500x375: {signatures.SERVING_DEFAULT} {len(answers[signatures.SERVING_DEFAULT])} "
+        f"bytes (class_ids as JSON {json_ids}), {signatures.SERVING_PNG} "
+        f"{len(answers[signatures.SERVING_PNG])} bytes"
     )
     assert json_ids >= 2 * 500 * 375  # at least "d," per pixel
-    assert len(answers[export.SERVING_PNG]) * 20 < json_ids
+    assert len(answers[signatures.SERVING_PNG]) * 20 < json_ids
     # `deeplab-tfx predict --rest` asks serving_png and decodes the PNG.
     _, [mask] = client.RestClient(served["rest"], MODEL).predict([image])
     np.testing.assert_array_equal(mask, class_ids)

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from components.segmentation_example_gen import sources
-from pipeline import features
+from core import features
+from core.dataset_spec import VOC_SPEC
 from tests.conftest import read_list, sbd_path, voc_path
 
 TRAIN, EVAL = features.TRAIN_SPLIT, features.EVAL_SPLIT
@@ -88,12 +89,12 @@ def test_plan_paths_follow_the_source(dataset_dir):
 
 
 def test_fingerprint_follows_the_files(dataset_copy):
-    before = sources.fingerprint(dataset_copy, dataset_copy)
-    assert sources.fingerprint(dataset_copy, dataset_copy) == before
+    before = sources.fingerprint(dataset_copy, dataset_copy, VOC_SPEC)
+    assert sources.fingerprint(dataset_copy, dataset_copy, VOC_SPEC) == before
     item = sources.plan_items(dataset_copy, dataset_copy)[0]
     with open(item.mask_path, "ab") as f:
         f.write(b"\0")
-    assert sources.fingerprint(dataset_copy, dataset_copy) != before
+    assert sources.fingerprint(dataset_copy, dataset_copy, VOC_SPEC) != before
 
 
 IDS = ("2007_000032", "2007_000039", "2008_000002")

@@ -14,17 +14,16 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import config as config_lib
-from pipeline import features, storage
-from pipeline.config import TrainerConfig
-from pipeline.dataset_spec import VOC_SPEC
+from core import artifacts, features, metrics, paths, storage
+from core.config import TrainerConfig
+from core.dataset_spec import VOC_SPEC
 from tests import reference
 from tests.conftest import feature, png_indices, read_examples, transform_dir
 from tests.helpers import examples as examples_lib
 from trainer import callbacks, distribute, optimization, training
 from trainer.export import SERVING_DEFAULT
 
-ROOT = config_lib.PROJECT_ROOT
+ROOT = paths.PROJECT_ROOT
 SMALL = dict(
     backbone="mobilenetv2", width=0.35, backbone_weights="", aspp_filters=16, decoder_filters=16,
     low_level_filters=8, batch_size_per_replica=4, learning_rate=0.02, warmup_steps=2,
@@ -80,7 +79,9 @@ def test_nan_loss_fails_the_run_instead_of_stopping_quietly():
 def test_mixed_precision_model_keeps_float32_logits():
     previous = distribute.set_policy("mixed_bfloat16")
     try:
-        net = training.build_model(TrainerConfig(**SMALL), 64, replicas=1, images_normalized=False)
+        net = training.build_model(
+            TrainerConfig(**SMALL), 64, replicas=1, images_normalized=False, num_classes=VOC_SPEC.num_classes
+        )
         assert net.get_layer("aspp").compute_dtype == "bfloat16"
         assert net(tf.zeros((1, 64, 64, 3))).dtype == tf.float32
     finally:
@@ -425,7 +426,7 @@ def test_multi_worker_mirrored_with_two_local_workers(analyzed, eval_in_four_fil
     assert SERVING_DEFAULT in loaded.signatures
     assert not [d for d in os.listdir(tmp_path) if "scratch" in d], os.listdir(tmp_path)
     assert not (tmp_path / "run" / "backup").exists()
-    history = json.load(open(tmp_path / "run" / training.HISTORY_FILE))["epochs"]
+    history = json.load(open(tmp_path / "run" / artifacts.HISTORY_FILE))["epochs"]
     assert [r["step"] for r in history] == [4, 6]
     # The 6th and last step used the rate of a poly schedule 6 steps long, not 8.
     schedule = optimization.WarmupPolyDecay(SMALL["learning_rate"], 6, SMALL["warmup_steps"])
@@ -440,7 +441,7 @@ def test_multi_worker_mirrored_with_two_local_workers(analyzed, eval_in_four_fil
     pixels = int((_eval_labels(tft_output, eval_in_four_files) != features.IGNORE_LABEL).sum())
     assert [r["eval_pixels"] for r in results] == [pixels, pixels]
     assert results[0]["best_mean_iou"] == pytest.approx(expected, abs=1e-6)
-    assert results[0]["best_mean_iou"] == max(r[f"val_{training.MEAN_IOU}"] for r in history)
+    assert results[0]["best_mean_iou"] == max(r[f"val_{metrics.MEAN_IOU}"] for r in history)
 
 
 def _class_absent_from(examples) -> int:
@@ -500,13 +501,13 @@ def test_killed_training_resumes_from_its_backup(analyzed, tmp_path):
     assert result["steps"] == 55, "exactly the steps asked for"
     assert not backup.exists(), "a finished training deletes its backup"
 
-    history = json.load(open(tmp_path / "run" / training.HISTORY_FILE))["epochs"]
+    history = json.load(open(tmp_path / "run" / artifacts.HISTORY_FILE))["epochs"]
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6], "epochs from before the kill are kept"
     assert [r["step"] for r in history] == [10, 20, 30, 40, 50, 55]
     # The 55th and last step used the rate of a poly schedule 55 steps long (from the restart's base).
     schedule = optimization.WarmupPolyDecay(0.1, 55, SMALL["warmup_steps"])
     assert history[-1]["learning_rate"] == pytest.approx(float(schedule(54)))
-    scores = [r[f"val_{training.MEAN_IOU}"] for r in history]
+    scores = [r[f"val_{metrics.MEAN_IOU}"] for r in history]
     best_epoch = 1 + int(np.argmax(scores[:2]))
     assert max(scores[2:]) < scores[best_epoch - 1], f"the restart should have done worse: {scores}"
     assert (result["best_epoch"], result["best_mean_iou"]) == (best_epoch, scores[best_epoch - 1])

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import features
-from pipeline.dataset_spec import VOC_SPEC
+from core import features
+from core.dataset_spec import VOC_SPEC
 from tests.conftest import MAX_SIDE, analyze, feature, png_indices, read_examples, voc_path
 from tests.test_palette import png_chunks
 from transform import palette, preprocessing
@@ -29,11 +29,11 @@ def test_palette_decode_equals_pil_on_every_mask_eagerly_and_in_tf_data(dataset_
     references = [png_indices(open(p, "rb").read()) for p in paths]
     assert any((r == features.IGNORE_LABEL).any() for r in references), "the void band is covered"
     for path, ref in zip(paths, references, strict=False):
-        ids, off = preprocessing.decode_mask(tf.io.read_file(path))
+        ids, off = preprocessing.decode_mask(tf.io.read_file(path), VOC_SPEC.num_classes)
         np.testing.assert_array_equal(ids.numpy(), ref, err_msg=path)
         assert int(off) == 0
     dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: preprocessing.decode_mask(tf.io.read_file(p))
+        lambda p: preprocessing.decode_mask(tf.io.read_file(p), VOC_SPEC.num_classes)
     )
     for (ids, off), ref in zip(dataset, references, strict=False):
         np.testing.assert_array_equal(ids.numpy(), ref)
@@ -61,7 +61,9 @@ def test_every_palette_index_decodes_to_its_class_id_whatever_the_palette():
     expected = np.where(np.isin(indices, palette.VALID_INDICES), indices, features.IGNORE_LABEL)
     foreign = np.random.default_rng(16).integers(0, 256, (256, 3), dtype=np.uint8)
     foreign[1] = foreign[2]  # two classes of one colour
-    decode = tf.function(preprocessing.decode_mask)  # a graph, as in the Transform
+    decode = tf.function(
+        lambda png: preprocessing.decode_mask(png, VOC_SPEC.num_classes)
+    )  # a graph, as in the Transform
     for colours in (None, foreign):
         ids, no_class = decode(tf.constant(_palette_png(indices, colours=colours)))
         np.testing.assert_array_equal(ids.numpy(), expected)
@@ -81,10 +83,12 @@ def test_indices_beyond_a_short_palette_are_read_not_taken_for_background(entrie
 
 def test_out_of_palette_indices_become_255_and_are_counted():
     indices = np.array([[0, 1, 15, 255, 21, 37, 254]], np.uint8)
-    ids, off = preprocessing.decode_mask(_palette_png(indices))
+    ids, off = preprocessing.decode_mask(_palette_png(indices), VOC_SPEC.num_classes)
     np.testing.assert_array_equal(ids.numpy(), [[0, 1, 15, 255, 255, 255, 255]])
     assert int(off) == 3
-    counts = preprocessing.class_histogram(preprocessing.mask_indices(_palette_png(indices))).numpy()
+    counts = preprocessing.class_histogram(
+        preprocessing.mask_indices(_palette_png(indices)), VOC_SPEC.num_classes
+    ).numpy()
     assert counts[0] == counts[1] == counts[15] == 1 and counts[VOC_SPEC.num_classes] == 1 and counts[-1] == 3
 
 
@@ -102,7 +106,7 @@ def test_a_mask_not_in_the_canonical_encoding_is_refused_not_misread(encoding):
     else:
         png = _png(palette.VOC_COLORMAP[indices] if encoding == "RGB" else indices, encoding)
     with pytest.raises(tf.errors.InvalidArgumentError, match="canonical encoding"):
-        tf.function(preprocessing.decode_mask)(tf.constant(png))
+        tf.function(lambda png: preprocessing.decode_mask(png, VOC_SPEC.num_classes))(tf.constant(png))
 
 
 @pytest.mark.parametrize("height, width", [(375, 500), (500, 333), (64, 64), (20, 100)])
@@ -143,7 +147,7 @@ def test_class_pixel_counts_equal_a_numpy_count(analyzed):
     expected = np.zeros(256, np.int64)
     for example in read_examples(examples_uri, features.TRAIN_SPLIT):
         expected += np.bincount(png_indices(feature(example, features.MASK_KEY)[0]).ravel(), minlength=256)
-    counts = preprocessing.read_class_counts(tft_output)
+    counts = preprocessing.read_class_counts(tft_output, VOC_SPEC.num_classes)
     assert {int(t): n for t, n in counts.items() if t.isdigit()} == {
         c: int(expected[c]) for c in (*range(VOC_SPEC.num_classes), features.IGNORE_LABEL)
     }

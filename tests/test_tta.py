@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import config as config_lib
-from pipeline import features
+from core import config as config_lib
+from core import features, signatures
 from tests import reference
 from tests.conftest import feature, read_examples, train_tiny
 from trainer import export, training, tta
@@ -104,7 +104,7 @@ def test_the_config_exports_augmented_signatures_that_serve_the_averaged_masks(l
     )
     net = keras.models.load_model(model_dir, compile=False)
     averaged = tta.AveragedLogits(net, tta.TestTimeAugmentation((0.75, 1.0, 1.25), flip=True))
-    serve = tf.saved_model.load(model_dir).signatures[export.SERVING_DEFAULT]
+    serve = tf.saved_model.load(model_dir).signatures[signatures.SERVING_DEFAULT]
     images = [feature(e, features.IMAGE_KEY)[0] for e in read_examples(examples_uri, features.EVAL_SPLIT)[:3]]
     served = serve(images=tf.constant(images))
     # The Transform graph as the signatures apply it, to the image alone.
@@ -117,7 +117,7 @@ def test_the_config_exports_augmented_signatures_that_serve_the_averaged_masks(l
     )
     # The SavedModel's graph against eager Keras: equal but where two classes nearly tie.
     reference.assert_same_masks_but_near_ties(
-        served[export.CLASS_IDS], expected[export.CLASS_IDS], expected[export.PROBABILITIES]
+        served[signatures.CLASS_IDS], expected[signatures.CLASS_IDS], expected[signatures.PROBABILITIES]
     )
     plain = net(transformed[features.IMAGE], training=False)
     assert not np.array_equal(averaged(transformed[features.IMAGE]).numpy(), plain.numpy())

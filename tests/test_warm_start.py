@@ -13,10 +13,10 @@ import shutil
 import pytest
 import tf_keras as keras
 
-from pipeline import config as config_lib
-from pipeline import dataset_spec
+from core import artifacts, dataset_spec
+from core import config as config_lib
 from tests.conftest import train_tiny
-from trainer import export, training, warm_start
+from trainer import training, warm_start
 
 pytestmark = pytest.mark.slow
 # The fraction of the first training's steps the warm-started one takes.
@@ -98,13 +98,13 @@ def test_a_base_model_of_other_classes_is_not_taken(trained_model, tmp_path):
     base_dir, _ = trained_model
     other = tmp_path / "other_classes"
     shutil.copytree(base_dir, other)
-    spec = export.model_dataset_spec(base_dir)
+    spec = dataset_spec.of_model(base_dir)
     # A dataset of the folders layout whose 21 classes are VOC's but the last.
     folders = config_lib.load_config("tiny", ["dataset=cihp"]).dataset
     renamed = dataclasses.replace(
         folders, name="renamed", class_names=(*spec.class_names[:-1], "sofa_bed"), colours=()
     )
-    dataset_spec.write(renamed, str(other / export.ASSETS_EXTRA))
+    dataset_spec.write(renamed, str(other / artifacts.ASSETS_EXTRA))
     config = config_lib.load_config("tiny").trainer
     net = training.build_model(config, 128, replicas=1, images_normalized=False, num_classes=spec.num_classes)
     before = net.get_weights()

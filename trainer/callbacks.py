@@ -10,7 +10,7 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import storage
+from core import storage
 from trainer import distribute
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import features
+from core import features
 from transform import preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE

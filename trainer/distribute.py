@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import storage
-from pipeline.config import PRECISIONS, STRATEGIES
+from core import storage
+from core.choices import PRECISIONS, STRATEGIES
 
 
 def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:

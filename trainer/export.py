@@ -19,10 +19,11 @@ preprocessing of training. With test-time augmentation (``trainer.tta_scales``,
 ``trainer.tta_flip``) the three predicting signatures average the logits of every view
 (``trainer/tta.py``), so TF Serving serves and TFMA scores the same masks. The dataset spec the
 model was trained on (class names, colours) goes into the SavedModel as
-``assets.extra/dataset_spec.json`` (``DATASET_SPEC_FILE``). The push copies it into each
+``assets.extra/dataset_spec.json`` (``artifacts.MODEL_SPEC_FILE``). The push copies it into each
 version; TF Serving reads nothing in ``assets.extra`` but its warm-up file, and its
 ``GetModelMetadata`` answers the signatures only, which have no room for class names: a client
-that wants them reads that file from the version's directory (``model_dataset_spec``).
+that wants them reads that file from the version's directory (``dataset_spec.of_model``).
+The names of the signatures, their inputs and outputs are ``core/signatures.py``'s.
 
 The image signatures first read each image's size from its header and refuse, before decoding
 anything, one that declares more than ``max_image_pixels`` (``trainer.max_image_pixels``), and
@@ -38,29 +39,27 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from pipeline import dataset_spec, features
-from pipeline.config import TrainerConfig
+from core import artifacts, dataset_spec, features
+from core.config import TrainerConfig
+from core.signatures import (
+    CLASS_IDS,
+    CLASS_IDS_PNG,
+    EXAMPLES,
+    FORMAT_NAMES,
+    HEIGHT,
+    IMAGES,
+    PROBABILITIES,
+    SERVING_DEFAULT,
+    SERVING_EXAMPLES,
+    SERVING_PNG,
+    TRANSFORM_FEATURES,
+    WIDTH,
+)
 from trainer.tta import AveragedLogits, TestTimeAugmentation
 from transform import preprocessing
 
-SERVING_DEFAULT = "serving_default"
-SERVING_PNG = "serving_png"
-SERVING_EXAMPLES = "serving_examples"
-TRANSFORM_FEATURES = "transform_features"
-# Inputs and outputs of the signatures: spelled here only, imported by serving and warm-up.
-IMAGES = "images"
-EXAMPLES = "examples"
-CLASS_IDS = "class_ids"
-# TF Serving's REST API answers a DT_STRING output whose name ends in "_bytes" as {"b64": ...}.
-CLASS_IDS_PNG = "class_ids_png_bytes"
-HEIGHT = "height"
-WIDTH = "width"
-PROBABILITIES = "probabilities"
 DEFAULT_MAX_IMAGE_PIXELS = TrainerConfig.max_image_pixels
 DEFAULT_MAX_BATCH_PIXELS = TrainerConfig.max_batch_pixels
-# Files beside the SavedModel that TF Serving keeps but does not load (warm-up requests, ours).
-ASSETS_EXTRA = "assets.extra"
-DATASET_SPEC_FILE = os.path.join(ASSETS_EXTRA, dataset_spec.SPEC_FILE)
 # zlib level of the PNG masks. A blocky 500x375 mask of all VOC classes (a worst case; real masks are
 # smoother): level 1 takes 4.5 ms and 16.7 KB, the default (6) 10 ms and 13.9 KB, 9 87 ms. Paid on
 # every serving_png call, so the fast one.
@@ -155,7 +154,7 @@ def check_declared_sizes(
         unknown,
         tf.strings.join(
             [name, "(", tf.strings.as_string(tf.strings.length(encoded)), " bytes) is not a ",
-             preprocessing.FORMAT_NAMES, " image"]
+             FORMAT_NAMES, " image"]
         ),
         tf.where(
             empty,
@@ -255,14 +254,14 @@ def export(
     model: keras.Model,
     tft_output: tft.TFTransformOutput,
     export_dir: str,
+    dataset: dataset_spec.DatasetSpec,
     with_probabilities: bool = False,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
-    dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC,
     tta: Optional[TestTimeAugmentation] = None,
 ) -> None:
     """Saves ``model`` as a SavedModel with the signatures above (with ``tta``, test-time
-    augmented), and ``dataset`` (the classes it predicts) as ``DATASET_SPEC_FILE`` in it.
+    augmented), and ``dataset`` (the classes it predicts) as ``artifacts.MODEL_SPEC_FILE``.
 
     ``save_traces=False``: TF Serving and TFMA need only the signatures; tracing every layer's
     ``call`` for Keras revival made saving 10x slower, and the layers revive from ``get_config``.
@@ -281,11 +280,5 @@ def export(
             model, tft_output, with_probabilities, max_image_pixels, max_batch_pixels, tta
         ),
     )
-    tf.io.gfile.makedirs(os.path.join(export_dir, ASSETS_EXTRA))
-    dataset_spec.write(dataset, os.path.join(export_dir, ASSETS_EXTRA))
-
-
-def model_dataset_spec(model_dir: str) -> dataset_spec.DatasetSpec:
-    """The classes a SavedModel (or a pushed version of it) predicts: its ``DATASET_SPEC_FILE``,
-    VOC's for a model exported before models carried one."""
-    return dataset_spec.read(os.path.join(model_dir, ASSETS_EXTRA)) or dataset_spec.VOC_SPEC
+    tf.io.gfile.makedirs(os.path.join(export_dir, artifacts.ASSETS_EXTRA))
+    dataset_spec.write(dataset, os.path.join(export_dir, artifacts.ASSETS_EXTRA))

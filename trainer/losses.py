@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import features
+from core import features
 
 
 @keras.utils.register_keras_serializable(package="deeplab_tfx")

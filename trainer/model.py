@@ -18,8 +18,9 @@ from typing import Iterator, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import dataset_spec, features, storage
-from pipeline.config import BACKBONES, OUTPUT_STRIDES
+from core import features, storage
+from core.choices import BACKBONES, IMAGENET_WEIGHTS, OUTPUT_STRIDES
+from core.config import TrainerConfig
 
 # Layers
 
@@ -225,7 +226,7 @@ def _local_weights(weights: Optional[str]) -> Iterator[Optional[str]]:
     that cannot download ImageNet weights), but Keras opens ``.h5`` files with h5py, which
     reads local files only: a remote one is copied to a temporary local file, removed after.
     """
-    if not weights or weights == "imagenet":
+    if not weights or weights == IMAGENET_WEIGHTS:
         yield weights or None
         return
     if not tf.io.gfile.exists(weights):
@@ -279,7 +280,7 @@ def build_backbone(
         with _local_weights(weights) as local_weights:
             base = make(local_weights)
     except Exception as e:
-        if weights != "imagenet":
+        if weights != IMAGENET_WEIGHTS:
             raise
         # No fallback to random init: that would train for hours to a model far worse than one
         # started from ImageNet (about ten points of mIoU), with only a log line to say why.
@@ -319,21 +320,27 @@ def build_backbone(
 
 def build_deeplabv3plus(
     image_size: int,
-    num_classes: int = dataset_spec.VOC_SPEC.num_classes,
-    backbone: str = "mobilenetv2",
-    output_stride: int = 16,
-    width: float = 1.0,
-    backbone_weights: Optional[str] = None,
-    aspp_filters: int = 256,
+    num_classes: int,
+    *,
+    backbone_weights: Optional[str],
+    backbone: str = TrainerConfig.backbone,
+    output_stride: int = TrainerConfig.output_stride,
+    width: float = TrainerConfig.width,
+    aspp_filters: int = TrainerConfig.aspp_filters,
     aspp_rates: Sequence[int] = (6, 12, 18),
-    decoder_filters: int = 256,
-    low_level_filters: int = 48,
-    dropout: float = 0.1,
+    decoder_filters: int = TrainerConfig.decoder_filters,
+    low_level_filters: int = TrainerConfig.low_level_filters,
+    dropout: float = TrainerConfig.dropout,
     sync_batch_norm: bool = False,
-    freeze_backbone_batch_norm: bool = False,
+    freeze_backbone_batch_norm: bool = TrainerConfig.freeze_backbone_batch_norm,
     scale_inputs: bool = True,
 ) -> keras.Model:
     """DeepLabV3+: 0-255 RGB ``[S, S, 3]`` -> logits ``[S, S, num_classes]`` (float32).
+
+    The defaults are the config's (``TrainerConfig``), so the model a test builds is the one the
+    pipeline trains; ``training.build_model`` maps a whole config onto these arguments. The
+    classes are the dataset spec's and ``backbone_weights`` is always given (``None``: random
+    init; the config's ``"imagenet"`` downloads).
 
     ``aspp_rates`` are given for output stride 16 and scaled for 8 and 32. Logits are float32 even
     under a mixed-precision policy, so the loss and softmax stay numerically safe.

@@ -3,7 +3,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.config import TrainerConfig
+from core.config import TrainerConfig
 
 
 @keras.utils.register_keras_serializable(package="deeplab_tfx")

@@ -11,8 +11,7 @@ import dataclasses
 
 from tfx import v1 as tfx
 
-from pipeline import config as config_lib
-from pipeline import dataset_spec
+from core import config as config_lib
 from trainer import training
 
 TRAINER_KEY = "trainer"
@@ -33,7 +32,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     trainer_config = config_lib.from_dict(
         config_lib.TrainerConfig, custom.get(TRAINER_KEY, {}), where="Trainer custom_config"
     )
-    job = training.TrainingJob(
+    job = training.TrainingJob.of_files(
         train_files=fn_args.train_files,
         eval_files=fn_args.eval_files,
         transform_output=fn_args.transform_output,
@@ -42,7 +41,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         train_steps=fn_args.train_steps or trainer_config.train_steps,
         eval_steps=fn_args.eval_steps or None,
         images_normalized=bool(custom.get(IMAGES_NORMALIZED_KEY, False)),
-        dataset=dataset_spec.of_examples(dataset_spec.examples_dir(fn_args.train_files[0])),
         base_model=fn_args.base_model,
     )
     training.train(trainer_config, job)

@@ -16,16 +16,15 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from pipeline import dataset_spec, features, storage
-from pipeline.config import TrainerConfig
-from trainer import callbacks, distribute, export, losses, model, optimization, tta, warm_start
+from core import artifacts, dataset_spec, features, storage
+from core.config import TrainerConfig
+from core.metrics import MEAN_IOU, VAL_MEAN_IOU
+from trainer import autograph, callbacks, distribute, export, losses, model, optimization, tta, warm_start
 from trainer import data as data_lib
 from transform import preprocessing
 
 _log = logging.getLogger(__name__)
 
-MEAN_IOU = "mean_iou"
-HISTORY_FILE = "history.json"
 BEST_CHECKPOINT_DIR = "best_checkpoint"
 
 
@@ -39,14 +38,24 @@ class TrainingJob:
     serving_model_dir: str  # SavedModel for serving (TFX: the Model artifact)
     model_run_dir: str  # TensorBoard logs, backups, checkpoints, history (TFX: ModelRun)
     train_steps: int
-    eval_steps: Optional[int] = None  # None or 0: the whole eval split
-    images_normalized: bool = False  # Transform scaled images by mean/std (transform.normalize_image)
     # The classes of the Examples (``dataset_spec.of_examples``): the head's channels, the loss's
     # class weights and the mean IoU follow it, and the export carries it.
-    dataset: dataset_spec.DatasetSpec = dataset_spec.VOC_SPEC
+    dataset: dataset_spec.DatasetSpec
+    eval_steps: Optional[int] = None  # None or 0: the whole eval split
+    images_normalized: bool = False  # Transform scaled images by mean/std (transform.normalize_image)
     # A SavedModel to start from (TFX: the Trainer's base_model, the latest blessed model when
     # trainer.warm_start is on): its weights are taken when their shapes match (warm_start.py).
     base_model: Optional[str] = None
+
+    @classmethod
+    def of_files(cls, **fields) -> "TrainingJob":
+        """A job whose classes, unless ``fields`` give ``dataset``, are the spec of the Examples
+        artifact its train files are in (``dataset_spec.of_examples``): the Trainer's way, where
+        the data says what it is."""
+        if "dataset" not in fields:
+            examples_uri = artifacts.examples_dir(list(fields["train_files"])[0])
+            fields["dataset"] = dataset_spec.of_examples(examples_uri)
+        return cls(**fields)
 
     @classmethod
     def of_examples(
@@ -54,9 +63,9 @@ class TrainingJob:
     ) -> "TrainingJob":
         """The job of an Examples artifact's two splits, writing to ``out``/serving and
         ``out``/run: what tests and benchmarks train outside TFX."""
-        return cls(
-            train_files=[os.path.join(examples_uri, f"Split-{features.TRAIN_SPLIT}", "*")],
-            eval_files=[os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")],
+        return cls.of_files(
+            train_files=[artifacts.split_files(examples_uri, features.TRAIN_SPLIT)],
+            eval_files=[artifacts.split_files(examples_uri, features.EVAL_SPLIT)],
             transform_output=transform_output,
             serving_model_dir=os.path.join(out, "serving"),
             model_run_dir=os.path.join(out, "run"),
@@ -83,13 +92,14 @@ def build_model(
     image_size: int,
     replicas: int,
     images_normalized: bool,
-    num_classes: int = dataset_spec.VOC_SPEC.num_classes,
+    *,
+    num_classes: int,
 ) -> keras.Model:
     """DeepLabV3+ as configured, with ``num_classes`` logit channels (the dataset spec's); sync
     batch-norm only when there is more than one replica."""
     return model.build_deeplabv3plus(
         image_size,
-        num_classes=num_classes,
+        num_classes,
         backbone=config.backbone,
         output_stride=config.output_stride,
         width=config.width,
@@ -106,7 +116,9 @@ def build_model(
 
 def compile_model(net: keras.Model, config: TrainerConfig, total_steps: int, class_weights=None) -> None:
     """Optimiser, loss and mean IoU; the IoU is over the model's own classes (its logit channels),
-    so it cannot disagree with the head."""
+    so it cannot disagree with the head. Every model we fit is compiled here, so this is where
+    autograph is told to leave Keras' training code alone (``trainer/autograph.py``)."""
+    autograph.skip_keras_conversion()
     num_classes = net.output_shape[-1]
     if class_weights is not None and len(class_weights) != num_classes:
         raise ValueError(f"{len(class_weights)} class weights for a model of {num_classes} classes")
@@ -220,7 +232,7 @@ def train(
         # Built apart from compiled: a warm start sets the weights first, and decides the recipe
         # (learning rate, steps) the optimizer is made with.
         with strategy.scope():
-            net = build_model(config, image_size, replicas, job.images_normalized, num_classes)
+            net = build_model(config, image_size, replicas, job.images_normalized, num_classes=num_classes)
         backup = backup_dir(config, job.model_run_dir)
         warm = _warm_start(net, job, run_dir, backup) if job.base_model else None
         warm_started = warm is not None and warm.warm_started
@@ -246,7 +258,7 @@ def train(
             warm_start.announce(warm)
         best = callbacks.BestCheckpoint(
             os.path.join(run_dir, BEST_CHECKPOINT_DIR),
-            f"val_{MEAN_IOU}",
+            VAL_MEAN_IOU,
             restore=config.export_best,
             chief_directory=os.path.join(job.model_run_dir, BEST_CHECKPOINT_DIR),
         )
@@ -260,12 +272,12 @@ def train(
                 backup, save_freq=config.backup_every_steps or "epoch", delete_checkpoint=False
             ),
             start_step,
-            callbacks.EpochProgress(total_steps, f"val_{MEAN_IOU}", enabled=chief),
+            callbacks.EpochProgress(total_steps, VAL_MEAN_IOU, enabled=chief),
             callbacks.StopAtStep(total_steps),
             callbacks.RaiseOnNaN(),
             best,
             keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
-            callbacks.HistoryWriter(os.path.join(run_dir, HISTORY_FILE), enabled=chief),
+            callbacks.HistoryWriter(os.path.join(run_dir, artifacts.HISTORY_FILE), enabled=chief),
             *extra_callbacks,
         ]
         start = time.time()
@@ -284,10 +296,10 @@ def train(
             net,
             tft_output,
             serving_dir,
+            job.dataset,
             with_probabilities=config.with_probabilities,
             max_image_pixels=config.max_image_pixels,
             max_batch_pixels=config.max_batch_pixels,
-            dataset=job.dataset,
             tta=tta.TestTimeAugmentation.of(config.tta_scales, config.tta_flip),
         )
         # The backup goes once every worker's export is complete (the barrier), with what the

@@ -27,10 +27,9 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import storage
-from pipeline.config import TrainerConfig
-from pipeline.dataset_spec import DatasetSpec
-from trainer import export
+from core import artifacts, dataset_spec, storage
+from core.config import TrainerConfig
+from core.dataset_spec import DatasetSpec
 
 WARM_START_FILE = "warm_start.json"
 _log = logging.getLogger(__name__)
@@ -74,9 +73,9 @@ def first_difference(ours: list, theirs: list) -> str:
 def restore(net: keras.Model, base_model: str, dataset: DatasetSpec) -> WarmStart:
     """Sets ``net``'s weights to ``base_model``'s when that model predicts ``dataset``'s classes
     and has ``net``'s layers and weight shapes (see the module)."""
-    if not tf.io.gfile.exists(os.path.join(base_model, "saved_model.pb")):
-        raise RuntimeError(f"warm start: the base model {base_model} holds no saved_model.pb")
-    theirs = export.model_dataset_spec(base_model).class_names
+    if not tf.io.gfile.exists(os.path.join(base_model, artifacts.SAVED_MODEL_FILE)):
+        raise RuntimeError(f"warm start: the base model {base_model} holds no {artifacts.SAVED_MODEL_FILE}")
+    theirs = dataset_spec.of_model(base_model).class_names
     if theirs != dataset.class_names:
         return _scratch(
             base_model,

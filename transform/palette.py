@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from pipeline import dataset_spec, features
+from core import dataset_spec, features
 
 # VOC's colour map (``dataset_spec.voc_colormap``): the palette VOC's masks come in, and the one
 # ``COLOR_TABLE`` inverts for VOC masks saved as RGB.

@@ -17,14 +17,13 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import dataset_spec, features
+from core import config as config_lib
+from core import dataset_spec, features
+from core.signatures import IMAGE_FORMATS
 from transform import palette
 
-DEFAULT_IMAGE_SIZE = 512
-# ``custom_config`` key of the number of classes (the dataset spec's); VOC's when absent.
+# ``custom_config`` key of the number of classes (the dataset spec's), beside TransformConfig's keys.
 NUM_CLASSES_KEY = "num_classes"
-DEFAULT_NUM_CLASSES = dataset_spec.VOC_SPEC.num_classes
-features.IGNORE_LABEL = features.IGNORE_LABEL
 # Neutral grey: 0 after the usual x / 127.5 - 1 scaling, so padding carries no signal.
 IMAGE_PAD_VALUE = 127.5
 
@@ -67,29 +66,19 @@ def _no_class(indices: tf.Tensor, num_classes: int) -> tf.Tensor:
     return tf.less(indices - first, tf.constant(features.IGNORE_LABEL - num_classes, tf.uint8))
 
 
-def mask_ids(indices: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) -> tf.Tensor:
+def mask_ids(indices: tf.Tensor, num_classes: int) -> tf.Tensor:
     """Palette indices (uint8) -> class ids (uint8): an index that is no class becomes 255
     (ignored), never background. Elementwise on bytes: cheaper on CPU than a table gather."""
     return tf.where(_no_class(indices, num_classes), tf.constant(features.IGNORE_LABEL, tf.uint8), indices)
 
 
-def decode_mask(png: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) -> tuple:
+def decode_mask(png: tf.Tensor, num_classes: int) -> tuple:
     """Canonical mask PNG bytes -> (class ids ``[H, W]`` uint8 in 0 to N-1 or 255, count of
     pixels whose index is no class)."""
     indices = mask_indices(png)
     return mask_ids(indices, num_classes), tf.reduce_sum(tf.cast(_no_class(indices, num_classes), tf.int32))
 
 
-# The formats ``tf.io.decode_image`` reads, by the first bytes it tells them apart with
-# (TF 2.16, ``decode_image_op.cc``). One table: the graph's header reader below and
-# ``deeplab-tfx serve``'s request checks both read it.
-IMAGE_FORMATS = (
-    ("JPEG", b"\xff\xd8\xff"),
-    ("PNG", b"\x89PNG\r\n\x1a\n"),
-    ("GIF", b"GIF8"),
-    ("BMP", b"BM"),
-)
-FORMAT_NAMES = ", ".join(name for name, _ in IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1][0]}"
 UNKNOWN_FORMAT = -1
 # Bytes holding every format's width and height but JPEG's (BMP's height ends at byte 26).
 _HEADER_BYTES = 26
@@ -189,7 +178,7 @@ def resize_and_pad_label(ids: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(padded, [size, size])
 
 
-def class_histogram(indices: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) -> tf.Tensor:
+def class_histogram(indices: tf.Tensor, num_classes: int) -> tf.Tensor:
     """Pixel counts ``[N + 2]`` from palette indices: classes 0 to N-1, ignored (255), no class
     (the order of ``histogram_tokens``)."""
     counts = tf.math.bincount(tf.reshape(tf.cast(indices, tf.int32), [-1]), minlength=256, maxlength=256,
@@ -198,16 +187,16 @@ def class_histogram(indices: tf.Tensor, num_classes: int = DEFAULT_NUM_CLASSES) 
     return tf.concat([counts[:num_classes], counts[features.IGNORE_LABEL :], no_class], axis=0)
 
 
-def histogram_tokens(num_classes: int = DEFAULT_NUM_CLASSES) -> tuple:
+def histogram_tokens(num_classes: int) -> tuple:
     """The class-count vocabulary's tokens: ``"0"`` to ``"N-1"``, ``"255"``, ``"out_of_palette"``."""
     classes = tuple(str(c) for c in range(num_classes))
     return classes + (str(features.IGNORE_LABEL), features.OUT_OF_PALETTE_TOKEN)
 
 
 def num_classes_of(custom_config: Optional[dict]) -> int:
-    """``custom_config["num_classes"]`` (the dataset spec's, passed by the pipeline), VOC's when
-    absent; checked, since the uint8 arithmetic above holds for 2 to 255 classes only."""
-    value = (custom_config or {}).get(NUM_CLASSES_KEY, DEFAULT_NUM_CLASSES)
+    """``custom_config["num_classes"]`` (the dataset spec's, passed by the pipeline); checked,
+    since the uint8 arithmetic above holds for 2 to 255 classes only."""
+    value = (custom_config or {}).get(NUM_CLASSES_KEY)
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= dataset_spec.MAX_CLASSES:
         raise ValueError(
             f"Transform custom_config[{NUM_CLASSES_KEY!r}]={value!r} cannot work: the number of "
@@ -230,22 +219,26 @@ def _decoded_shape(image: tf.Tensor) -> tf.Tensor:
 def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict:
     """Raw features -> ``image``, ``label``, ``original_height``, ``original_width``.
 
-    ``custom_config``: ``image_size`` (default 512); ``normalize_image`` (default False): scale
-    the image by the per-channel pixel mean and std of the analyzed split, padding with 0;
-    ``num_classes`` (the dataset spec's; default VOC's): mask indices from N on, but 255, are
-    no class and become 255. Without mask features (serving), only the image outputs are produced.
+    ``custom_config``: ``TransformConfig``'s keys (``core/config.py``; a key left out takes the
+    config's default), among them ``image_size`` and ``normalize_image`` (scale the image by the
+    per-channel pixel mean and std of the analyzed split, padding with 0), and ``num_classes``
+    (the dataset spec's, required): mask indices from N on, but 255, are no class and become 255.
+    Without mask features (serving), only the image outputs are produced.
     """
     config = custom_config or {}
     num_classes = num_classes_of(config)
     tokens = histogram_tokens(num_classes)
-    size = int(config.get("image_size", DEFAULT_IMAGE_SIZE))
+    settings = config_lib.from_dict(
+        config_lib.TransformConfig, {k: v for k, v in config.items() if k != NUM_CLASSES_KEY}, "custom_config"
+    )
+    size = settings.image_size
     encoded = _flat(inputs[features.IMAGE_KEY])
 
     # The original size is the decoded image's, not the header's: TF sizes a GIF by its largest
     # frame, which a crafted logical screen can overstate or understate.
     image_spec = tf.TensorSpec([size, size, 3], tf.float32)
     shape_spec = tf.TensorSpec([2], tf.int64)
-    if config.get("normalize_image", False):
+    if settings.normalize_image:
 
         def image_and_moments(b):
             decoded = tf.cast(decode_image(b), tf.float32)
@@ -329,7 +322,7 @@ def normalize_image(image, original, moments, pixel_count, size: int) -> tf.Tens
     return tf.where(valid, (image - mean) / std, 0.0)
 
 
-def read_class_counts(tft_output: tft.TFTransformOutput, num_classes: int = DEFAULT_NUM_CLASSES) -> dict:
+def read_class_counts(tft_output: tft.TFTransformOutput, num_classes: int) -> dict:
     """``{token: pixels}`` from the Transform output (``histogram_tokens(num_classes)``), 0 for a
     token the analyzed split never had."""
     counts = dict.fromkeys(histogram_tokens(num_classes), 0)

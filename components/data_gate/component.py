@@ -18,6 +18,8 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
+from core import artifacts
+
 DECISION_FILE = "decision.json"
 # ExampleValidator writes one Anomalies proto per split under this name.
 ANOMALIES_FILE = "SchemaDiff.pb"
@@ -81,13 +83,13 @@ def DataGate(  # noqa: N802 - TFX component names are classes.
     passed = not found or allow_anomalies
     with tf.io.gfile.GFile(os.path.join(decision.uri, DECISION_FILE), "w") as f:
         json.dump(
-            {"passed": passed, "allow_anomalies": allow_anomalies, "anomalies": found},
+            {artifacts.PASSED: passed, "allow_anomalies": allow_anomalies, "anomalies": found},
             f,
             indent=1,
             sort_keys=True,
         )
-    decision.set_int_custom_property("passed", int(passed))
-    decision.set_int_custom_property("num_anomalies", sum(len(r) for r in found.values()))
+    decision.set_int_custom_property(artifacts.PASSED, int(passed))
+    decision.set_int_custom_property(artifacts.NUM_ANOMALIES, sum(len(r) for r in found.values()))
     if not found:
         logging.info("DataGate: no anomalies in any split; the run goes on.")
         return

@@ -17,8 +17,8 @@ from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from pipeline import features, storage
-from pipeline.dataset_spec import VOC, DatasetSpec
+from core import features, storage
+from core.dataset_spec import VOC, DatasetSpec
 
 # The file name TFX's schema readers look for in a Schema artifact.
 SCHEMA_FILE = "schema.pbtxt"

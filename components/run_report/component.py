@@ -28,17 +28,9 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.run_report import eval_results, figures, page
-from components.serving_pusher.component import (
-    NOT_PUSHED_REASON,
-    PUSHED,
-    PUSHED_DESTINATION,
-    PUSHED_VERSION,
-    serving_path,
-)
+from core import artifacts, dataset_spec, features, metrics, signatures, storage
+from core.artifacts import BLESSED, NOT_PUSHED_REASON, PUSHED, PUSHED_DESTINATION, PUSHED_VERSION
 from evaluation import tfma_metrics, verdict
-from pipeline import dataset_spec, features, storage
-from trainer.export import SERVING_EXAMPLES
-from trainer.training import HISTORY_FILE
 from transform import preprocessing
 
 INDEX = "index.html"
@@ -54,26 +46,26 @@ class RunReport(types.Artifact):
 
 def eval_samples(examples_uri: str, model_dir: str, count: int) -> list:
     """``[(name, jpeg bytes, truth ids, predicted ids)]`` for the first ``count`` eval images."""
-    pattern = os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")
+    pattern = artifacts.split_files(examples_uri, features.EVAL_SPLIT)
     records = [
         r.numpy() for r in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern)), "GZIP").take(count)
     ]
     if not records:
         return []
-    predict = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
-    out = predict(examples=tf.constant(records))
+    predict = tf.saved_model.load(model_dir).signatures[signatures.SERVING_EXAMPLES]
+    out = predict(**{signatures.EXAMPLES: tf.constant(records)})
     samples = []
     for i, record in enumerate(records):
         feature = tf.train.Example.FromString(record).features.feature
         truth = tfma_metrics.decode_mask(feature[features.MASK_KEY].bytes_list.value[0])
-        h, w = int(out["height"][i]), int(out["width"][i])
+        h, w = int(out[signatures.HEIGHT][i]), int(out[signatures.WIDTH][i])
         name = feature[features.FILENAME_KEY].bytes_list.value[0].decode()
         samples.append(
             (
                 name,
                 feature[features.IMAGE_KEY].bytes_list.value[0],
                 truth,
-                out["class_ids"][i, :h, :w].numpy(),
+                out[signatures.CLASS_IDS][i, :h, :w].numpy(),
             )
         )
     return samples
@@ -85,13 +77,14 @@ def figure_name(key: str, png: bytes) -> str:
 
 
 def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_model: types.Artifact) -> dict:
-    blessed = bool(blessing.get_int_custom_property("blessed"))
-    decision = {"blessed": blessed, "reasons": [] if blessed else verdict.reasons(evaluation.uri)}
+    """``report.json``'s decision, keyed by the ML Metadata properties it is read from."""
+    blessed = bool(blessing.get_int_custom_property(BLESSED))
+    decision = {BLESSED: blessed, "reasons": [] if blessed else verdict.reasons(evaluation.uri)}
     if pushed_model.get_int_custom_property(PUSHED):
-        decision["pushed_version"] = int(pushed_model.get_string_custom_property(PUSHED_VERSION))
-        decision["pushed_destination"] = pushed_model.get_string_custom_property(PUSHED_DESTINATION)
+        decision[PUSHED_VERSION] = int(pushed_model.get_string_custom_property(PUSHED_VERSION))
+        decision[PUSHED_DESTINATION] = pushed_model.get_string_custom_property(PUSHED_DESTINATION)
     elif pushed_model.has_custom_property(NOT_PUSHED_REASON):
-        decision["not_pushed_reason"] = pushed_model.get_string_custom_property(NOT_PUSHED_REASON)
+        decision[NOT_PUSHED_REASON] = pushed_model.get_string_custom_property(NOT_PUSHED_REASON)
     return decision
 
 
@@ -107,7 +100,7 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
             f"{examples.uri} have {list(spec.class_names)}: the Evaluator was configured for another dataset"
         )
     overall = scores["overall"]
-    split_counts = {s: examples.get_int_custom_property(f"num_examples_{s}") for s in features.SPLITS}
+    split_counts = {s: examples.get_int_custom_property(artifacts.num_examples(s)) for s in features.SPLITS}
     counts = preprocessing.read_class_counts(tft.TFTransformOutput(transform_graph.uri), spec.num_classes)
     class_pixels = {spec.class_names[int(t)] if t.isdigit() and int(t) < spec.num_classes else t: n
                     for t, n in counts.items()}  # fmt: skip
@@ -118,17 +111,25 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
         figs[key] = figure_name(key, png)
         storage.write_file(os.path.join(out_dir, figs[key]), png)
 
-    draw("class_iou", figures.class_iou_bars, overall["class_iou"], overall["mean_iou"], spec)
-    draw("confusion_matrix", figures.confusion_heatmap, overall["confusion_matrix"], spec.class_names)
-    picked = eval_samples(examples.uri, serving_path(model), samples)
+    draw(
+        page.CLASS_IOU_FIGURE,
+        figures.class_iou_bars,
+        overall[metrics.CLASS_IOU],
+        overall[metrics.MEAN_IOU],
+        spec,
+    )
+    draw(
+        page.CONFUSION_FIGURE, figures.confusion_heatmap, overall[metrics.CONFUSION_MATRIX], spec.class_names
+    )
+    picked = eval_samples(examples.uri, artifacts.serving_model_dir(model.uri), samples)
     if picked:
-        draw("samples", figures.samples_grid, picked, spec.palette())
-    history_path = os.path.join(model_run.uri, HISTORY_FILE)
+        draw(page.SAMPLES_FIGURE, figures.samples_grid, picked, spec.palette())
+    history_path = os.path.join(model_run.uri, artifacts.HISTORY_FILE)
     history = []
     if tf.io.gfile.exists(history_path):
         history = json.loads(storage.read_file(history_path, binary=False))["epochs"]
-        draw("training_curves", figures.training_curves, history)
-    draw("data", figures.data_summary, split_counts, class_pixels)
+        draw(page.TRAINING_FIGURE, figures.training_curves, history)
+    draw(page.DATA_FIGURE, figures.data_summary, split_counts, class_pixels)
 
     report = {
         "pipeline_name": pipeline_name,
@@ -139,9 +140,11 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
         "evaluation": {
             "overall": {
                 **overall,
-                "confusion_matrix": np.asarray(overall["confusion_matrix"]).astype(int).tolist(),
+                metrics.CONFUSION_MATRIX: np.asarray(overall[metrics.CONFUSION_MATRIX]).astype(int).tolist(),
             },
-            "slices": [{k: v for k, v in s.items() if k != "confusion_matrix"} for s in scores["slices"]],
+            "slices": [
+                {k: v for k, v in s.items() if k != metrics.CONFUSION_MATRIX} for s in scores["slices"]
+            ],
         },
         "split_counts": split_counts,
         "class_pixels": class_pixels,

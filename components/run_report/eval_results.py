@@ -10,14 +10,15 @@ from typing import Optional
 import numpy as np
 import tensorflow_model_analysis as tfma
 
-from evaluation import eval_config, tfma_metrics
+from core import metrics
+from evaluation import eval_config
 
 # TFMA's JSON name of the MultiClassConfusionMatrixAtThresholds plot (``tfma.view`` uses it too).
 _MULTI_CLASS_PLOT = "multiClassConfusionMatrixAtThresholds"
 
 
-def _value(metrics: dict, name: str):
-    entry = metrics.get(name)
+def _value(values: dict, name: str):
+    entry = values.get(name)
     if entry is None or "doubleValue" not in entry:
         return None
     return float(entry["doubleValue"])
@@ -53,16 +54,16 @@ def _scores(per_output: dict, plots: Optional[dict], num_classes: int) -> dict:
     by_sub_key = per_output[""]
     overall = by_sub_key[""]
     class_iou = [None] * num_classes
-    for sub_key, metrics in by_sub_key.items():
+    for sub_key, values in by_sub_key.items():
         if sub_key.startswith("classId:"):
-            class_iou[int(sub_key.split(":")[1])] = _value(metrics, tfma_metrics.CLASS_IOU)
+            class_iou[int(sub_key.split(":")[1])] = _value(values, metrics.CLASS_IOU)
     return {
         "examples": int(_value(overall, "example_count") or 0),
-        "mean_iou": _value(overall, tfma_metrics.MEAN_IOU),
-        "pixel_accuracy": _value(overall, tfma_metrics.PIXEL_ACCURACY),
-        "frequency_weighted_iou": _value(overall, tfma_metrics.FREQUENCY_WEIGHTED_IOU),
-        "class_iou": class_iou,
-        "confusion_matrix": _matrix(plots, num_classes),
+        metrics.MEAN_IOU: _value(overall, metrics.MEAN_IOU),
+        metrics.PIXEL_ACCURACY: _value(overall, metrics.PIXEL_ACCURACY),
+        metrics.FREQUENCY_WEIGHTED_IOU: _value(overall, metrics.FREQUENCY_WEIGHTED_IOU),
+        metrics.CLASS_IOU: class_iou,
+        metrics.CONFUSION_MATRIX: _matrix(plots, num_classes),
     }
 
 

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.dataset_spec import DatasetSpec  # noqa: E402
+from core import metrics  # noqa: E402
+from core.dataset_spec import DatasetSpec  # noqa: E402
 from transform import palette  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def training_curves(epochs: list) -> bytes:
     for key, label in (("loss", "train"), ("val_loss", "eval")):
         if any(key in row for row in epochs):
             loss_ax.plot(steps, [row.get(key, np.nan) for row in epochs], marker="o", label=label)
-    for key, label in (("mean_iou", "train"), ("val_mean_iou", "eval")):
+    for key, label in ((metrics.MEAN_IOU, "train"), (metrics.VAL_MEAN_IOU, "eval")):
         if any(key in row for row in epochs):
             iou_ax.plot(steps, [row.get(key, np.nan) for row in epochs], marker="o", label=label)
     lr_ax.plot(steps, [row.get("learning_rate", np.nan) for row in epochs], marker="o")

@@ -4,7 +4,15 @@ relatively, so the directory can be copied or served as it is."""
 
 import html
 
-from pipeline import features
+from core import features, metrics
+from core.artifacts import BLESSED, PUSHED_DESTINATION, PUSHED_VERSION
+
+# The report's figures, by the key report.json names each one's file under.
+CLASS_IOU_FIGURE = metrics.CLASS_IOU
+CONFUSION_FIGURE = metrics.CONFUSION_MATRIX
+SAMPLES_FIGURE = "samples"
+TRAINING_FIGURE = "training_curves"
+DATA_FIGURE = "data"
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -41,7 +49,7 @@ def _slice_rows(slices: list, class_names: list) -> str:
             label = f"{value} ({class_names[int(value)]})"
         rows.append(
             f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(str(label))}</td>"
-            f"<td class='num'>{s['examples']}</td><td class='num'>{_fmt(s['mean_iou'])}</td>"
+            f"<td class='num'>{s['examples']}</td><td class='num'>{_fmt(s[metrics.MEAN_IOU])}</td>"
             f"<td class='num'>{_fmt(s['pixel_accuracy'])}</td></tr>"
         )
     return "\n".join(rows)
@@ -53,12 +61,12 @@ def render(report: dict) -> str:
     class_names = report["class_names"]
     overall = report["evaluation"]["overall"]
     decision = report["decision"]
-    if decision["blessed"]:
-        pushed = decision.get("pushed_version")
+    if decision[BLESSED]:
+        pushed = decision.get(PUSHED_VERSION)
         verdict = (
             "<div class='verdict blessed' id='decision'>Blessed"
             + (f"; pushed as version <b id='pushed-version'>{pushed}</b> to "
-               f"<code>{html.escape(decision['pushed_destination'])}</code>" if pushed else "; not pushed")
+               f"<code>{html.escape(decision[PUSHED_DESTINATION])}</code>" if pushed else "; not pushed")
             + "</div>"
         )  # fmt: skip
     else:
@@ -69,7 +77,7 @@ def render(report: dict) -> str:
     class_rows = "\n".join(
         f"<tr data-class='{html.escape(name)}'><td>{c}</td><td>{html.escape(name)}</td>"
         f"<td class='num'>{_fmt(v)}</td></tr>"
-        for c, (name, v) in enumerate(zip(class_names, overall["class_iou"], strict=True))
+        for c, (name, v) in enumerate(zip(class_names, overall[metrics.CLASS_IOU], strict=True))
     )
     figures = report["figures"]
 
@@ -86,22 +94,22 @@ def render(report: dict) -> str:
 Evaluated on {overall['examples']} eval images at their original resolution, void (255) ignored.</p>
 {verdict}
 <div class="scores">
-<span>mean IoU <b id="mean-iou">{_fmt(overall['mean_iou'])}</b></span>
+<span>mean IoU <b id="mean-iou">{_fmt(overall[metrics.MEAN_IOU])}</b></span>
 <span>pixel accuracy <b id="pixel-accuracy">{_fmt(overall['pixel_accuracy'])}</b></span>
 <span>frequency-weighted IoU <b id="fw-iou">{_fmt(overall['frequency_weighted_iou'])}</b></span>
 </div>
-{figure('class_iou', 'IoU per class')}
+{figure(CLASS_IOU_FIGURE, 'IoU per class')}
 <table id="class-iou"><tr><th>id</th><th>class</th><th>IoU</th></tr>
 {class_rows}
 </table>
-{figure('confusion_matrix', 'Confusion matrix')}
-{figure('samples', 'Eval samples: image | ground truth | prediction | overlay')}
+{figure(CONFUSION_FIGURE, 'Confusion matrix')}
+{figure(SAMPLES_FIGURE, 'Eval samples: image | ground truth | prediction | overlay')}
 <h2>Slices</h2>
 <table id="slices">
 <tr><th>feature</th><th>value</th><th>images</th><th>mean IoU</th><th>pixel accuracy</th></tr>
 {_slice_rows(report['evaluation']['slices'], class_names)}
 </table>
-{figure('training_curves', 'Training')}
-{figure('data', 'Data')}
+{figure(TRAINING_FIGURE, 'Training')}
+{figure(DATA_FIGURE, 'Data')}
 </body></html>
 """

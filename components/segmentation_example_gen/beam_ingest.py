@@ -24,8 +24,8 @@ import apache_beam as beam
 import tensorflow as tf
 
 from components.segmentation_example_gen import records, sources
-from pipeline import dataset_spec, features
-from pipeline.dataset_spec import VOC_SPEC, DatasetSpec
+from core import artifacts, dataset_spec, features, paths
+from core.dataset_spec import DatasetSpec
 
 NAMESPACE = "SegmentationExampleGen"
 REJECTED_TAG = "rejected"
@@ -33,15 +33,13 @@ REJECTED_FILE = "rejected.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 REPORT_FILES = (REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
-# TFX's Examples convention: Split-<name>/data_tfrecord-SSSSS-of-NNNNN.gz
-EXAMPLE_FILE_PREFIX = "data_tfrecord"
 
 _log = logging.getLogger(__name__)
 
 # The directory that holds this project's packages (components/, pipeline/, ...): the checkout,
 # or the image's /deeplab-tfx (an editable install). Frames in files under it, and not under a
 # site-packages or dist-packages directory (a virtualenv inside the checkout), are our code.
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PROJECT_ROOT = paths.PROJECT_ROOT
 _INSTALLED = frozenset({"site-packages", "dist-packages"})
 
 
@@ -164,18 +162,13 @@ def _unexpected(item: sources.WorkItem, error: Exception) -> str:
     )
 
 
-def split_dir(examples_uri: str, split: str) -> str:
-    """Where TFX components look for a split of an Examples artifact."""
-    return os.path.join(examples_uri, f"Split-{split}")
-
-
 def build(
     pipeline: beam.Pipeline,
     items: list,
     examples_uri: str,
     rejected_dir: str,
+    dataset: DatasetSpec,
     num_shards: int = 0,
-    dataset: DatasetSpec = VOC_SPEC,
 ) -> None:
     """Adds the ingestion transforms to ``pipeline``."""
     outputs = (
@@ -185,7 +178,7 @@ def build(
     )
     for split in features.SPLITS:
         _ = outputs[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-            os.path.join(split_dir(examples_uri, split), EXAMPLE_FILE_PREFIX),
+            os.path.join(artifacts.split_dir(examples_uri, split), artifacts.EXAMPLE_FILE_PREFIX),
             file_name_suffix=".gz",
             num_shards=num_shards,
             compression_type=beam.io.filesystem.CompressionTypes.GZIP,
@@ -223,8 +216,8 @@ def remove_previous_outputs(examples_uri: str, rejected_dir: str) -> None:
     to replace.
     """
     for split in features.SPLITS:
-        if tf.io.gfile.exists(split_dir(examples_uri, split)):
-            tf.io.gfile.rmtree(split_dir(examples_uri, split))
+        if tf.io.gfile.exists(artifacts.split_dir(examples_uri, split)):
+            tf.io.gfile.rmtree(artifacts.split_dir(examples_uri, split))
     spec_file = os.path.join(examples_uri, dataset_spec.SPEC_FILE)
     if tf.io.gfile.exists(spec_file):
         tf.io.gfile.remove(spec_file)
@@ -235,7 +228,7 @@ def remove_previous_outputs(examples_uri: str, rejected_dir: str) -> None:
 
 def written_ids(examples_uri: str, split: str) -> list:
     """The ``image/filename`` of every record in a split's shards, read back from storage."""
-    pattern = os.path.join(split_dir(examples_uri, split), f"{EXAMPLE_FILE_PREFIX}-*")
+    pattern = os.path.join(artifacts.split_dir(examples_uri, split), f"{artifacts.EXAMPLE_FILE_PREFIX}-*")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         return []
@@ -289,7 +282,7 @@ def run(
     max_rejected_fraction: float = 0.01,
     num_shards: int = 0,
     *,
-    dataset: DatasetSpec = VOC_SPEC,
+    dataset: DatasetSpec,
     data_root: Optional[str] = None,
 ) -> IngestSummary:
     """Lists, runs the Beam job, writes the report and judges what was written.
@@ -319,7 +312,7 @@ def run(
     tf.io.gfile.makedirs(rejected_dir)
     start = time.time()
     pipeline = make_pipeline()
-    build(pipeline, items, examples_uri, rejected_dir, num_shards, dataset)
+    build(pipeline, items, examples_uri, rejected_dir, dataset, num_shards)
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.time() - start

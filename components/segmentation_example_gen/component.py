@@ -3,7 +3,7 @@
 Pascal VOC 2012 (+ SBD) by default, or any dataset a ``DatasetSpec`` describes (an images
 folder and a masks folder). Outputs an ``Examples`` artifact with splits ``train`` and ``eval``
 (for VOC the train_aug rule and VOC val) as gzipped TFRecords of tf.Examples in the data
-contract of ``pipeline.features``, with the dataset spec beside them
+contract of ``core.features``, with the dataset spec beside them
 (``dataset_spec.SPEC_FILE``), and a ``RejectedRecords`` artifact: the dead-letter file, a
 summary and a readable report.
 """
@@ -16,7 +16,7 @@ from tfx.types import standard_artifacts
 
 from components.segmentation_example_gen import driver, executor
 from components.segmentation_example_gen.spec import RejectedRecords, SegmentationExampleGenSpec
-from pipeline.dataset_spec import VOC_SPEC, DatasetSpec
+from core.dataset_spec import DatasetSpec
 
 
 class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
@@ -33,10 +33,10 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
 
     def __init__(
         self,
+        dataset_spec: DatasetSpec,
         voc_root: Optional[str] = None,
         sbd_root: Optional[str] = None,
         data_root: Optional[str] = None,
-        dataset_spec: DatasetSpec = VOC_SPEC,
         max_rejected_fraction: float = 0.01,
         num_shards: int = 0,
     ):

@@ -11,7 +11,7 @@ from tfx.orchestration.portable import base_driver as ir_base_driver
 from tfx.proto.orchestration import driver_output_pb2
 
 from components.segmentation_example_gen import sources, spec
-from pipeline.dataset_spec import VOC_SPEC, DatasetSpec
+from core.dataset_spec import VOC_SPEC, DatasetSpec
 
 
 class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):

@@ -11,7 +11,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.segmentation_example_gen import beam_ingest, driver, spec
-from pipeline import features
+from core import artifacts, features
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -44,14 +44,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
-        examples.set_string_custom_property(spec.DATASET_PROPERTY, dataset.name)
+        examples.set_string_custom_property(artifacts.DATASET_PROPERTY, dataset.name)
         fingerprint = exec_properties.get(spec.INPUT_FINGERPRINT_KEY)
         if fingerprint:
             examples.set_string_custom_property(spec.INPUT_FINGERPRINT_KEY, fingerprint)
         for split, count in summary.splits.items():
-            examples.set_int_custom_property(f"num_examples_{split}", count)
-        rejected.set_int_custom_property("num_rejected", len(summary.rejected))
-        rejected.set_string_custom_property("rejected_fraction", f"{summary.rejected_fraction:.6f}")
+            examples.set_int_custom_property(artifacts.num_examples(split), count)
+        rejected.set_int_custom_property(artifacts.NUM_REJECTED, len(summary.rejected))
+        rejected.set_string_custom_property(artifacts.REJECTED_FRACTION, f"{summary.rejected_fraction:.6f}")
         logging.info(
             "SegmentationExampleGen summary: %s",
             json.dumps({k: v for k, v in summary.to_json().items() if k != "rejected"}),

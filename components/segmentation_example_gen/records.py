@@ -20,8 +20,8 @@ from PIL import Image
 from scipy.io.matlab import MatReadError
 
 from components.segmentation_example_gen.sources import WorkItem
-from pipeline import dataset_spec, features
-from pipeline.dataset_spec import VOC_SPEC, DatasetSpec
+from core import dataset_spec, features
+from core.dataset_spec import VOC_SPEC, DatasetSpec
 from transform import palette
 
 # Rejection kinds; each is also a Beam counter "rejected_<kind>".
@@ -354,8 +354,8 @@ class Validated:
     width: int
     ids: np.ndarray  # [H, W] uint8 class ids, 255 void
     counts: np.ndarray  # pixels per id 0-255
-    image_format: bytes = features.IMAGE_FORMAT  # the value of image/format
-    spec: DatasetSpec = VOC_SPEC  # the dataset it was checked against: classes and palette
+    image_format: bytes  # the value of image/format
+    spec: DatasetSpec  # the dataset it was checked against: classes and palette
 
 
 def read(item: WorkItem) -> Files:
@@ -374,7 +374,7 @@ def _decode_files(item: WorkItem, files: Files, spec: DatasetSpec) -> tuple:
     return (height, width, image_format, *decode_mask(item.mask_path, files.mask, spec))
 
 
-def validate(item: WorkItem, files: Files, spec: DatasetSpec = VOC_SPEC) -> Validated:
+def validate(item: WorkItem, files: Files, spec: DatasetSpec) -> Validated:
     """Stage 2 of 3: decodes both files and checks them against each other and the classes."""
     height, width, image_format, ids, counts = _decode_files(item, files, spec)
     if ids.shape != (height, width):
@@ -419,7 +419,7 @@ def encode(item: WorkItem, files: Files, checked: Validated) -> tf.train.Example
     )
 
 
-def build_example(item: WorkItem, spec: DatasetSpec = VOC_SPEC) -> tf.train.Example:
+def build_example(item: WorkItem, spec: DatasetSpec) -> tf.train.Example:
     """Reads, validates and packs one id of the dataset ``spec`` describes. Raises ``Rejected``
     with the reason otherwise.
 

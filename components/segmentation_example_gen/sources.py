@@ -11,7 +11,7 @@ the benchmark honest.
 
 A ``folders`` dataset is split by its lists where it has them (Oxford-IIIT Pet's
 ``trainval.txt`` / ``test.txt``), an id in both being refused, and otherwise by a hash of each
-id (``in_eval``): stable across runs and machines, and an id's split does not change when
+id (``dataset_spec.in_eval``): stable across runs and machines, and an id's split does not change when
 other ids are added.
 """
 
@@ -25,8 +25,8 @@ from typing import Iterable, Optional
 
 import tensorflow as tf
 
-from pipeline import dataset_spec, features
-from pipeline.dataset_spec import DatasetSpec
+from core import dataset_spec, features
+from core.dataset_spec import DatasetSpec
 
 
 class ListFileError(RuntimeError):
@@ -227,17 +227,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".png",)
 
 
-def in_eval(image_id: str, eval_fraction: float) -> bool:
-    """The hash split: whether ``image_id`` goes to eval when a dataset has no split lists.
-
-    The first 8 bytes of the id's SHA-256 read as a fraction of 2^64: the same answer on every
-    run and machine (unlike Python's ``hash``), and for each id alone, so adding images never
-    moves an id between splits (a model evaluated before and after saw the same eval ids).
-    """
-    digest = hashlib.sha256(image_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") < eval_fraction * 2**64
-
-
 def _files_by_stem(directory: str, suffixes: tuple, what: str) -> dict:
     """``{stem: path}`` of the files in ``directory`` with one of ``suffixes`` (any case).
 
@@ -290,7 +279,11 @@ def _hash_split(spec: DatasetSpec, images: dict, images_dir: str) -> dict:
     """``{split: ids}`` of every image stem by ``in_eval``; refuses a split left empty."""
     lists = {split: [] for split in features.SPLITS}
     for image_id in sorted(images):
-        split = features.EVAL_SPLIT if in_eval(image_id, spec.eval_fraction) else features.TRAIN_SPLIT
+        split = (
+            features.EVAL_SPLIT
+            if dataset_spec.in_eval(image_id, spec.eval_fraction)
+            else features.TRAIN_SPLIT
+        )
         lists[split].append(image_id)
     for split, ids in lists.items():
         if not ids:
@@ -307,7 +300,7 @@ def plan_folders(spec: DatasetSpec, data_root: str) -> list:
 
     Images (``IMAGE_SUFFIXES``) in ``<data_root>/<images_dir>`` pair with masks (``.png``) in
     ``<data_root>/<masks_dir>`` by file stem. The ids are the split lists' where the spec has
-    them, else every image's stem (``in_eval`` splits them). An image without a mask, or a
+    them, else every image's stem (``dataset_spec.in_eval`` splits them). An image without a mask, or a
     listed id without an image, is planned all the same and rejected as a missing file by the
     worker, so that the dead letter names it. Raises ``ListFileError`` for a missing folder, an
     unreadable list, an id in both lists, two files of one stem, or an empty split.
@@ -353,8 +346,8 @@ def count_by_split(items: Iterable[WorkItem]) -> dict:
 
 def fingerprint(
     voc_root: Optional[str],
-    sbd_root: Optional[str] = None,
-    spec: DatasetSpec = dataset_spec.VOC_SPEC,
+    sbd_root: Optional[str],
+    spec: DatasetSpec,
     data_root: Optional[str] = None,
 ) -> str:
     """A digest of the planned ids and the size and mtime of every file they name.

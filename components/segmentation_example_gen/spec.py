@@ -12,8 +12,6 @@ SBD_ROOT_KEY = "sbd_root"
 DATA_ROOT_KEY = "data_root"
 # ``DatasetSpec.to_json()``: classes, mask encoding and layout of the dataset.
 DATASET_SPEC_KEY = "dataset_spec"
-# String custom property of the Examples artifact: the dataset's name.
-DATASET_PROPERTY = "dataset"
 MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
 NUM_SHARDS_KEY = "num_shards"
 # Set by the driver at run time, so that caching follows the files on disk.

@@ -5,8 +5,8 @@ directory, which TF Serving may load while it is half-written. This one keeps th
 outputs (a ``PushedModel`` with ``pushed``, ``pushed_destination``, ``pushed_version``, so
 TFX tooling reads it as usual) and differs where serving needs it: versions 1, 2, 3, ...
 are never loaded half-written, on local disk or object stores, and concurrent pushes do not
-collide (``layout.py`` says what holds where), carry warm-up requests built from eval images
-(``warmup.py``), and a model that was not blessed is not pushed, with the Evaluator's
+collide (``serving/layout.py`` says what holds where), carry warm-up requests built from eval
+images (``serving/warmup.py``), and a model that was not blessed is not pushed, with the Evaluator's
 reasons recorded on the output in plain words. Every file goes through ``tf.io.gfile``, so
 ``model_base_path`` may be ``gs://`` as well as a local directory.
 """
@@ -18,19 +18,10 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from components.serving_pusher import layout, warmup
+from core import artifacts
+from core.artifacts import NOT_PUSHED_REASON, PUSHED, PUSHED_DESTINATION, PUSHED_VERSION
 from evaluation import verdict
-
-# Custom properties of the PushedModel output: TFX's own three, and ours.
-PUSHED = "pushed"
-PUSHED_DESTINATION = "pushed_destination"
-PUSHED_VERSION = "pushed_version"
-NOT_PUSHED_REASON = "not_pushed_reason"
-
-
-def serving_path(model: standard_artifacts.Model) -> str:
-    """The SavedModel inside a Trainer's Model artifact."""
-    return os.path.join(model.uri, "Format-Serving")
+from serving import layout, warmup
 
 
 @component
@@ -45,7 +36,7 @@ def ServingPusher(  # noqa: N802 - TFX component names are classes.
     warmup_requests: Parameter[int] = 4,
 ):
     """Pushes a blessed model to ``model_base_path/<next version>``; records why not otherwise."""
-    if not model_blessing.get_int_custom_property("blessed"):
+    if not model_blessing.get_int_custom_property(artifacts.BLESSED):
         why = "; ".join(verdict.reasons(evaluation.uri))
         logging.warning("ServingPusher: model %s not pushed: %s", model.uri, why)
         pushed_model.set_int_custom_property(PUSHED, 0)
@@ -57,7 +48,9 @@ def ServingPusher(  # noqa: N802 - TFX component names are classes.
             images = warmup.eval_images(examples.uri, warmup_requests)
             warmup.write(version_dir, warmup.prediction_logs(images, model_name))
 
-    version, new = layout.push(serving_path(model), model_base_path, source=model.uri, add_files=add_warmup)
+    version, new = layout.push(
+        artifacts.serving_model_dir(model.uri), model_base_path, source=model.uri, add_files=add_warmup
+    )
     destination = os.path.join(model_base_path, str(version))
     logging.info("ServingPusher: %s version %d at %s", "pushed" if new else "kept", version, destination)
     pushed_model.set_int_custom_property(PUSHED, 1)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import features
+from core import features
 from transform import palette
 
 

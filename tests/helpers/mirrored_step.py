@@ -24,7 +24,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import tensorflow_transform as tft  # noqa: E402 - after the device set-up
 
-from pipeline.config import TrainerConfig  # noqa: E402
+from core.config import TrainerConfig  # noqa: E402
+from core.dataset_spec import VOC_SPEC  # noqa: E402
 from tests.helpers import examples  # noqa: E402
 from trainer import distribute, training  # noqa: E402
 
@@ -41,7 +42,9 @@ CONFIG = TrainerConfig(
 def one_step(strategy, initial, images, labels):
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
-        net = training.build_model(CONFIG, SIZE, replicas, images_normalized=False)
+        net = training.build_model(
+            CONFIG, SIZE, replicas, images_normalized=False, num_classes=VOC_SPEC.num_classes
+        )
         training.compile_model(net, CONFIG, total_steps=10)
     net.set_weights(initial)
     dataset = tf.data.Dataset.from_tensors((images, labels))  # one global batch
@@ -55,7 +58,9 @@ def main():
     labels = rng.integers(0, 21, (GLOBAL_BATCH, SIZE, SIZE)).astype(np.int64)
     labels[:, :8] = 255
     tf.keras.utils.set_random_seed(1)
-    initial = training.build_model(CONFIG, SIZE, 1, images_normalized=False).get_weights()
+    initial = training.build_model(
+        CONFIG, SIZE, 1, images_normalized=False, num_classes=VOC_SPEC.num_classes
+    ).get_weights()
     single, _ = one_step(tf.distribute.get_strategy(), initial, images, labels)
     mirrored, replicas = one_step(distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]), initial, images, labels)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored, strict=True))
@@ -66,7 +71,7 @@ def main():
 def eval_batches(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    job = training.TrainingJob(**spec["job"])
+    job = training.TrainingJob.of_files(**spec["job"])
     config = dataclasses.replace(CONFIG, batch_size_per_replica=spec["batch_size_per_replica"])
     strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     global_batch = config.batch_size_per_replica * strategy.num_replicas_in_sync

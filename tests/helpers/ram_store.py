@@ -2,7 +2,7 @@
 
 Like ``gs://``, ``ram://`` is reached only through ``tf.io.gfile`` and has no directory rename;
 it lives as long as the process, across tests, so each test takes a fresh root. These helpers
-read it independently of ``pipeline.storage``, the code under test.
+read it independently of ``core.storage``, the code under test.
 """
 
 import os

@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import tf_keras as keras
 
-from pipeline import config as config_lib
+from core import config as config_lib
 from trainer import training
 
 
@@ -88,7 +88,9 @@ def main(path: str) -> None:
     if spec.get("kill_in_export"):
         training.export.export = lambda *args, **kwargs: _kill("in the export")
     pixels = EvalPixels()
-    result = training.train(config, training.TrainingJob(**spec["job"]), extra_callbacks=[*extra, pixels])
+    result = training.train(
+        config, training.TrainingJob.of_files(**spec["job"]), extra_callbacks=[*extra, pixels]
+    )
     with open(spec["result"], "w") as f:
         json.dump({**dataclasses.asdict(result), "eval_pixels": pixels.pixels}, f)
 

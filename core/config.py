@@ -1,24 +1,23 @@
-"""One config object for the whole pipeline.
+"""One config object for the whole pipeline: its schema, and the functions that load it.
 
 ``PipelineConfig`` is a frozen tree of dataclasses, so a config can be hashed, compared and
 passed to the pure ``create_pipeline`` without anyone mutating it on the way. It loads from
 YAML (named configs live in ``pipeline/configs/``) and takes ``section.key=value`` overrides
 from the command line; every key is checked, so a typo fails loudly instead of being ignored.
+How a mapping becomes a checked config is ``core/config_engine.py``; the values some keys choose
+from are ``core/choices.py``'s; paths are resolved by the runners (``core/paths.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
-import re
-import typing
 from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from pipeline import dataset_spec
-from pipeline.checks import (  # noqa: F401 - ConfigError and the rules are part of this API
+from core import config_engine, dataset_spec, paths
+from core.checks import (  # noqa: F401 - ConfigError and the rules are part of this API
     ISO_DATE,
     NAME,
     NOT_EMPTY,
@@ -32,22 +31,18 @@ from pipeline.checks import (  # noqa: F401 - ConfigError and the rules are part
     matches,
     one_of,
 )
-from pipeline.dataset_spec import DatasetSpec
-
-# Directory holding the `pipeline` package; relative paths in configs are resolved against it
-# so that a named config works from any working directory (and inside a container).
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(PROJECT_ROOT, "pipeline", "configs")
-DATASET_SPEC_DIR = os.path.join(PROJECT_ROOT, "datasets", "specs")
-
-# Choices spelled once here; the trainer and the runners import them.
-BACKBONES = ("resnet50", "mobilenetv2")
-OUTPUT_STRIDES = (8, 16, 32)
-STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
-# keras.applications has ImageNet weights for MobileNetV2 at these widths only.
-MOBILENETV2_IMAGENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+from core.choices import (
+    BACKBONES,
+    DIRECT_RUNNING_MODES,
+    IMAGENET_WEIGHTS,
+    MOBILENETV2_IMAGENET_WIDTHS,
+    OUTPUT_STRIDES,
+    PRECISIONS,
+    STRATEGIES,
+    TTA_SIZE_MULTIPLE,
+    tta_size,
+)
+from core.dataset_spec import DatasetSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +106,7 @@ class TrainerConfig(Checked):
     output_stride: int = 16  # 16 | 8 | 32 (32: no dilation, as keras_hub's DeepLabV3+)
     # "imagenet" (downloads where a network exists), a local .h5 of the keras.applications
     # model without top, or "" for random init.
-    backbone_weights: str = "imagenet"
+    backbone_weights: str = IMAGENET_WEIGHTS
     aspp_filters: int = 256
     decoder_filters: int = 256
     low_level_filters: int = 48
@@ -222,7 +217,7 @@ class TrainerConfig(Checked):
             )
         if (
             self.backbone == "mobilenetv2"
-            and self.backbone_weights == "imagenet"
+            and self.backbone_weights == IMAGENET_WEIGHTS
             and self.width not in MOBILENETV2_IMAGENET_WIDTHS
         ):
             raise ConfigError(
@@ -414,7 +409,7 @@ class PipelineConfig(Checked):
         """The ``beam_pipeline_args`` every Beam component of the pipeline gets."""
         args = [f"--runner={self.beam.runner}"]
         if self.beam.setup_file:
-            args.append(f"--setup_file={resolve_path(self.beam.setup_file)}")
+            args.append(f"--setup_file={self.beam.setup_file}")
         if self.beam.runner == "DirectRunner":
             # Beam itself reads 0 as "one worker per core", so the args stay machine-independent.
             args += [
@@ -424,53 +419,9 @@ class PipelineConfig(Checked):
         return args + list(self.beam.extra_args)
 
 
-# Test-time augmentation (trainer/tta.py): each scale's view is a multiple of this, so that every
-# backbone's output stride (at most 32) divides it and the decoder's stride-4 features keep
-# exact sizes.
-TTA_SIZE_MULTIPLE = 32
-
-
-def tta_size(scale: float, image_size: int) -> int:
-    """The side of the view at ``scale`` of a model trained at ``image_size``: ``image_size``
-    for 1.0, else ``scale * image_size`` to the nearest multiple of 32 (halves up), at least 32."""
-    if scale == 1.0:
-        return image_size
-    return max(TTA_SIZE_MULTIPLE, int(scale * image_size / TTA_SIZE_MULTIPLE + 0.5) * TTA_SIZE_MULTIPLE)
-
-
-def resolve_path(path: str) -> str:
-    """Resolves a config path: absolute and URI paths stay, relative ones join PROJECT_ROOT."""
-    if not path or "://" in path or os.path.isabs(path):
-        return path
-    return os.path.join(PROJECT_ROOT, path)
-
-
-def load_dataset_spec(path_or_name: str, where: str = "dataset") -> DatasetSpec:
-    """A dataset spec from a YAML file, or by name from ``datasets/specs/`` (``cihp``, ``oxford_pet``)."""
-    return _build(DatasetSpec, _dataset_spec_mapping(path_or_name, where), path_or_name)
-
-
-def _dataset_spec_mapping(path_or_name: str, where: str) -> Mapping:
-    path = path_or_name
-    if not os.path.exists(path):
-        named = os.path.join(DATASET_SPEC_DIR, f"{path_or_name}.yaml")
-        path = named if os.path.exists(named) else resolve_path(path_or_name)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except OSError as e:
-        names = ", ".join(sorted(f[:-5] for f in os.listdir(DATASET_SPEC_DIR) if f.endswith(".yaml")))
-        raise ConfigError(
-            f"{where}={path_or_name!r}: cannot read {path!r}: {e.strerror} (named specs: {names})"
-        ) from e
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"dataset spec {path!r} must be a mapping at the top level")
-    return raw
-
-
 def named_configs() -> list:
     """Names of the configs shipped in ``pipeline/configs`` (``voc``, ``tiny``, ...)."""
-    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    return sorted(f[:-5] for f in os.listdir(paths.CONFIG_DIR) if f.endswith(".yaml"))
 
 
 def load_config(path_or_name: Optional[str] = None, overrides: Iterable[str] = ()) -> PipelineConfig:
@@ -483,7 +434,7 @@ def load_config(path_or_name: Optional[str] = None, overrides: Iterable[str] = (
     if path_or_name:
         path = path_or_name
         if not os.path.exists(path) and path_or_name in named_configs():
-            path = os.path.join(CONFIG_DIR, f"{path_or_name}.yaml")
+            path = os.path.join(paths.CONFIG_DIR, f"{path_or_name}.yaml")
         try:
             with open(path) as f:
                 raw = yaml.safe_load(f) or {}
@@ -492,12 +443,12 @@ def load_config(path_or_name: Optional[str] = None, overrides: Iterable[str] = (
         if not isinstance(raw, Mapping):
             raise ConfigError(f"config {path!r} must be a mapping at the top level")
         where = path
-    return _build(PipelineConfig, _merged(raw, overrides), where)
+    return config_engine.build(PipelineConfig, config_engine.merged(PipelineConfig, raw, overrides), where)
 
 
 def from_dict(cls: type, raw: Mapping, where: str = "config") -> Any:
     """Builds config dataclass ``cls`` from a mapping (e.g. a component's ``custom_config``)."""
-    return _build(cls, raw, where)
+    return config_engine.build(cls, raw, where)
 
 
 def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> PipelineConfig:
@@ -505,96 +456,13 @@ def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> Pipelin
     overrides = list(overrides)
     if not overrides:
         return config
-    return _build(PipelineConfig, _merged(dataclasses.asdict(config), overrides), "")
+    return config_engine.build(
+        PipelineConfig, config_engine.merged(PipelineConfig, dataclasses.asdict(config), overrides), ""
+    )
 
 
-def _merged(raw: Mapping, overrides: Iterable[str]) -> dict:
-    """A copy of ``raw`` with every override set in it; keys and types are checked here."""
-    merged = copy.deepcopy(dict(raw))
-    # A whole section (``dataset=cihp``) first, so that its keys' overrides (``dataset.x=...``)
-    # apply to it whatever the order they were given in.
-    for override in sorted(overrides, key=lambda o: "." in o.partition("=")[0]):
-        key, sep, text = override.partition("=")
-        if not sep:
-            raise ConfigError(f"override {override!r} is not of the form section.key=value")
-        _insert(merged, PipelineConfig, key.strip().split("."), _scalar(text), where=key.strip())
-    return merged
-
-
-def _scalar(text: str) -> Any:
-    """A YAML scalar; text YAML cannot read (``@daily``, ``a: b``) is taken as a string."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _insert(raw: dict, cls: type, path: list, value: Any, where: str) -> None:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if path[0] not in fields:
-        raise ConfigError(f"unknown config key {where!r} (known: {', '.join(sorted(fields))})")
-    kind = typing.get_type_hints(cls)[path[0]]
-    if len(path) == 1 and kind is DatasetSpec and isinstance(value, str):
-        raw[path[0]] = dict(_dataset_spec_mapping(value, where))
-    elif len(path) == 1:
-        raw[path[0]] = _coerce(kind, value, where)
-    elif dataclasses.is_dataclass(kind):
-        section = raw.get(path[0]) or {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"config section {path[0]!r} must be a mapping, got {section!r}")
-        raw[path[0]] = dict(section)
-        _insert(raw[path[0]], kind, path[1:], value, where)
-    else:
-        raise ConfigError(f"config key {where!r}: {path[0]!r} is not a section")
-
-
-def _build(cls: type, raw: Mapping, where: str, section: str = "") -> Any:
-    at = f"{where}: " if where else ""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{at}unknown config key(s) {unknown} in {cls.__name__}")
-    values = {}
-    for name, value in raw.items():
-        if hints[name] is DatasetSpec and isinstance(value, str):
-            value = _dataset_spec_mapping(value, f"{section}{name}")
-        if dataclasses.is_dataclass(hints[name]):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{at}section {name!r} must be a mapping")
-            values[name] = _build(hints[name], value, where, f"{section}{name}.")
-        else:
-            values[name] = _coerce(hints[name], value, f"{at}{section}{name}")
-    try:
-        return cls(**values)
-    except ConfigError as e:
-        # Name the keys in full (``trainer.backbone``, not ``backbone``).
-        fields = "|".join(names)
-        message, named = re.subn(rf"(?<![\w.])({fields})=", rf"{section}\1=", str(e))
-        if section and not named:  # a rule across keys: say which section it is in
-            message = f"{section.rstrip('.')}: {message}"
-        raise ConfigError(at + message) from None
-
-
-def _coerce(kind: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(kind):
-        raise ConfigError(f"{where} is a section; set its keys one by one")
-    if kind is tuple:
-        if isinstance(value, Mapping):  # a mapping is kept as its (key, value) pairs
-            return tuple(value.items())
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is str and value is None:
-        return ""
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
-    return value
+def load_dataset_spec(path_or_name: str, where: str = "dataset") -> DatasetSpec:
+    """A dataset spec from a YAML file, or by name from ``datasets/specs/`` (``cihp``, ``oxford_pet``)."""
+    return config_engine.build(
+        DatasetSpec, config_engine.dataset_spec_mapping(path_or_name, where), path_or_name
+    )

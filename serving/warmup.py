@@ -12,17 +12,16 @@ import os
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from pipeline import features
-from trainer.export import ASSETS_EXTRA, IMAGES, SERVING_DEFAULT
+from core import artifacts, features
+from core.signatures import IMAGES, SERVING_DEFAULT
 
-# Beside the model's ``DATASET_SPEC_FILE`` (trainer/export.py), which the push copies with it.
-WARMUP_FILE = os.path.join(ASSETS_EXTRA, "tf_serving_warmup_requests")
-IMAGES_INPUT = IMAGES  # serving_default's input, spelled in trainer/export.py
+# TF Serving's name, beside the model's ``artifacts.MODEL_SPEC_FILE``, which the push copies with it.
+WARMUP_FILE = os.path.join(artifacts.ASSETS_EXTRA, "tf_serving_warmup_requests")
 
 
 def eval_images(examples_uri: str, count: int) -> list:
     """The encoded JPEG bytes of the first ``count`` eval examples, in file order."""
-    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")))
+    files = sorted(tf.io.gfile.glob(artifacts.split_files(examples_uri, features.EVAL_SPLIT)))
     if not files:
         raise FileNotFoundError(f"no eval split under {examples_uri}")
     images = []
@@ -38,7 +37,7 @@ def prediction_logs(images: list, model_name: str) -> list:
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT)
         )
-        request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+        request.inputs[IMAGES].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
         logs.append(
             prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
         )

@@ -17,8 +17,8 @@ from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
 from components.segmentation_example_gen import beam_ingest
-from pipeline import config as config_lib
-from pipeline import dataset_spec
+from core import artifacts, dataset_spec, paths
+from core.dataset_spec import VOC_SPEC
 from transform import preprocessing
 
 TRANSFORM_GRAPH = "transform_graph"
@@ -32,10 +32,10 @@ def analyze(examples_uri: str, out: str, custom_config: dict) -> tft.TFTransform
     """
     num_classes = dataset_spec.of_examples(examples_uri).num_classes
     custom_config = {preprocessing.NUM_CLASSES_KEY: num_classes, **custom_config}
-    schema_path = config_lib.resolve_path("pipeline/schema/schema.pbtxt")
+    schema_path = paths.project_file("pipeline/schema/schema.pbtxt")
     schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
     source = tfxio.TFExampleRecord(
-        file_pattern=os.path.join(beam_ingest.split_dir(examples_uri, "train"), "*"),
+        file_pattern=os.path.join(artifacts.split_dir(examples_uri, "train"), "*"),
         telemetry_descriptors=["deeplab-tfx"],
         schema=schema,
     )
@@ -57,7 +57,9 @@ def ingest_and_analyze(dataset: str, out: str, image_size: int) -> tuple:
     The Examples go to ``<out>/examples``, the graph to ``transform_dir(examples_uri)``.
     """
     examples = os.path.join(out, "examples")
-    beam_ingest.run(lambda: beam.Pipeline(), dataset, dataset, examples, os.path.join(out, "rejected"))
+    beam_ingest.run(
+        lambda: beam.Pipeline(), dataset, dataset, examples, os.path.join(out, "rejected"), dataset=VOC_SPEC
+    )
     return examples, analyze(examples, out, {"image_size": image_size})
 
 

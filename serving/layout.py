@@ -2,7 +2,7 @@
 
 TF Serving's file-system source polls the base path and tries to load every directory whose
 name is an integer, as soon as it sees it (with its default ``latest`` policy, the highest
-one). What "safely" can mean depends on the filesystem (``pipeline.storage.is_local``), and so
+one). What "safely" can mean depends on the filesystem (``core.storage.is_local``), and so
 does how a version is published. Both ways, a version's files are written in one order: every
 file but ``saved_model.pb`` (variables, assets, the warm-up requests), then our provenance
 marker, then ``saved_model.pb``, which TF Serving takes as the sign that a version is complete.
@@ -65,15 +65,14 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from pipeline import storage
+from core import artifacts, storage
 
-SAVED_MODEL_FILE = "saved_model.pb"
 STAGING_PREFIX = ".staging-"
 LOCK_SUFFIX = ".lock"
 CLAIM_PREFIX = ".push-"
 # Written into each pushed version: which model artifact it came from, so that pushing the
 # same model again (a re-run whose Evaluator re-blessed it) does not add a duplicate version.
-PROVENANCE_FILE = os.path.join("assets.extra", "deeplab_tfx_push.json")
+PROVENANCE_FILE = os.path.join(artifacts.ASSETS_EXTRA, "deeplab_tfx_push.json")
 
 
 def version_numbers(base_dir: str) -> list:
@@ -86,7 +85,7 @@ def version_numbers(base_dir: str) -> list:
 
 def is_complete(version_dir: str) -> bool:
     """Whether a version has all its files: ``saved_model.pb`` is written last."""
-    return tf.io.gfile.exists(os.path.join(version_dir, SAVED_MODEL_FILE))
+    return tf.io.gfile.exists(os.path.join(version_dir, artifacts.SAVED_MODEL_FILE))
 
 
 def versions(base_dir: str) -> list:
@@ -114,8 +113,8 @@ def push(
     is copied and ``(that version, False)`` is returned. ``add_files(version_dir)`` may add files
     (the warm-up requests) before the version is complete.
     """
-    if not tf.io.gfile.exists(os.path.join(model_dir, SAVED_MODEL_FILE)):
-        raise FileNotFoundError(f"{model_dir} is not a SavedModel: it has no {SAVED_MODEL_FILE}")
+    if not tf.io.gfile.exists(os.path.join(model_dir, artifacts.SAVED_MODEL_FILE)):
+        raise FileNotFoundError(f"{model_dir} is not a SavedModel: it has no {artifacts.SAVED_MODEL_FILE}")
     tf.io.gfile.makedirs(base_dir)
     local = storage.is_local(base_dir)
     if local:
@@ -136,13 +135,16 @@ def _write_version(model_dir: str, version_dir: str, source: str, add_files) -> 
     reads its marker and must find it whole; written after, it could be missing (a re-run of
     the same model would push a duplicate version) or partly written (unreadable JSON).
     """
-    storage.copy_tree(model_dir, version_dir, exclude=[SAVED_MODEL_FILE])
+    storage.copy_tree(model_dir, version_dir, exclude=[artifacts.SAVED_MODEL_FILE])
     if add_files:
         add_files(version_dir)
     marker = os.path.join(version_dir, PROVENANCE_FILE)
     tf.io.gfile.makedirs(os.path.dirname(marker))
     storage.write_file(marker, json.dumps({"source": source}))
-    tf.io.gfile.copy(os.path.join(model_dir, SAVED_MODEL_FILE), os.path.join(version_dir, SAVED_MODEL_FILE))
+    tf.io.gfile.copy(
+        os.path.join(model_dir, artifacts.SAVED_MODEL_FILE),
+        os.path.join(version_dir, artifacts.SAVED_MODEL_FILE),
+    )
 
 
 def _publish_by_rename(model_dir: str, base_dir: str, source: str, add_files, version: int) -> int:

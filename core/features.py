@@ -38,7 +38,7 @@ SPLITS = (TRAIN_SPLIT, EVAL_SPLIT)
 
 # The canonical "ignore" id of the records' masks, the Transform output, the loss and every
 # metric, whatever the dataset's own ignore value (the dataset spec maps it here). The classes
-# themselves come from the dataset spec (pipeline/dataset_spec.py), never from a constant.
+# themselves come from the dataset spec (core/dataset_spec.py), never from a constant.
 IGNORE_LABEL = 255
 
 # Transformed feature names (outputs of transform.preprocessing.preprocessing_fn).

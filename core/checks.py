@@ -1,4 +1,4 @@
-"""Value checks of config sections, shared by ``pipeline.config`` and ``pipeline.dataset_spec``.
+"""Value checks of config sections, shared by ``core.config`` and ``core.dataset_spec``.
 
 Apart from config.py so that the dataset spec (a config section that also travels with the
 Examples artifact as JSON) can use them without importing the whole pipeline config.

@@ -26,14 +26,15 @@ either way (unless ``values`` maps it to a class). A value that maps to nothing 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Mapping, Optional
 
 import numpy as np
 
-from pipeline import features
-from pipeline.checks import NAME, Checked, ConfigError, Rule, between, one_of
+from core import artifacts, features
+from core.checks import NAME, Checked, ConfigError, Rule, between, one_of
 
 VOC = "voc"  # layout of the VOC 2012 (+ SBD) archives
 FOLDERS = "folders"  # an images folder and a masks folder, paired by file stem
@@ -45,7 +46,7 @@ IGNORE = "ignore"
 # Class ids are 0-254: 255 is the canonical ignore id (features.IGNORE_LABEL), and masks are 8-bit.
 MAX_CLASSES = features.IGNORE_LABEL
 # The spec's file in an Examples artifact (beside Split-train/, Split-eval/) and in a model.
-SPEC_FILE = "dataset_spec.json"
+SPEC_FILE = artifacts.SPEC_FILE
 # VOC's colour for void (the "don't care" band around objects).
 VOC_VOID_COLOUR = (224, 224, 192)
 
@@ -260,7 +261,7 @@ VOC_SPEC = DatasetSpec()
 
 def write(spec: DatasetSpec, directory: str) -> str:
     """Writes ``SPEC_FILE`` into ``directory`` (any filesystem); returns its path."""
-    from pipeline import storage
+    from core import storage
 
     path = os.path.join(directory, SPEC_FILE)
     storage.write_file(path, spec.to_json())
@@ -272,7 +273,7 @@ def read(directory: str) -> Optional[DatasetSpec]:
     artifacts made before specs existed are VOC's, which the caller decides."""
     import tensorflow as tf
 
-    from pipeline import storage
+    from core import storage
 
     path = os.path.join(directory, SPEC_FILE)
     try:
@@ -282,12 +283,28 @@ def read(directory: str) -> Optional[DatasetSpec]:
     return DatasetSpec.from_json(text, where=path)
 
 
-def examples_dir(split_files: str) -> str:
-    """The Examples artifact's directory from a split's file pattern (``<uri>/Split-train/*``),
-    the form TFX's Trainer gets its examples in."""
-    return os.path.dirname(os.path.dirname(split_files))
+# The two readers below are the only places VOC's spec stands in for a missing one: artifacts made
+# before specs travelled with the data are VOC's. Nothing else defaults to VOC's classes.
 
 
 def of_examples(examples_uri: str) -> DatasetSpec:
     """The spec the Examples were ingested with; VOC's for artifacts made before specs travelled."""
     return read(examples_uri) or VOC_SPEC
+
+
+def of_model(model_dir: str) -> DatasetSpec:
+    """The classes a SavedModel (or a pushed version of it) predicts: its
+    ``artifacts.MODEL_SPEC_FILE``, VOC's for a model exported before models carried one."""
+    return read(os.path.join(model_dir, artifacts.ASSETS_EXTRA)) or VOC_SPEC
+
+
+def in_eval(image_id: str, eval_fraction: float) -> bool:
+    """The hash split: whether ``image_id`` goes to eval when a dataset has no split lists.
+
+    The first 8 bytes of the id's SHA-256 read as a fraction of 2^64: the same answer on every
+    run and machine (unlike Python's ``hash``), and for each id alone, so adding images never
+    moves an id between splits (a model evaluated before and after saw the same eval ids).
+    Here, not in ingestion, because the dataset generators split their manifests by it too.
+    """
+    digest = hashlib.sha256(image_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < eval_fraction * 2**64

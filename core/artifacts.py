@@ -1,0 +1,80 @@
+"""File names and layouts inside TFX artifacts, and the ML Metadata properties we set on them.
+
+Whoever writes an artifact and whoever reads it (another component, the runner's summary, the
+report, a test) takes the name from here, so the two cannot drift apart.
+"""
+
+import os
+
+from core import features
+
+# Examples: TFX's convention, <uri>/Split-<name>/data_tfrecord-SSSSS-of-NNNNN.gz, plus the dataset
+# spec the records were ingested with (core/dataset_spec.py) beside the splits.
+SPLIT_PREFIX = "Split-"
+EXAMPLE_FILE_PREFIX = "data_tfrecord"
+SPEC_FILE = "dataset_spec.json"
+
+# Model: the Trainer writes the SavedModel under <uri>/Format-Serving (TFX's serving_model_dir).
+SERVING_MODEL_DIR = "Format-Serving"
+# TF Serving takes a version as complete once this file is there: it is written last.
+SAVED_MODEL_FILE = "saved_model.pb"
+# Files beside a SavedModel that TF Serving keeps but does not load (warm-up requests, ours).
+ASSETS_EXTRA = "assets.extra"
+# The classes a model predicts (names, colours), read by serving and the predict command.
+MODEL_SPEC_FILE = os.path.join(ASSETS_EXTRA, SPEC_FILE)
+
+# ModelRun: the training history, one row per epoch (metrics named as in core/metrics.py).
+HISTORY_FILE = "history.json"
+
+# Custom properties (ML Metadata). Examples: the dataset's name and each split's count.
+DATASET_PROPERTY = "dataset"
+NUM_EXAMPLES_PREFIX = "num_examples_"
+# RejectedRecords (the dead letter).
+NUM_REJECTED = "num_rejected"
+REJECTED_FRACTION = "rejected_fraction"
+# DataGate's decision.
+PASSED = "passed"
+NUM_ANOMALIES = "num_anomalies"
+# ModelBlessing: TFX's Evaluator sets it.
+BLESSED = "blessed"
+# PushedModel: TFX's Pusher's three, and why a model was not pushed.
+PUSHED = "pushed"
+PUSHED_DESTINATION = "pushed_destination"
+PUSHED_VERSION = "pushed_version"
+NOT_PUSHED_REASON = "not_pushed_reason"
+
+
+def split_dir(examples_uri: str, split: str) -> str:
+    """Where TFX components look for one split of an Examples artifact."""
+    return os.path.join(examples_uri, f"{SPLIT_PREFIX}{split}")
+
+
+def split_files(examples_uri: str, split: str) -> str:
+    """The file pattern of one split: the form TFX's Trainer gets its examples in."""
+    return os.path.join(split_dir(examples_uri, split), "*")
+
+
+def examples_dir(split_pattern: str) -> str:
+    """The Examples artifact's directory from a split's file pattern (``split_files``)."""
+    return os.path.dirname(os.path.dirname(split_pattern))
+
+
+def num_examples(split: str) -> str:
+    """The Examples artifact's property counting ``split``'s records."""
+    return f"{NUM_EXAMPLES_PREFIX}{split}"
+
+
+def serving_model_dir(model_uri: str) -> str:
+    """The SavedModel inside a Trainer's Model artifact."""
+    return os.path.join(model_uri, SERVING_MODEL_DIR)
+
+
+# What the runner's progress lines show after an output's URI.
+SHOWN_PROPERTIES = (
+    *(num_examples(split) for split in features.SPLITS),
+    NUM_REJECTED,
+    PASSED,
+    BLESSED,
+    PUSHED,
+    PUSHED_VERSION,
+)

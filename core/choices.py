@@ -1,0 +1,28 @@
+"""What the trainer can build and run on: the values some config keys choose from.
+
+Here rather than in the trainer so that the config checks a choice when it loads, before any
+component runs, without importing TensorFlow.
+"""
+
+BACKBONES = ("resnet50", "mobilenetv2")
+OUTPUT_STRIDES = (8, 16, 32)
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+# trainer.backbone_weights: keras.applications downloads these; any other value is a file's path.
+IMAGENET_WEIGHTS = "imagenet"
+# keras.applications has ImageNet weights for MobileNetV2 at these widths only.
+MOBILENETV2_IMAGENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+# Test-time augmentation (trainer/tta.py): each scale's view is a multiple of this, so that every
+# backbone's output stride (at most 32) divides it and the decoder's stride-4 features keep
+# exact sizes.
+TTA_SIZE_MULTIPLE = 32
+
+
+def tta_size(scale: float, image_size: int) -> int:
+    """The side of the view at ``scale`` of a model trained at ``image_size``: ``image_size``
+    for 1.0, else ``scale * image_size`` to the nearest multiple of 32 (halves up), at least 32."""
+    if scale == 1.0:
+        return image_size
+    return max(TTA_SIZE_MULTIPLE, int(scale * image_size / TTA_SIZE_MULTIPLE + 0.5) * TTA_SIZE_MULTIPLE)

@@ -1,0 +1,35 @@
+"""The exported SavedModel's signature names and their input and output keys.
+
+``trainer/export.py`` builds the signatures under these names; TF Serving's clients
+(``serving/``), the warm-up records, TFMA's EvalConfig and the run report call them by the same
+names, and none of those imports the trainer to learn them.
+"""
+
+SERVING_DEFAULT = "serving_default"  # images -> class ids, height, width
+SERVING_PNG = "serving_png"  # images -> each mask as a grey PNG of the ids
+SERVING_EXAMPLES = "serving_examples"  # serialized raw tf.Examples (TFMA) -> as serving_default
+TRANSFORM_FEATURES = "transform_features"  # serialized raw tf.Examples -> Transform's outputs
+PREDICTING = (SERVING_DEFAULT, SERVING_PNG, SERVING_EXAMPLES)
+
+# Inputs.
+IMAGES = "images"  # [None] string: encoded JPEG, PNG, GIF (first frame) or BMP
+EXAMPLES = "examples"  # [None] string: serialized raw tf.Examples
+
+# Outputs.
+CLASS_IDS = "class_ids"  # [B, H_max, W_max] uint8, 255-padded to the largest image of the batch
+# TF Serving's REST API answers a DT_STRING output whose name ends in "_bytes" as {"b64": ...}.
+CLASS_IDS_PNG = "class_ids_png_bytes"
+HEIGHT = "height"  # [B]: each image's own size, to crop class_ids
+WIDTH = "width"
+PROBABILITIES = "probabilities"  # [B, H_max, W_max, N] float32, with trainer.with_probabilities
+
+# The encodings ``images`` may hold: those ``tf.io.decode_image`` reads, by the first bytes it
+# tells them apart with (TF 2.16, ``decode_image_op.cc``). One table: the exported graph's header
+# reader (transform/preprocessing.py) and ``deeplab-tfx serve``'s request checks both read it.
+IMAGE_FORMATS = (
+    ("JPEG", b"\xff\xd8\xff"),
+    ("PNG", b"\x89PNG\r\n\x1a\n"),
+    ("GIF", b"GIF8"),
+    ("BMP", b"BM"),
+)
+FORMAT_NAMES = ", ".join(name for name, _ in IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1][0]}"
