@@ -95,7 +95,7 @@ def build(contender: str, size: int, config_name: str):
         )
         return net, size // 32
     from core import config as config_lib
-    from trainer import training
+    from trainer import autograph, training
 
     trainer = config_lib.load_config(config_name).trainer
     stride = {"ours": trainer.output_stride, "ours_os32": 32}.get(contender)
@@ -109,6 +109,7 @@ def build(contender: str, size: int, config_name: str):
             trainer, size, replicas=1, images_normalized=False, num_classes=VOC_SPEC.num_classes
         )
     training.compile_model(net, trainer, total_steps=1000)
+    autograph.skip_keras_conversion()  # as the Trainer does before it fits
     return net, size
 
 

@@ -17,7 +17,8 @@ from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
 from components.segmentation_example_gen import beam_ingest
-from core import artifacts, dataset_spec, paths
+from core import artifacts, dataset_spec, features, paths
+from core import config as config_lib
 from core.dataset_spec import VOC_SPEC
 from transform import preprocessing
 
@@ -32,10 +33,10 @@ def analyze(examples_uri: str, out: str, custom_config: dict) -> tft.TFTransform
     """
     num_classes = dataset_spec.of_examples(examples_uri).num_classes
     custom_config = {preprocessing.NUM_CLASSES_KEY: num_classes, **custom_config}
-    schema_path = paths.project_file("pipeline/schema/schema.pbtxt")
+    schema_path = paths.project_file(config_lib.ValidationConfig.schema_path)
     schema = io_utils.parse_pbtxt_file(schema_path, schema_pb2.Schema())
     source = tfxio.TFExampleRecord(
-        file_pattern=os.path.join(artifacts.split_dir(examples_uri, "train"), "*"),
+        file_pattern=artifacts.split_files(examples_uri, features.TRAIN_SPLIT),
         telemetry_descriptors=["deeplab-tfx"],
         schema=schema,
     )

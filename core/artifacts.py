@@ -6,8 +6,6 @@ report, a test) takes the name from here, so the two cannot drift apart.
 
 import os
 
-from core import features
-
 # Examples: TFX's convention, <uri>/Split-<name>/data_tfrecord-SSSSS-of-NNNNN.gz, plus the dataset
 # spec the records were ingested with (core/dataset_spec.py) beside the splits.
 SPLIT_PREFIX = "Split-"
@@ -23,8 +21,9 @@ ASSETS_EXTRA = "assets.extra"
 # The classes a model predicts (names, colours), read by serving and the predict command.
 MODEL_SPEC_FILE = os.path.join(ASSETS_EXTRA, SPEC_FILE)
 
-# ModelRun: the training history, one row per epoch (metrics named as in core/metrics.py).
+# ModelRun: the training history, {"epochs": [one row per epoch, metrics named as in core/metrics.py]}.
 HISTORY_FILE = "history.json"
+HISTORY_EPOCHS = "epochs"
 
 # Custom properties (ML Metadata). Examples: the dataset's name and each split's count.
 DATASET_PROPERTY = "dataset"
@@ -67,14 +66,3 @@ def num_examples(split: str) -> str:
 def serving_model_dir(model_uri: str) -> str:
     """The SavedModel inside a Trainer's Model artifact."""
     return os.path.join(model_uri, SERVING_MODEL_DIR)
-
-
-# What the runner's progress lines show after an output's URI.
-SHOWN_PROPERTIES = (
-    *(num_examples(split) for split in features.SPLITS),
-    NUM_REJECTED,
-    PASSED,
-    BLESSED,
-    PUSHED,
-    PUSHED_VERSION,
-)

@@ -4,7 +4,8 @@ Here rather than in the trainer so that the config checks a choice when it loads
 component runs, without importing TensorFlow.
 """
 
-BACKBONES = ("resnet50", "mobilenetv2")
+RESNET50, MOBILENETV2 = "resnet50", "mobilenetv2"
+BACKBONES = (RESNET50, MOBILENETV2)
 OUTPUT_STRIDES = (8, 16, 32)
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

@@ -17,27 +17,27 @@ from typing import Any, Iterable, Mapping, Optional
 import yaml
 
 from core import config_engine, dataset_spec, paths
-from core.checks import (  # noqa: F401 - ConfigError and the rules are part of this API
+from core.checks import (  # noqa: F401 - ConfigError is raised to this module's callers
     ISO_DATE,
     NAME,
     NOT_EMPTY,
     Checked,
     ConfigError,
-    Rule,
     above,
     at_least,
     between,
     each,
-    matches,
     one_of,
 )
 from core.choices import (
     BACKBONES,
     DIRECT_RUNNING_MODES,
     IMAGENET_WEIGHTS,
+    MOBILENETV2,
     MOBILENETV2_IMAGENET_WIDTHS,
     OUTPUT_STRIDES,
     PRECISIONS,
+    RESNET50,
     STRATEGIES,
     TTA_SIZE_MULTIPLE,
     tta_size,
@@ -101,7 +101,7 @@ class TrainerConfig(Checked):
     """
 
     # Model.
-    backbone: str = "resnet50"  # resnet50 | mobilenetv2
+    backbone: str = RESNET50  # resnet50 | mobilenetv2
     width: float = 1.0  # MobileNetV2 width multiplier (alpha)
     output_stride: int = 16  # 16 | 8 | 32 (32: no dilation, as keras_hub's DeepLabV3+)
     # "imagenet" (downloads where a network exists), a local .h5 of the keras.applications
@@ -216,7 +216,7 @@ class TrainerConfig(Checked):
                 f"{self.max_image_pixels}: a request of one image at the limit would be refused"
             )
         if (
-            self.backbone == "mobilenetv2"
+            self.backbone == MOBILENETV2
             and self.backbone_weights == IMAGENET_WEIGHTS
             and self.width not in MOBILENETV2_IMAGENET_WIDTHS
         ):

@@ -2,7 +2,7 @@
 
 ``DatasetSpec`` is the ``dataset`` section of the pipeline config, and the one place a
 dataset's classes come from. Ingestion writes it, as JSON, into the Examples artifact
-(``SPEC_FILE``) beside the splits, so that every later component reads the classes from the
+(``artifacts.SPEC_FILE``) beside the splits, so that every later component reads the classes from the
 data it is given and not from a constant; the Trainer also puts it in the exported model
 (``assets.extra/``), where serving and the predict command find the names and colours.
 
@@ -45,8 +45,6 @@ MASK_ENCODINGS = (PALETTE, GREY, RGB)
 IGNORE = "ignore"
 # Class ids are 0-254: 255 is the canonical ignore id (features.IGNORE_LABEL), and masks are 8-bit.
 MAX_CLASSES = features.IGNORE_LABEL
-# The spec's file in an Examples artifact (beside Split-train/, Split-eval/) and in a model.
-SPEC_FILE = artifacts.SPEC_FILE
 # VOC's colour for void (the "don't care" band around objects).
 VOC_VOID_COLOUR = (224, 224, 192)
 
@@ -116,7 +114,8 @@ class DatasetSpec(Checked):
 
     name: str = VOC
     layout: str = VOC  # voc | folders
-    class_names: tuple = VOC_CLASS_NAMES
+    # Empty: VOC's 21 for the voc layout; a folders dataset lists its own (never VOC's by default).
+    class_names: tuple = ()
     # One [r, g, b] per class for reports, predicted masks and ``rgb`` masks; empty: VOC's map.
     colours: tuple = ()
     mask_encoding: str = PALETTE  # palette | grey | rgb
@@ -149,7 +148,8 @@ class DatasetSpec(Checked):
     def __post_init__(self):
         # Lists from YAML or JSON become tuples, so that a spec stays hashable and compares equal
         # after a round trip through JSON.
-        object.__setattr__(self, "class_names", tuple(self.class_names))
+        names = tuple(self.class_names) or (VOC_CLASS_NAMES if self.layout == VOC else ())
+        object.__setattr__(self, "class_names", names)
         object.__setattr__(self, "colours", tuple(tuple(c) if _colour(c) else c for c in self.colours))
         object.__setattr__(self, "ignore_colour", tuple(self.ignore_colour))
         object.__setattr__(self, "values", _pairs(self.values))
@@ -157,6 +157,10 @@ class DatasetSpec(Checked):
 
     def check_together(self) -> None:
         names = self.class_names
+        if not names:
+            raise ConfigError(
+                "class_names is empty: a folders dataset lists its classes (dataset.class_names)"
+            )
         if not 2 <= len(names) <= MAX_CLASSES:
             raise ConfigError(
                 f"class_names has {len(names)} names: a dataset needs 2 to {MAX_CLASSES} classes"
@@ -260,10 +264,10 @@ VOC_SPEC = DatasetSpec()
 
 
 def write(spec: DatasetSpec, directory: str) -> str:
-    """Writes ``SPEC_FILE`` into ``directory`` (any filesystem); returns its path."""
+    """Writes ``artifacts.SPEC_FILE`` into ``directory`` (any filesystem); returns its path."""
     from core import storage
 
-    path = os.path.join(directory, SPEC_FILE)
+    path = os.path.join(directory, artifacts.SPEC_FILE)
     storage.write_file(path, spec.to_json())
     return path
 
@@ -275,7 +279,7 @@ def read(directory: str) -> Optional[DatasetSpec]:
 
     from core import storage
 
-    path = os.path.join(directory, SPEC_FILE)
+    path = os.path.join(directory, artifacts.SPEC_FILE)
     try:
         text = storage.read_file(path, binary=False)
     except tf.errors.NotFoundError:

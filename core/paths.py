@@ -33,7 +33,7 @@ def resolve(path: str, base: str) -> str:
     """``path`` against ``base``: empty, absolute and URI (``gs://...``) paths stay as they are."""
     if not path or "://" in path or os.path.isabs(path):
         return path
-    return os.path.join(base, path)
+    return os.path.normpath(os.path.join(base, path))
 
 
 def project_file(path: str) -> str:

@@ -9,7 +9,6 @@ SERVING_DEFAULT = "serving_default"  # images -> class ids, height, width
 SERVING_PNG = "serving_png"  # images -> each mask as a grey PNG of the ids
 SERVING_EXAMPLES = "serving_examples"  # serialized raw tf.Examples (TFMA) -> as serving_default
 TRANSFORM_FEATURES = "transform_features"  # serialized raw tf.Examples -> Transform's outputs
-PREDICTING = (SERVING_DEFAULT, SERVING_PNG, SERVING_EXAMPLES)
 
 # Inputs.
 IMAGES = "images"  # [None] string: encoded JPEG, PNG, GIF (first frame) or BMP
@@ -26,10 +25,10 @@ PROBABILITIES = "probabilities"  # [B, H_max, W_max, N] float32, with trainer.wi
 # The encodings ``images`` may hold: those ``tf.io.decode_image`` reads, by the first bytes it
 # tells them apart with (TF 2.16, ``decode_image_op.cc``). One table: the exported graph's header
 # reader (transform/preprocessing.py) and ``deeplab-tfx serve``'s request checks both read it.
-IMAGE_FORMATS = (
+IMAGE_ENCODINGS = (
     ("JPEG", b"\xff\xd8\xff"),
     ("PNG", b"\x89PNG\r\n\x1a\n"),
     ("GIF", b"GIF8"),
     ("BMP", b"BM"),
 )
-FORMAT_NAMES = ", ".join(name for name, _ in IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1][0]}"
+ENCODING_NAMES = ", ".join(name for name, _ in IMAGE_ENCODINGS[:-1]) + f" or {IMAGE_ENCODINGS[-1][0]}"

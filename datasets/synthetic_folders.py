@@ -71,9 +71,9 @@ def eval_count(num_images: int, eval_fraction: float) -> int:
 def cihp_layout(num_images: int, eval_fraction: float) -> FolderLayout:
     """CIHP-style ids (``0000000``, ``0000001``, ...), skipping those the hash split would put in
     a split already full, so that eval gets ``eval_count`` ids and train the rest."""
-    wanted = {"eval": eval_count(num_images, eval_fraction)}
-    wanted["train"] = num_images - wanted["eval"]
-    picked = {"train": [], "eval": []}
+    eval_ids = eval_count(num_images, eval_fraction)
+    wanted = {features.EVAL_SPLIT: eval_ids, features.TRAIN_SPLIT: num_images - eval_ids}
+    picked = {split: [] for split in wanted}
     number = 0
     while any(len(picked[s]) < wanted[s] for s in picked):
         image_id = f"{number:07d}"
@@ -81,7 +81,7 @@ def cihp_layout(num_images: int, eval_fraction: float) -> FolderLayout:
         if len(picked[split]) < wanted[split]:
             picked[split].append(image_id)
         number += 1
-    return FolderLayout(train=tuple(picked["train"]), eval=tuple(picked["eval"]))
+    return FolderLayout(train=tuple(picked[features.TRAIN_SPLIT]), eval=tuple(picked[features.EVAL_SPLIT]))
 
 
 def pet_layout(num_images: int, seed: int) -> tuple:

@@ -43,7 +43,7 @@ from tensorflow_model_analysis.utils import util
 
 from core import dataset_spec, features
 from core.metrics import CLASS_IOU, CONFUSION_MATRIX, FREQUENCY_WEIGHTED_IOU, MEAN_IOU, PIXEL_ACCURACY
-from core.signatures import CLASS_IDS, HEIGHT, WIDTH
+from core.signatures import CLASS_IDS, HEIGHT, SERVING_EXAMPLES, WIDTH
 from evaluation import iou
 
 # The metrics' names (core/metrics.py): CONFUSION_MATRIX is the plot, CLASS_IOU one value per
@@ -87,7 +87,7 @@ class _ImageConfusion(metric_types.Preprocessor):
         if not isinstance(predictions, dict) or CLASS_IDS not in predictions:
             raise ValueError(
                 f"{where}: the model's predictions have no {CLASS_IDS!r} output; evaluate the "
-                "'serving_examples' signature of a deeplab-tfx model"
+                f"{SERVING_EXAMPLES!r} signature of a deeplab-tfx model"
             )
         truth = decode_mask(_single(raw[features.MASK_KEY]))
         height, width = int(_single(predictions[HEIGHT])), int(_single(predictions[WIDTH]))
@@ -173,7 +173,7 @@ def _scores_of(kind: str, key: metric_types.MetricKey, matrix_key: metric_types.
         # Classes that occur in neither labels nor predictions of the slice have no IoU.
         return {
             key._replace(sub_key=metric_types.SubKey(class_id=c)): float(v)
-            for c, v in enumerate(values["class_iou"])
+            for c, v in enumerate(values[CLASS_IOU])
             if not np.isnan(v)
         }
 

@@ -123,7 +123,7 @@ def training_summary(store: mlmd.MetadataStore) -> str:
     if not tf.io.gfile.exists(history_path):
         return ""
     with tf.io.gfile.GFile(history_path) as f:
-        epochs = json.load(f)["epochs"]
+        epochs = json.load(f)[artifacts.HISTORY_EPOCHS]
     best = max(epochs, key=lambda row: row.get(metrics.VAL_MEAN_IOU, -1.0))
     return (
         f"Trainer: best eval mean IoU {best.get(metrics.VAL_MEAN_IOU, float('nan')):.4f} at epoch "

@@ -8,8 +8,9 @@ depends on where the pipeline runs.
 The dataset spec is read once, when the config loads (``config.dataset``), and handed to the
 components that need it in the form each takes: SegmentationExampleGen and DatasetSchemaGen a
 JSON parameter, Transform the number of classes in its ``custom_config``, the Evaluator the class
-names in its metrics' config. Ingestion writes it into the Examples artifact, where the Trainer,
-the pusher's warm-up and the report read it back: the data carries what it is.
+names in its metrics' config. Ingestion writes it into the Examples artifact, where the Trainer
+and the report read it back, and the Trainer into the model, where serving reads it: the data
+carries what it is.
 
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
@@ -34,6 +35,12 @@ from core.config import PipelineConfig
 from evaluation import eval_config
 from trainer import run_fn
 from transform import preprocessing
+
+
+def dotted(fn) -> str:
+    """``module.function``: how TFX names a module function it imports on the worker. Taken from
+    the imported function, so a moved or renamed one cannot leave a stale string here."""
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -64,7 +71,7 @@ def create_components(config: PipelineConfig) -> list:
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        preprocessing_fn="transform.preprocessing.preprocessing_fn",
+        preprocessing_fn=dotted(preprocessing.preprocessing_fn),
         custom_config={
             **dataclasses.asdict(config.transform),
             preprocessing.NUM_CLASSES_KEY: config.dataset.num_classes,
@@ -90,7 +97,7 @@ def create_components(config: PipelineConfig) -> list:
     # and with trainer.warm_start the Trainer's starting weights.
     baseline = latest_blessed_model()
     trainer = trainer_class(
-        run_fn="trainer.run_fn.run_fn",
+        run_fn=dotted(run_fn.run_fn),
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

@@ -16,10 +16,18 @@ import time
 from ml_metadata import metadata_store as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from core import artifacts
+from core import artifacts, features
 
 _EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
 _SCALARS = ("int_value", "string_value", "double_value")
+# The custom properties shown after an output's URI.
+_SHOWN = (
+    *(artifacts.num_examples(split) for split in features.SPLITS),
+    artifacts.NUM_REJECTED,
+    artifacts.BLESSED,
+    artifacts.PUSHED,
+    artifacts.PUSHED_VERSION,
+)
 
 
 class ComponentProgress(logging.Handler):
@@ -69,7 +77,7 @@ class ComponentProgress(logging.Handler):
             props = artifact.custom_properties
             shown = [
                 f"{k}={getattr(props[k], props[k].WhichOneof('value'))}"
-                for k in artifacts.SHOWN_PROPERTIES
+                for k in _SHOWN
                 if k in props and props[k].WhichOneof("value") in _SCALARS
             ]
             kind = store.get_artifact_types_by_id([artifact.type_id])[0].name

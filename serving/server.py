@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from core.signatures import FORMAT_NAMES, IMAGE_FORMATS, IMAGES, SERVING_DEFAULT
+from core.signatures import ENCODING_NAMES, IMAGE_ENCODINGS, IMAGES, SERVING_DEFAULT
 from serving import rest
 from serving.models import (
     ModelVersions,
@@ -39,7 +39,7 @@ from serving.models import (
 )
 
 DEFAULT_MAX_REQUEST_BYTES = 32 << 20
-_MAGICS = tuple(magic for _, magic in IMAGE_FORMATS)
+_MAGICS = tuple(magic for _, magic in IMAGE_ENCODINGS)
 
 
 def check_images(images: np.ndarray) -> None:
@@ -52,12 +52,12 @@ def check_images(images: np.ndarray) -> None:
         if not data:
             raise ServingError(
                 "INVALID_ARGUMENT",
-                f"{IMAGES}[{i}] is empty (0 bytes); send {FORMAT_NAMES} bytes",
+                f"{IMAGES}[{i}] is empty (0 bytes); send {ENCODING_NAMES} bytes",
             )
         if not data.startswith(_MAGICS):
             raise ServingError(
                 "INVALID_ARGUMENT",
-                f"{IMAGES}[{i}] is not a {FORMAT_NAMES} image (starts with {data[:8]!r})",
+                f"{IMAGES}[{i}] is not a {ENCODING_NAMES} image (starts with {data[:8]!r})",
             )
 
 

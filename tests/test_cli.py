@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from core import dataset_spec, features
+from core import artifacts, dataset_spec, features, paths
 from datasets import synthetic_voc
 from pipeline import cli, logs
 from tests.conftest import feature, read_examples, read_list, sbd_path, voc_path
@@ -48,6 +48,8 @@ def test_make_dataset_then_ingest(tmp_path):
     assert os.path.dirname(log) == str(out / "logs")
     detail = open(log).read()
     assert "cpu_feature_guard.cc" in detail and "FutureWarning" in detail and "INFO" in detail
+    # Beam gets the checkout's setup.py (remote runners stage it), whatever the working directory.
+    assert f"'--setup_file={paths.PROJECT_ROOT}/setup.py'" in detail
     summary = json.load(open(out / "summary.json"))
     seg = voc_path(str(data), "ImageSets", "Segmentation")
     voc_train, voc_val = set(read_list(f"{seg}/train.txt")), set(read_list(f"{seg}/val.txt"))
@@ -116,7 +118,7 @@ def test_ingest_twice_into_one_output_keeps_only_the_second_run(dataset_dir, tmp
     assert sorted(os.listdir(out)) == ["examples", "logs", "rejected.jsonl", "report.md", "summary.json"]
     # Each ingest's full log, named on stderr; the terminal's stdout is the summary alone.
     assert len(os.listdir(f"{out}/logs")) == 2
-    assert sorted(os.listdir(f"{out}/examples")) == ["Split-eval", "Split-train", dataset_spec.SPEC_FILE]
+    assert sorted(os.listdir(f"{out}/examples")) == ["Split-eval", "Split-train", artifacts.SPEC_FILE]
     assert dataset_spec.read(f"{out}/examples") == dataset_spec.VOC_SPEC
     # A third run whose lists are refused leaves the second's output as it was.
     shards = sorted(os.listdir(f"{out}/examples/Split-train"))

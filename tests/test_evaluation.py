@@ -23,9 +23,8 @@ from tfx import v1 as tfx
 from components.run_report import eval_results
 from components.run_report.component import INDEX, REPORT_JSON, RunReport, RunReportGen
 from components.serving_pusher.component import ServingPusher
+from core import artifacts, dataset_spec, features, metrics, paths, signatures, storage
 from core import config as config_lib
-from core import dataset_spec, features, metrics, paths, signatures, storage
-from core.artifacts import NOT_PUSHED_REASON, PUSHED, PUSHED_DESTINATION, PUSHED_VERSION
 from core.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
 from evaluation import iou, tfma_metrics
 from pipeline import local_runner
@@ -404,8 +403,9 @@ def _check_push_and_report_on_an_object_store(local: dict, tmp_path) -> None:
 
     # The push: version 1 on the object store, complete, with its provenance and warm-up requests.
     base, [pushed] = f"{root}/serving/deeplab", store.get_artifacts_by_type("PushedModel")
-    assert {k: _props(pushed)[k] for k in (PUSHED, PUSHED_VERSION, PUSHED_DESTINATION)} == {
-        PUSHED: 1, PUSHED_VERSION: "1", PUSHED_DESTINATION: f"{base}/1"
+    shown = (artifacts.PUSHED, artifacts.PUSHED_VERSION, artifacts.PUSHED_DESTINATION)
+    assert {k: _props(pushed)[k] for k in shown} == {
+        artifacts.PUSHED: 1, artifacts.PUSHED_VERSION: "1", artifacts.PUSHED_DESTINATION: f"{base}/1"
     }  # fmt: skip
     assert pushed.uri.startswith(f"{root}/pipeline/ServingPusher/")
     assert layout.versions(base) == [1] and layout.provenance(f"{base}/1") == {"source": inputs["model"]}
@@ -466,14 +466,14 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     base = cfg.serving_model_dir()
     assert not _props(out["ModelBlessing"]).get("blessed")
     pushed = _props(out["PushedModel"])
-    assert pushed[PUSHED] == 0 and layout.versions(base) == []
-    assert "mean IoU" in pushed[NOT_PUSHED_REASON]
-    assert "is below the required 0.5000 (evaluator.min_mean_iou)" in pushed[NOT_PUSHED_REASON]
+    assert pushed[artifacts.PUSHED] == 0 and layout.versions(base) == []
+    assert "mean IoU" in pushed[artifacts.NOT_PUSHED_REASON]
+    assert "is below the required 0.5000 (evaluator.min_mean_iou)" in pushed[artifacts.NOT_PUSHED_REASON]
 
     # 2. The trained model: blessed, pushed as version 1.
     cfg, out = _judge(root, examples_uri, serving_copies["trained"], "trained")
     assert _props(out["ModelBlessing"])["blessed"] == 1
-    assert _props(out["PushedModel"])[PUSHED_VERSION] == "1" and layout.versions(base) == [1]
+    assert _props(out["PushedModel"])[artifacts.PUSHED_VERSION] == "1" and layout.versions(base) == [1]
     # The same judgement, pushed and reported by the components on an object store.
     local = {
         "examples": examples_uri,
@@ -551,7 +551,7 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     # 3. The untrained model again, with the value threshold off: the change threshold against
     # the blessed baseline still rejects it, and version 1 stays the only one.
     cfg, out = _judge(root, examples_uri, serving_copies["untrained"], "untrained_again", min_mean_iou=0.0)
-    reason = _props(out["PushedModel"])[NOT_PUSHED_REASON]
+    reason = _props(out["PushedModel"])[artifacts.NOT_PUSHED_REASON]
     assert "below the latest blessed model's" in reason and "max_mean_iou_drop" in reason, reason
     assert "min_mean_iou" not in reason
     assert layout.versions(base) == [1]
@@ -625,6 +625,6 @@ def test_the_evaluator_scores_a_test_time_augmented_export_as_it_is_served(
     # With no drop allowed, the blessing is exactly "not below the baseline" on those scores.
     blessed = _props(out["ModelBlessing"]).get("blessed", 0) == 1
     assert blessed == (tta_iou >= plain_iou), (tta_iou, plain_iou)
-    reason = _props(out["PushedModel"]).get(NOT_PUSHED_REASON, "")
+    reason = _props(out["PushedModel"]).get(artifacts.NOT_PUSHED_REASON, "")
     assert blessed or ("below the latest blessed model's" in reason and "max_mean_iou_drop" in reason), reason
     print(f"eval split: mean IoU {plain_iou:.4f} plain, {tta_iou:.4f} with test-time augmentation")

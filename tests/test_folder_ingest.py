@@ -15,8 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from components.segmentation_example_gen import beam_ingest, records, sources
+from core import artifacts, dataset_spec, features
 from core import config as config_lib
-from core import dataset_spec, features
 from core.dataset_spec import DatasetSpec
 from datasets import synthetic_folders
 from tests.conftest import feature, png_indices, read_examples
@@ -327,7 +327,7 @@ def _grey(path):
 
 def _check_records(examples, spec, root, expected_splits, mask_ids):
     """Every record against its source files: bytes, format, size, source, mask ids, present."""
-    with open(os.path.join(examples, dataset_spec.SPEC_FILE)) as f:
+    with open(os.path.join(examples, artifacts.SPEC_FILE)) as f:
         assert f.read() == spec.to_json()
     assert dataset_spec.of_examples(examples) == spec
     for split, ids in expected_splits.items():

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from components.segmentation_example_gen import beam_ingest, records, sources
-from core import dataset_spec, features
+from core import artifacts, dataset_spec, features
 from core.dataset_spec import VOC_SPEC
 from tests.conftest import feature, png_indices, read_examples, read_list, sbd_path, voc_path
 
@@ -115,7 +115,7 @@ def test_every_mask_round_trips_pixel_exact(dataset_dir, ingested):
 def test_voc_examples_carry_the_voc_spec(ingested, tmp_path):
     out, _ = ingested
     examples = os.path.join(out, "examples")
-    assert sorted(os.listdir(examples)) == ["Split-eval", "Split-train", dataset_spec.SPEC_FILE]
+    assert sorted(os.listdir(examples)) == ["Split-eval", "Split-train", artifacts.SPEC_FILE]
     assert dataset_spec.read(examples) == VOC_SPEC
     # Examples made before specs travelled have none, and are VOC's.
     assert dataset_spec.read(str(tmp_path)) is None and dataset_spec.of_examples(str(tmp_path)) == VOC_SPEC

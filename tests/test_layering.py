@@ -106,9 +106,9 @@ for package in ("transform", "trainer", "evaluation", "serving", "components", "
     for m in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
         importlib.import_module(m.name)
 from trainer import autograph
-before = autograph.skips_keras_conversion()
+before = autograph.keras_conversion_skipped()
 autograph.skip_keras_conversion()
-print(floor, before, autograph.skips_keras_conversion())
+print(floor, before, autograph.keras_conversion_skipped())
 """
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=paths.PROJECT_ROOT, capture_output=True, text=True

@@ -10,7 +10,7 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from core import storage
+from core import artifacts, storage
 from trainer import distribute
 
 
@@ -240,7 +240,7 @@ class HistoryWriter(keras.callbacks.Callback):
         self.epochs = []
         if tf.io.gfile.exists(self.path):
             if _resumed(self.model):
-                self.epochs = json.loads(storage.read_file(self.path, binary=False))["epochs"]
+                self.epochs = json.loads(storage.read_file(self.path, binary=False))[artifacts.HISTORY_EPOCHS]
             elif self.enabled:
                 tf.io.gfile.remove(self.path)
 
@@ -258,4 +258,4 @@ class HistoryWriter(keras.callbacks.Callback):
         self.epochs = [r for r in self.epochs if r["epoch"] < epoch + 1] + [row]
         if self.enabled:
             # Whole or not at all: a kill mid-write must not leave JSON that no resume can read.
-            storage.write_file(self.path, json.dumps({"epochs": self.epochs}, indent=1))
+            storage.write_file(self.path, json.dumps({artifacts.HISTORY_EPOCHS: self.epochs}, indent=1))

@@ -44,8 +44,8 @@ from core.config import TrainerConfig
 from core.signatures import (
     CLASS_IDS,
     CLASS_IDS_PNG,
+    ENCODING_NAMES,
     EXAMPLES,
-    FORMAT_NAMES,
     HEIGHT,
     IMAGES,
     PROBABILITIES,
@@ -154,7 +154,7 @@ def check_declared_sizes(
         unknown,
         tf.strings.join(
             [name, "(", tf.strings.as_string(tf.strings.length(encoded)), " bytes) is not a ",
-             FORMAT_NAMES, " image"]
+             ENCODING_NAMES, " image"]
         ),
         tf.where(
             empty,

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from core import features, storage
-from core.choices import BACKBONES, IMAGENET_WEIGHTS, OUTPUT_STRIDES
+from core.choices import BACKBONES, IMAGENET_WEIGHTS, OUTPUT_STRIDES, RESNET50
 from core.config import TrainerConfig
 
 # Layers
@@ -36,7 +36,7 @@ class BackbonePreprocess(keras.layers.Layer):
     # No tensor-dependent control flow: spare autograph's slow recursive conversion of Keras.
     @tf.autograph.experimental.do_not_convert
     def call(self, images, training=None):  # noqa: ARG002 - Keras passes it
-        if self.backbone == "resnet50":  # "caffe" mode: BGR, ImageNet mean removed, no scaling
+        if self.backbone == RESNET50:  # "caffe" mode: BGR, ImageNet mean removed, no scaling
             return images[..., ::-1] - keras.backend.constant([103.939, 116.779, 123.68], dtype=images.dtype)
         return images / 127.5 - 1.0  # MobileNetV2: [-1, 1]
 
@@ -188,7 +188,7 @@ def _dilation_plan(backbone: str, output_stride: int) -> dict:
     plan = {}
     if output_stride == 32:  # keras.applications' own strides
         return plan
-    if backbone == "resnet50":
+    if backbone == RESNET50:
         # Stage k's first block strides in its 1x1 conv and shortcut; its 3x3 convs dilate.
         stages = {16: {5: 2}, 8: {4: 2, 5: 4}}[output_stride]
         blocks = {4: 6, 5: 3}
@@ -270,7 +270,7 @@ def build_backbone(
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
 
     def make(w):
-        if backbone == "resnet50":
+        if backbone == RESNET50:
             return keras.applications.ResNet50(include_top=False, weights=w, input_shape=input_shape)
         return keras.applications.MobileNetV2(
             include_top=False, weights=w, input_shape=input_shape, alpha=width
@@ -307,7 +307,7 @@ def build_backbone(
     model.set_weights(base.get_weights())
     low, high = (
         ("conv2_block3_out", "conv5_block3_out")
-        if backbone == "resnet50"
+        if backbone == RESNET50
         else ("block_3_expand_relu", "block_16_project_BN")
     )
     return keras.Model(
@@ -337,10 +337,11 @@ def build_deeplabv3plus(
 ) -> keras.Model:
     """DeepLabV3+: 0-255 RGB ``[S, S, 3]`` -> logits ``[S, S, num_classes]`` (float32).
 
-    The defaults are the config's (``TrainerConfig``), so the model a test builds is the one the
-    pipeline trains; ``training.build_model`` maps a whole config onto these arguments. The
-    classes are the dataset spec's and ``backbone_weights`` is always given (``None``: random
-    init; the config's ``"imagenet"`` downloads).
+    The architecture's defaults are the config's (``TrainerConfig``), so the model a test builds
+    is the one the pipeline trains; ``training.build_model`` maps a whole config onto these
+    arguments (and turns ``sync_batch_norm`` on only with more than one replica, so it is off
+    here). The classes are the dataset spec's and ``backbone_weights`` is always given (``None``:
+    random init; ``"imagenet"`` downloads).
 
     ``aspp_rates`` are given for output stride 16 and scaled for 8 and 32. Logits are float32 even
     under a mixed-precision policy, so the loss and softmax stay numerically safe.

@@ -39,7 +39,7 @@ class TestTimeAugmentation:
         return cls(tuple(float(s) for s in scales) or (1.0,), bool(flip))
 
     def sizes(self, image_size: int) -> list:
-        """The input side of each scale (``core.config.tta_size``), each once, in order."""
+        """The input side of each scale (``core.choices.tta_size``), each once, in order."""
         out = []
         for scale in self.scales:
             size = tta_size(scale, image_size)

@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 
 from core import config as config_lib
 from core import dataset_spec, features
-from core.signatures import IMAGE_FORMATS
+from core.signatures import IMAGE_ENCODINGS
 from transform import palette
 
 # ``custom_config`` key of the number of classes (the dataset spec's), beside TransformConfig's keys.
@@ -95,9 +95,9 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
 
 
 def image_format(data: tf.Tensor) -> tf.Tensor:
-    """Encoded bytes -> int32 index into ``IMAGE_FORMATS``, ``UNKNOWN_FORMAT`` if none."""
+    """Encoded bytes -> int32 index into ``IMAGE_ENCODINGS``, ``UNKNOWN_FORMAT`` if none."""
     matches = tf.stack(
-        [tf.equal(tf.strings.substr(data, 0, len(magic)), magic) for _, magic in IMAGE_FORMATS]
+        [tf.equal(tf.strings.substr(data, 0, len(magic)), magic) for _, magic in IMAGE_ENCODINGS]
     )
     first = tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32)
     return tf.where(tf.reduce_any(matches), first, UNKNOWN_FORMAT)
@@ -147,8 +147,8 @@ def declared_shape(data: tf.Tensor) -> tf.Tensor:
     readers = {"JPEG": jpeg, "PNG": png, "GIF": gif, "BMP": bmp}
     kind = image_format(data)
     return tf.switch_case(
-        tf.where(kind < 0, len(IMAGE_FORMATS), kind),
-        [readers[name] for name, _ in IMAGE_FORMATS] + [unknown],
+        tf.where(kind < 0, len(IMAGE_ENCODINGS), kind),
+        [readers[name] for name, _ in IMAGE_ENCODINGS] + [unknown],
     )
 
 

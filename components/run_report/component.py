@@ -29,7 +29,7 @@ from tfx.types import standard_artifacts
 
 from components.run_report import eval_results, figures, page
 from core import artifacts, dataset_spec, features, metrics, signatures, storage
-from core.artifacts import BLESSED, NOT_PUSHED_REASON, PUSHED, PUSHED_DESTINATION, PUSHED_VERSION
+from core.config import ReportConfig
 from evaluation import tfma_metrics, verdict
 from transform import preprocessing
 
@@ -78,13 +78,19 @@ def figure_name(key: str, png: bytes) -> str:
 
 def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_model: types.Artifact) -> dict:
     """``report.json``'s decision, keyed by the ML Metadata properties it is read from."""
-    blessed = bool(blessing.get_int_custom_property(BLESSED))
-    decision = {BLESSED: blessed, "reasons": [] if blessed else verdict.reasons(evaluation.uri)}
-    if pushed_model.get_int_custom_property(PUSHED):
-        decision[PUSHED_VERSION] = int(pushed_model.get_string_custom_property(PUSHED_VERSION))
-        decision[PUSHED_DESTINATION] = pushed_model.get_string_custom_property(PUSHED_DESTINATION)
-    elif pushed_model.has_custom_property(NOT_PUSHED_REASON):
-        decision[NOT_PUSHED_REASON] = pushed_model.get_string_custom_property(NOT_PUSHED_REASON)
+    blessed = bool(blessing.get_int_custom_property(artifacts.BLESSED))
+    decision = {artifacts.BLESSED: blessed, "reasons": [] if blessed else verdict.reasons(evaluation.uri)}
+    if pushed_model.get_int_custom_property(artifacts.PUSHED):
+        decision[artifacts.PUSHED_VERSION] = int(
+            pushed_model.get_string_custom_property(artifacts.PUSHED_VERSION)
+        )
+        decision[artifacts.PUSHED_DESTINATION] = pushed_model.get_string_custom_property(
+            artifacts.PUSHED_DESTINATION
+        )
+    elif pushed_model.has_custom_property(artifacts.NOT_PUSHED_REASON):
+        decision[artifacts.NOT_PUSHED_REASON] = pushed_model.get_string_custom_property(
+            artifacts.NOT_PUSHED_REASON
+        )
     return decision
 
 
@@ -127,7 +133,7 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
     history_path = os.path.join(model_run.uri, artifacts.HISTORY_FILE)
     history = []
     if tf.io.gfile.exists(history_path):
-        history = json.loads(storage.read_file(history_path, binary=False))["epochs"]
+        history = json.loads(storage.read_file(history_path, binary=False))[artifacts.HISTORY_EPOCHS]
         draw(page.TRAINING_FIGURE, figures.training_curves, history)
     draw(page.DATA_FIGURE, figures.data_summary, split_counts, class_pixels)
 
@@ -204,7 +210,7 @@ def RunReportGen(  # noqa: N802 - TFX component names are classes.
     report: OutputArtifact[RunReport],
     publish_dir: Parameter[str],
     title: Parameter[str],
-    samples: Parameter[int] = 6,
+    samples: Parameter[int] = ReportConfig.samples,
 ):
     """Builds the run report (headed ``title``) and publishes it to ``publish_dir``.
 

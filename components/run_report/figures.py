@@ -1,4 +1,5 @@
-"""The report's pictures: PNG bytes (matplotlib's Agg backend: no display needed).
+"""The report's pictures: PNG bytes, drawn on matplotlib ``Figure`` objects (no pyplot, so no
+backend or display is chosen for the process that imports this: a PNG is rendered by Agg).
 
 Bytes, not files: the report names each figure by its content and writes it through gfile.
 Classes are named and coloured as the dataset spec says (``DatasetSpec.class_names``,
@@ -7,29 +8,26 @@ Classes are named and coloured as the dataset spec says (``DatasetSpec.class_nam
 
 import io
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from core import metrics  # noqa: E402
-from core.dataset_spec import DatasetSpec  # noqa: E402
-from transform import palette  # noqa: E402
+from core import metrics
+from core.dataset_spec import DatasetSpec
+from transform import palette
 
 
 def _png(fig) -> bytes:
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=90)
-    plt.close(fig)
     return out.getvalue()
 
 
 def class_iou_bars(class_iou: list, mean_iou: float, spec: DatasetSpec) -> bytes:
     """Horizontal bars, one per class of ``spec`` in its colour; classes never seen are marked n/a."""
-    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.28 * len(class_iou) + 0.6)))
+    fig = Figure(figsize=(7, max(2.0, 0.28 * len(class_iou) + 0.6)))
+    ax = fig.subplots()
     values = [v if v is not None else 0.0 for v in class_iou]
     colours = spec.class_colours()[: len(values)] / 255.0
     ax.barh(range(len(values)), values, color=colours, edgecolor="black", linewidth=0.5)
@@ -51,7 +49,8 @@ def confusion_heatmap(matrix: np.ndarray, class_names: tuple) -> bytes:
     rows = matrix.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.where(rows > 0, matrix / np.maximum(rows, 1), np.nan)
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
     image = ax.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(matrix)), class_names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(matrix)), class_names, fontsize=7)
@@ -63,7 +62,8 @@ def confusion_heatmap(matrix: np.ndarray, class_names: tuple) -> bytes:
 
 def training_curves(epochs: list) -> bytes:
     steps = [row["step"] for row in epochs]
-    fig, (loss_ax, iou_ax, lr_ax) = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig = Figure(figsize=(12, 3.5))
+    loss_ax, iou_ax, lr_ax = fig.subplots(1, 3)
     for key, label in (("loss", "train"), ("val_loss", "eval")):
         if any(key in row for row in epochs):
             loss_ax.plot(steps, [row.get(key, np.nan) for row in epochs], marker="o", label=label)
@@ -85,7 +85,8 @@ def training_curves(epochs: list) -> bytes:
 
 def data_summary(split_counts: dict, class_pixels: dict) -> bytes:
     """Examples per split, and the train split's pixels per class (log scale: background dominates)."""
-    fig, (split_ax, class_ax) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 4]})
+    fig = Figure(figsize=(12, 3.8))
+    split_ax, class_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 4]})
     split_ax.bar(list(split_counts), list(split_counts.values()), color="#4c72b0")
     for i, n in enumerate(split_counts.values()):
         split_ax.text(i, n, str(n), ha="center", va="bottom")
@@ -112,7 +113,8 @@ def sample_panels(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, c
 def samples_grid(samples: list, colours: np.ndarray) -> bytes:
     """One row per eval image: image | ground truth | prediction | prediction over the image,
     masks in ``colours`` (``DatasetSpec.palette()``)."""
-    fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.6 * len(samples)), squeeze=False)
+    fig = Figure(figsize=(10, 2.6 * len(samples)))
+    axes = fig.subplots(len(samples), 4, squeeze=False)
     for row, (name, image_bytes, truth, predicted) in zip(axes, samples, strict=True):
         image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
         panels = sample_panels(image, truth, predicted, colours)

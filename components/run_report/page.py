@@ -4,8 +4,7 @@ relatively, so the directory can be copied or served as it is."""
 
 import html
 
-from core import features, metrics
-from core.artifacts import BLESSED, PUSHED_DESTINATION, PUSHED_VERSION
+from core import artifacts, features, metrics
 
 # The report's figures, by the key report.json names each one's file under.
 CLASS_IOU_FIGURE = metrics.CLASS_IOU
@@ -50,7 +49,7 @@ def _slice_rows(slices: list, class_names: list) -> str:
         rows.append(
             f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(str(label))}</td>"
             f"<td class='num'>{s['examples']}</td><td class='num'>{_fmt(s[metrics.MEAN_IOU])}</td>"
-            f"<td class='num'>{_fmt(s['pixel_accuracy'])}</td></tr>"
+            f"<td class='num'>{_fmt(s[metrics.PIXEL_ACCURACY])}</td></tr>"
         )
     return "\n".join(rows)
 
@@ -61,12 +60,13 @@ def render(report: dict) -> str:
     class_names = report["class_names"]
     overall = report["evaluation"]["overall"]
     decision = report["decision"]
-    if decision[BLESSED]:
-        pushed = decision.get(PUSHED_VERSION)
+    if decision[artifacts.BLESSED]:
+        pushed = decision.get(artifacts.PUSHED_VERSION)
+        where = html.escape(decision.get(artifacts.PUSHED_DESTINATION, ""))
         verdict = (
             "<div class='verdict blessed' id='decision'>Blessed"
-            + (f"; pushed as version <b id='pushed-version'>{pushed}</b> to "
-               f"<code>{html.escape(decision[PUSHED_DESTINATION])}</code>" if pushed else "; not pushed")
+            + (f"; pushed as version <b id='pushed-version'>{pushed}</b> to <code>{where}</code>"
+               if pushed else "; not pushed")
             + "</div>"
         )  # fmt: skip
     else:
@@ -95,8 +95,8 @@ Evaluated on {overall['examples']} eval images at their original resolution, voi
 {verdict}
 <div class="scores">
 <span>mean IoU <b id="mean-iou">{_fmt(overall[metrics.MEAN_IOU])}</b></span>
-<span>pixel accuracy <b id="pixel-accuracy">{_fmt(overall['pixel_accuracy'])}</b></span>
-<span>frequency-weighted IoU <b id="fw-iou">{_fmt(overall['frequency_weighted_iou'])}</b></span>
+<span>pixel accuracy <b id="pixel-accuracy">{_fmt(overall[metrics.PIXEL_ACCURACY])}</b></span>
+<span>frequency-weighted IoU <b id="fw-iou">{_fmt(overall[metrics.FREQUENCY_WEIGHTED_IOU])}</b></span>
 </div>
 {figure(CLASS_IOU_FIGURE, 'IoU per class')}
 <table id="class-iou"><tr><th>id</th><th>class</th><th>IoU</th></tr>

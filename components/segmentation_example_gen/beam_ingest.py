@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from components.segmentation_example_gen import records, sources
 from core import artifacts, dataset_spec, features, paths
+from core.config import IngestConfig
 from core.dataset_spec import DatasetSpec
 
 NAMESPACE = "SegmentationExampleGen"
@@ -39,7 +40,6 @@ _log = logging.getLogger(__name__)
 # The directory that holds this project's packages (components/, pipeline/, ...): the checkout,
 # or the image's /deeplab-tfx (an editable install). Frames in files under it, and not under a
 # site-packages or dist-packages directory (a virtualenv inside the checkout), are our code.
-_PROJECT_ROOT = paths.PROJECT_ROOT
 _INSTALLED = frozenset({"site-packages", "dist-packages"})
 
 
@@ -128,7 +128,7 @@ class _ToExample(beam.DoFn):
 
 
 def _is_own_code(filename: str) -> bool:
-    parts = os.path.relpath(os.path.abspath(filename), _PROJECT_ROOT).split(os.sep)
+    parts = os.path.relpath(os.path.abspath(filename), paths.PROJECT_ROOT).split(os.sep)
     return parts[0] != os.pardir and not _INSTALLED.intersection(parts)
 
 
@@ -168,7 +168,7 @@ def build(
     examples_uri: str,
     rejected_dir: str,
     dataset: DatasetSpec,
-    num_shards: int = 0,
+    num_shards: int = IngestConfig.num_shards,
 ) -> None:
     """Adds the ingestion transforms to ``pipeline``."""
     outputs = (
@@ -218,7 +218,7 @@ def remove_previous_outputs(examples_uri: str, rejected_dir: str) -> None:
     for split in features.SPLITS:
         if tf.io.gfile.exists(artifacts.split_dir(examples_uri, split)):
             tf.io.gfile.rmtree(artifacts.split_dir(examples_uri, split))
-    spec_file = os.path.join(examples_uri, dataset_spec.SPEC_FILE)
+    spec_file = os.path.join(examples_uri, artifacts.SPEC_FILE)
     if tf.io.gfile.exists(spec_file):
         tf.io.gfile.remove(spec_file)
     for name in REPORT_FILES:
@@ -279,8 +279,8 @@ def run(
     sbd_root: Optional[str],
     examples_uri: str,
     rejected_dir: str,
-    max_rejected_fraction: float = 0.01,
-    num_shards: int = 0,
+    max_rejected_fraction: float = IngestConfig.max_rejected_fraction,
+    num_shards: int = IngestConfig.num_shards,
     *,
     dataset: DatasetSpec,
     data_root: Optional[str] = None,
@@ -358,7 +358,7 @@ def run(
 
 
 def write_spec(dataset: DatasetSpec, examples_uri: str) -> None:
-    """Writes ``dataset_spec.SPEC_FILE`` into the Examples, VOC's included, so that every later
+    """Writes ``artifacts.SPEC_FILE`` into the Examples, VOC's included, so that every later
     component reads the classes from the data (``dataset_spec.of_examples`` takes an Examples
     directory without one, made before specs travelled, for VOC's)."""
     dataset_spec.write(dataset, examples_uri)

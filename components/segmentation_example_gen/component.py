@@ -1,10 +1,10 @@
 """SegmentationExampleGen: the TFX component that ingests a segmentation dataset into Examples.
 
-Pascal VOC 2012 (+ SBD) by default, or any dataset a ``DatasetSpec`` describes (an images
-folder and a masks folder). Outputs an ``Examples`` artifact with splits ``train`` and ``eval``
-(for VOC the train_aug rule and VOC val) as gzipped TFRecords of tf.Examples in the data
-contract of ``core.features``, with the dataset spec beside them
-(``dataset_spec.SPEC_FILE``), and a ``RejectedRecords`` artifact: the dead-letter file, a
+Pascal VOC 2012 (+ SBD), or any dataset a ``DatasetSpec`` describes (an images folder and a
+masks folder): the spec, required, says which. Outputs an ``Examples`` artifact with splits
+``train`` and ``eval`` (for VOC the train_aug rule and VOC val) as gzipped TFRecords of
+tf.Examples in the data contract of ``core.features``, with the dataset spec beside them
+(``core.artifacts.SPEC_FILE``), and a ``RejectedRecords`` artifact: the dead-letter file, a
 summary and a readable report.
 """
 
@@ -16,6 +16,7 @@ from tfx.types import standard_artifacts
 
 from components.segmentation_example_gen import driver, executor
 from components.segmentation_example_gen.spec import RejectedRecords, SegmentationExampleGenSpec
+from core.config import IngestConfig
 from core.dataset_spec import DatasetSpec
 
 
@@ -37,8 +38,8 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
         voc_root: Optional[str] = None,
         sbd_root: Optional[str] = None,
         data_root: Optional[str] = None,
-        max_rejected_fraction: float = 0.01,
-        num_shards: int = 0,
+        max_rejected_fraction: float = IngestConfig.max_rejected_fraction,
+        num_shards: int = IngestConfig.num_shards,
     ):
         spec = SegmentationExampleGenSpec(
             voc_root=voc_root or "",

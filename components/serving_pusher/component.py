@@ -19,7 +19,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from core import artifacts
-from core.artifacts import NOT_PUSHED_REASON, PUSHED, PUSHED_DESTINATION, PUSHED_VERSION
+from core.config import PusherConfig
 from evaluation import verdict
 from serving import layout, warmup
 
@@ -33,14 +33,14 @@ def ServingPusher(  # noqa: N802 - TFX component names are classes.
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     model_base_path: Parameter[str],
     model_name: Parameter[str],
-    warmup_requests: Parameter[int] = 4,
+    warmup_requests: Parameter[int] = PusherConfig.warmup_requests,
 ):
     """Pushes a blessed model to ``model_base_path/<next version>``; records why not otherwise."""
     if not model_blessing.get_int_custom_property(artifacts.BLESSED):
         why = "; ".join(verdict.reasons(evaluation.uri))
         logging.warning("ServingPusher: model %s not pushed: %s", model.uri, why)
-        pushed_model.set_int_custom_property(PUSHED, 0)
-        pushed_model.set_string_custom_property(NOT_PUSHED_REASON, why)
+        pushed_model.set_int_custom_property(artifacts.PUSHED, 0)
+        pushed_model.set_string_custom_property(artifacts.NOT_PUSHED_REASON, why)
         return
 
     def add_warmup(version_dir: str) -> None:
@@ -53,6 +53,6 @@ def ServingPusher(  # noqa: N802 - TFX component names are classes.
     )
     destination = os.path.join(model_base_path, str(version))
     logging.info("ServingPusher: %s version %d at %s", "pushed" if new else "kept", version, destination)
-    pushed_model.set_int_custom_property(PUSHED, 1)
-    pushed_model.set_string_custom_property(PUSHED_DESTINATION, destination)
-    pushed_model.set_string_custom_property(PUSHED_VERSION, str(version))
+    pushed_model.set_int_custom_property(artifacts.PUSHED, 1)
+    pushed_model.set_string_custom_property(artifacts.PUSHED_DESTINATION, destination)
+    pushed_model.set_string_custom_property(artifacts.PUSHED_VERSION, str(version))

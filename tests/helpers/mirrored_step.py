@@ -27,7 +27,7 @@ import tensorflow_transform as tft  # noqa: E402 - after the device set-up
 from core.config import TrainerConfig  # noqa: E402
 from core.dataset_spec import VOC_SPEC  # noqa: E402
 from tests.helpers import examples  # noqa: E402
-from trainer import distribute, training  # noqa: E402
+from trainer import autograph, distribute, training  # noqa: E402
 
 SIZE, GLOBAL_BATCH = 64, 4
 CONFIG = TrainerConfig(
@@ -53,6 +53,7 @@ def one_step(strategy, initial, images, labels):
 
 
 def main():
+    autograph.skip_keras_conversion()  # as the Trainer does before it fits
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32)
     labels = rng.integers(0, 21, (GLOBAL_BATCH, SIZE, SIZE)).astype(np.int64)
