@@ -395,6 +395,44 @@ class PipelineConfig(Checked):
             return "data.root", self.data.root
         return "data.voc_root", self.data.voc_root
 
+    def resolved(self, project_root: str, working_dir: Optional[str]) -> PipelineConfig:
+        """This config with its project files (the curated schema, Beam's ``setup.py``) resolved
+        against ``project_root`` and, unless ``working_dir`` is None (a remote runner, whose run
+        paths are URIs), its run paths against ``working_dir``, the SQLite metadata file
+        defaulting to ``<pipeline_root>/metadata.sqlite``. The one path resolver: each runner calls
+        it once, with its own bases (``core/paths.py``)."""
+        resolve = paths.resolve
+        config = dataclasses.replace(
+            self,
+            validation=dataclasses.replace(
+                self.validation, schema_path=resolve(self.validation.schema_path, project_root)
+            ),
+            beam=dataclasses.replace(self.beam, setup_file=resolve(self.beam.setup_file, project_root)),
+        )
+        if working_dir is None:
+            return config
+        root = resolve(self.pipeline_root, working_dir)
+        weights = self.trainer.backbone_weights
+        return dataclasses.replace(
+            config,
+            pipeline_root=root,
+            metadata_path=resolve(self.metadata_path, working_dir) or os.path.join(root, paths.METADATA_FILE),
+            data=dataclasses.replace(
+                self.data,
+                voc_root=resolve(self.data.voc_root, working_dir),
+                sbd_root=resolve(self.data.sbd_root, working_dir),
+                root=resolve(self.data.root, working_dir),
+            ),
+            pusher=dataclasses.replace(
+                self.pusher, serving_dir=resolve(self.pusher.serving_dir, working_dir)
+            ),
+            trainer=dataclasses.replace(
+                self.trainer,
+                backup_dir=resolve(self.trainer.backup_dir, working_dir),
+                backbone_weights=weights if weights == IMAGENET_WEIGHTS else resolve(weights, working_dir),
+            ),
+        )
+
     def serving_model_dir(self) -> str:
         """``<serving_dir>/<model_name>``: TF Serving's ``--model_base_path``."""
         return os.path.join(

@@ -27,7 +27,7 @@ def config_from_environment() -> config_lib.PipelineConfig:
 
 def build_dag(config: config_lib.PipelineConfig):
     """An ``airflow.models.DAG`` with one task per TFX component."""
-    config = paths.resolved(config, paths.PROJECT_ROOT, os.getcwd())
+    config = config.resolved(paths.PROJECT_ROOT, os.getcwd())
     dag_config = {
         "schedule": config.airflow.schedule or None,
         "start_date": datetime.datetime.fromisoformat(config.airflow.start_date),

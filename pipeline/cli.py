@@ -106,7 +106,7 @@ def _missing_root(cfg: config_lib.PipelineConfig) -> Optional[str]:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    cfg = paths.resolved(_load(args, _INGEST_SHORTHANDS), paths.PROJECT_ROOT, os.getcwd())
+    cfg = _load(args, _INGEST_SHORTHANDS).resolved(paths.PROJECT_ROOT, os.getcwd())
     missing = _missing_root(cfg)
     if missing:
         print(f"deeplab-tfx ingest: {missing}", file=sys.stderr)
@@ -188,7 +188,7 @@ def _say(command: str, message: str, log: Optional[str]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = paths.resolved(_load(args, {}), paths.PROJECT_ROOT, os.getcwd())
+    config = _load(args, {}).resolved(paths.PROJECT_ROOT, os.getcwd())
     log_dir = os.path.join(config.pipeline_root, logs.LOG_DIR)
     with logs.capture(args.log_dir or logs.local_log_dir(log_dir), "run", args.verbose) as log:
         _say("run", f"full log in {log}", log)

@@ -13,14 +13,13 @@ import os
 from tfx import v1 as tfx
 
 from core import config as config_lib
-from core import paths
 from pipeline.pipeline import create_pipeline
 
 
 def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
     """Writes the PipelineJob JSON to ``output``; returns it as a dict."""
     # Project files inside the image; run paths are URIs there, and stay as they are.
-    config = paths.resolved(config, config.kubeflow.project_root, None)
+    config = config.resolved(config.kubeflow.project_root, None)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
         output_dir=os.path.dirname(os.path.abspath(output)),

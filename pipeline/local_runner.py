@@ -1,6 +1,6 @@
 """Runs the pipeline on this machine: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
 
-Thin by design: it resolves the config's paths (``core.paths.resolved``: run paths against the
+Thin by design: it resolves the config's paths (``PipelineConfig.resolved``: run paths against the
 working directory), picks the metadata store and reports the outcome; the DAG itself comes from
 ``create_pipeline``. For a shared metadata store set the config's ``mysql`` section
 (``metadata_connection``). The pipeline root may be a bucket (``gs://``): what this reads and
@@ -44,7 +44,7 @@ def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
     ``to_nodes``: run only these components and what they need (a TFX partial run), e.g.
     ``("DataGate",)`` to ingest and validate new data without training.
     """
-    config = paths.resolved(config, paths.PROJECT_ROOT, os.getcwd())
+    config = config.resolved(paths.PROJECT_ROOT, os.getcwd())
     key, root = config.required_data_root()
     if not root:
         print(f"deeplab-tfx run: {key} is not set (--set {key}=DIR)", file=logs.errors())

@@ -2,7 +2,7 @@
 
 Pure: it reads no files, resolves no path and starts nothing, so every runner (local, Kubeflow,
 Airflow) and every test builds exactly the same graph from a ``PipelineConfig``. Runners resolve
-paths (``core.paths.resolved``, with their own bases) and pick the metadata store; nothing here
+paths (``PipelineConfig.resolved``, with their own bases) and pick the metadata store; nothing here
 depends on where the pipeline runs.
 
 The dataset spec is read once, when the config loads (``config.dataset``), and handed to the

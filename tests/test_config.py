@@ -247,7 +247,7 @@ def test_paths_are_resolved_by_the_runner_against_the_bases_it_gives(tmp_path):
         ["pipeline_root=runs/p", "data.voc_root=data/voc", "data.root=gs://b/d", "metadata_path=",
          "pusher.serving_dir=serve", "trainer.backup_dir=/abs/backup", "trainer.backbone_weights=w/b.h5"],
     )  # fmt: skip
-    local = paths.resolved(cfg, paths.PROJECT_ROOT, str(tmp_path))
+    local = cfg.resolved(paths.PROJECT_ROOT, str(tmp_path))
     assert local.validation.schema_path == os.path.join(paths.PROJECT_ROOT, "pipeline/schema/schema.pbtxt")
     assert local.beam.setup_file == os.path.join(paths.PROJECT_ROOT, "setup.py")
     assert local.pipeline_root == str(tmp_path / "runs/p")
@@ -260,9 +260,9 @@ def test_paths_are_resolved_by_the_runner_against_the_bases_it_gives(tmp_path):
     assert (local.pusher.serving_dir, local.trainer.backup_dir) == (str(tmp_path / "serve"), "/abs/backup")
     assert local.trainer.backbone_weights == str(tmp_path / "w/b.h5")
     imagenet = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, backbone_weights="imagenet"))
-    assert paths.resolved(imagenet, "/p", "/w").trainer.backbone_weights == "imagenet"
-    assert paths.resolved(local, "/elsewhere", "/other") == local, "resolving twice changes nothing"
-    image = paths.resolved(cfg, "/deeplab-tfx", None)
+    assert imagenet.resolved("/p", "/w").trainer.backbone_weights == "imagenet"
+    assert local.resolved("/elsewhere", "/other") == local, "resolving twice changes nothing"
+    image = cfg.resolved("/deeplab-tfx", None)
     assert image.validation.schema_path == "/deeplab-tfx/pipeline/schema/schema.pbtxt"
     assert image.beam.setup_file == "/deeplab-tfx/setup.py"
     assert (image.pipeline_root, image.data.voc_root, image.metadata_path) == ("runs/p", "data/voc", "")

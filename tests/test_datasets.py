@@ -74,7 +74,7 @@ def dataset_run(request, tmp_path_factory):
         "pusher.warmup_requests=1",
         "report.samples=2",
     ]
-    cfg = paths.resolved(config_lib.load_config("tiny", overrides), paths.PROJECT_ROOT, os.getcwd())
+    cfg = config_lib.load_config("tiny", overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
     assert local_runner.run(cfg) == 0
     return cfg, latest_outputs(cfg)
 

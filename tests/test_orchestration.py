@@ -103,7 +103,7 @@ def test_compile_command(tmp_path, capsys):
 )
 def test_scale_out_beam_args(runner, extra):
     cfg = config_lib.load_config("voc", [f"beam.runner={runner}", f"beam.extra_args={json.dumps(extra)}"])
-    args = create_pipeline(paths.resolved(cfg, ROOT, None)).beam_pipeline_args
+    args = create_pipeline(cfg.resolved(ROOT, None)).beam_pipeline_args
     assert args == [f"--runner={runner}", f"--setup_file={ROOT}/setup.py", *extra]
     assert not any(a.startswith("--direct_") for a in args)
 

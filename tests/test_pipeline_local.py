@@ -105,7 +105,7 @@ def run_overrides(dataset_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_config(run_overrides):
-    return paths.resolved(config_lib.load_config("tiny", run_overrides), paths.PROJECT_ROOT, os.getcwd())
+    return config_lib.load_config("tiny", run_overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
 
 
 def _cli_run(overrides):
@@ -319,7 +319,7 @@ def test_a_warm_started_run_starts_from_the_last_blessed_model(
     root.mkdir()
     shutil.copy(run_config.metadata_path, root / "metadata.sqlite")
     overrides = [*run_overrides, f"pipeline_root={root}", "trainer.warm_start=true"]
-    cfg = paths.resolved(config_lib.load_config("tiny", overrides), paths.PROJECT_ROOT, os.getcwd())
+    cfg = config_lib.load_config("tiny", overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
     # Up to the Trainer: what follows it is the first run's wiring, judged there.
     assert local_runner.run(cfg, to_nodes=["Trainer"]) == 0
 

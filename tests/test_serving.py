@@ -158,15 +158,15 @@ def test_status_and_metadata(served):
     response = prediction_service_pb2_grpc.PredictionServiceStub(served["channel"]).GetModelMetadata(
         metadata_request
     )
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signatures)
-    default = signatures.signature_def[SERVING_DEFAULT]
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    default = signature_map.signature_def[SERVING_DEFAULT]
     assert default.inputs[signatures.IMAGES].dtype == tf.string.as_datatype_enum
     assert set(default.outputs) == {signatures.CLASS_IDS, signatures.HEIGHT, signatures.WIDTH}
-    png = signatures.signature_def[signatures.SERVING_PNG]
+    png = signature_map.signature_def[signatures.SERVING_PNG]
     assert set(png.outputs) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
     assert png.outputs[signatures.CLASS_IDS_PNG].dtype == tf.string.as_datatype_enum
-    assert {signatures.SERVING_EXAMPLES, signatures.TRANSFORM_FEATURES} <= set(signatures.signature_def)
+    assert {signatures.SERVING_EXAMPLES, signatures.TRANSFORM_FEATURES} <= set(signature_map.signature_def)
     # The classes are not in TF Serving's API; `serve` says which it serves when it starts.
     started = re.search(r"model 'deeplab' version 1 on .*; (.*)", open(served["log"]).read()).group(1)
     assert started == f"dataset 'voc', 21 classes: {', '.join(VOC_SPEC.class_names)}"
