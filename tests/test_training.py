@@ -498,6 +498,10 @@ def test_killed_training_resumes_from_its_backup(analyzed, tmp_path):
     log = _wait(_spawn(dict(restart, kill_in_export=False), str(tmp_path / "again.json")))
     result = json.load(open(tmp_path / "result.json"))
     assert result["resumed_from_step"] == 50 and "resumed from the backup at step 50" in log
+    assert result["autograph_skips_keras"] == [
+        False,
+        True,
+    ], "importing the trainer changes nothing; train does"
     assert result["steps"] == 55, "exactly the steps asked for"
     assert not backup.exists(), "a finished training deletes its backup"
 
@@ -507,7 +511,7 @@ def test_killed_training_resumes_from_its_backup(analyzed, tmp_path):
     # The 55th and last step used the rate of a poly schedule 55 steps long (from the restart's base).
     schedule = optimization.WarmupPolyDecay(0.1, 55, SMALL["warmup_steps"])
     assert history[-1]["learning_rate"] == pytest.approx(float(schedule(54)))
-    scores = [r[f"val_{metrics.MEAN_IOU}"] for r in history]
+    scores = [r[metrics.VAL_MEAN_IOU] for r in history]
     best_epoch = 1 + int(np.argmax(scores[:2]))
     assert max(scores[2:]) < scores[best_epoch - 1], f"the restart should have done worse: {scores}"
     assert (result["best_epoch"], result["best_mean_iou"]) == (best_epoch, scores[best_epoch - 1])

@@ -16,7 +16,9 @@ TrainingResult is written to ``result`` as JSON. Optional keys, for the restart 
 
 The result also has ``eval_pixels``: the pixels the Keras ``MeanIoU`` metric counted in the
 last evaluation (the sum of its confusion matrix; reading it sums over every worker), so a test
-can tell an evaluation that counts every image once from one that counts some twice.
+can tell an evaluation that counts every image once from one that counts some twice; and
+``autograph_skips_keras``: whether autograph left tf_keras alone once the trainer was imported,
+and once it had trained (``trainer/autograph.py``).
 """
 
 import dataclasses
@@ -30,7 +32,7 @@ import numpy as np
 import tf_keras as keras
 
 from core import config as config_lib
-from trainer import training
+from trainer import autograph, training
 
 
 class SaveWeightsEachEpoch(keras.callbacks.Callback):
@@ -88,11 +90,19 @@ def main(path: str) -> None:
     if spec.get("kill_in_export"):
         training.export.export = lambda *args, **kwargs: _kill("in the export")
     pixels = EvalPixels()
+    imported = autograph.keras_conversion_skipped()  # the trainer is imported, not yet started
     result = training.train(
         config, training.TrainingJob.of_files(**spec["job"]), extra_callbacks=[*extra, pixels]
     )
     with open(spec["result"], "w") as f:
-        json.dump({**dataclasses.asdict(result), "eval_pixels": pixels.pixels}, f)
+        json.dump(
+            {
+                **dataclasses.asdict(result),
+                "eval_pixels": pixels.pixels,
+                "autograph_skips_keras": [imported, autograph.keras_conversion_skipped()],
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":
