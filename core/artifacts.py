@@ -25,6 +25,10 @@ MODEL_SPEC_FILE = os.path.join(ASSETS_EXTRA, SPEC_FILE)
 HISTORY_FILE = "history.json"
 HISTORY_EPOCHS = "epochs"
 
+# Examples: TFX's own properties, the span and version of the data (ExampleGen's exec properties
+# of the same names set them).
+SPAN = "span"
+VERSION = "version"
 # Custom properties (ML Metadata). Examples: the dataset's name and each split's count.
 DATASET_PROPERTY = "dataset"
 NUM_EXAMPLES_PREFIX = "num_examples_"

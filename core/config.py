@@ -47,12 +47,22 @@ from core.dataset_spec import DatasetSpec
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(Checked):
-    """Where the raw datasets are. Either VOC root may be the archive's top directory."""
+    """Where the raw datasets are. Either VOC root may be the archive's top directory.
+
+    A root may name a span per folder with TFX's specs, ``{SPAN}`` or ``{YYYY}{MM}{DD}``, and
+    ``{VERSION}`` (``gs://bucket/voc/span-{SPAN}``): each run reads the newest span, or ``span``
+    (components/segmentation_example_gen/spans.py; README "Scheduled runs").
+    """
 
     voc_root: str = ""  # holds VOCdevkit/VOC2012 (or is VOC2012 itself)
     sbd_root: str = ""  # holds benchmark_RELEASE/dataset; empty: VOC only
     # A ``folders`` dataset (``dataset.layout``): holds its images and masks directories.
     root: str = ""
+    # The span to read: -1 the newest there is (scheduled runs); a number re-runs that span (a
+    # backfill). A runtime parameter, ``span``, of the compiled Vertex job.
+    span: int = -1
+
+    RULES = {"span": at_least(-1)}
 
 
 @dataclasses.dataclass(frozen=True)

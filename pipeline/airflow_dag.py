@@ -5,7 +5,9 @@ deployment: ``DEEPLAB_TFX_CONFIG`` (a named config or YAML path, default ``tiny`
 ``DEEPLAB_TFX_SET`` (``;``-separated ``section.key=value`` overrides). The schedule is the
 config's ``airflow.schedule``; ML Metadata is SQLite under the pipeline root, or MySQL when the
 config's ``mysql`` section names a host (use MySQL when Airflow runs tasks on several machines).
-Each TFX component becomes one task; the task graph is the TFX DAG. Importing TensorFlow and
+Each TFX component becomes one task; the task graph is the TFX DAG. Each scheduled run ingests
+the newest span, or nothing when no data changed (SegmentationExampleGen's driver,
+``resolve_exec_properties``, runs before TFX's legacy launcher looks up its cache). Importing TensorFlow and
 TFX takes a while: raise ``core.dagbag_import_timeout`` (default 30 s) if the scheduler is busy.
 """
 
@@ -32,6 +34,9 @@ def build_dag(config: config_lib.PipelineConfig):
         "schedule": config.airflow.schedule or None,
         "start_date": datetime.datetime.fromisoformat(config.airflow.start_date),
         "catchup": False,
+        # One run at a time: a run resolves "its" artifacts as the ones output last
+        # (pipeline/resolvers.py), and two runs ingesting the same new span would race.
+        "max_active_runs": 1,
         "tags": ["tfx", "deeplab-tfx"],
     }
     pipeline = create_pipeline(config, metadata_connection_config=metadata_connection(config))

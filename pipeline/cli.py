@@ -206,7 +206,7 @@ def _compile(args: argparse.Namespace) -> int:
     config = _load(args, {})
     job = kubeflow_runner.compile_pipeline(config, args.output)
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
-    print(f"deeplab-tfx compile: {len(tasks)} components, image {config.kubeflow.image} -> {args.output}")
+    print(f"deeplab-tfx compile: {len(tasks)} tasks, image {config.kubeflow.image} -> {args.output}")
     return 0
 
 

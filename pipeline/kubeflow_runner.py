@@ -8,12 +8,16 @@ arguments (DataflowRunner in ``vertex.yaml``); the pipeline root should be on GC
 Metadata is the platform's, so no connection config is set here.
 """
 
+import json
 import os
 
 from tfx import v1 as tfx
 
+from components.segmentation_example_gen import vertex_driver
 from core import config as config_lib
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import SPAN_PARAMETER, create_pipeline
+
+INGESTION_TASK = "SegmentationExampleGen"
 
 
 def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
@@ -25,4 +29,32 @@ def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
         output_dir=os.path.dirname(os.path.abspath(output)),
         output_filename=os.path.basename(output),
     )
-    return runner.run(create_pipeline(config), write_out=True)
+    # ``span`` is a runtime parameter: -1 (the newest span) unless a run sets it, a backfill.
+    job = runner.run(
+        create_pipeline(config, kfp_resolvers=True),
+        parameter_values={SPAN_PARAMETER: config.data.span},
+        write_out=False,
+    )
+    add_ingestion_driver(job)
+    with open(output, "w") as f:
+        json.dump(job, f, indent=2, sort_keys=True)
+    return job
+
+
+def add_ingestion_driver(job: dict) -> None:
+    """Runs SegmentationExampleGen's driver before Vertex checks the ingestion task's cache.
+
+    TFX 1.16's compiler gives this pre-cache-check hook to its own FileBasedExampleGen only; without
+    it the ingestion task has fixed parameters and no inputs, so every scheduled run is a cache
+    hit and never sees new data. The hook (``vertex_driver``) resolves the span and fingerprints
+    its files; Vertex adds the parameters it writes to the task's, and so to its cache key.
+    """
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    [name] = [n for n in executors if n.startswith(INGESTION_TASK)]
+    container = executors[name]["container"]
+    container["lifecycle"] = {
+        "preCacheCheck": {
+            "command": ["python", "-m", vertex_driver.__name__],
+            "args": ["--json_serialized_invocation_args", "{{$}}"],
+        }
+    }

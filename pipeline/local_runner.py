@@ -78,6 +78,13 @@ def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
     )
     if to_nodes:  # the summary below is of a whole run: training, evaluation, the report
         return 0
+    if follower.nothing_new():
+        spans = ", ".join(str(span) for span in sorted(set(follower.spans))) or "0"
+        print(
+            f"deeplab-tfx run: no new data since the last run (span {spans}, same files, same config): "
+            "every component was a cache hit; nothing retrained, nothing pushed"
+        )
+        return 0
     for line in run_summary(metadata, config.report_dir()):
         print(f"deeplab-tfx run: {line}")
     return 0

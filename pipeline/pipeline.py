@@ -15,8 +15,12 @@ carries what it is.
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
                                                └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
-    Resolver (latest blessed model) ─► Evaluator (its baseline)
-                                    └► Trainer (its base_model, with trainer.warm_start)
+    Trainer ─► Resolver (newest blessed model older than the candidate) ─► Evaluator (its baseline)
+    SegmentationExampleGen ─► Resolver (newest blessed model of other data) ─► Trainer (base_model,
+                                                                     with trainer.warm_start)
+
+Both Resolvers answer relative to this run's artifacts, so that a run on unchanged data is a cache
+hit end to end (``pipeline/resolvers.py``, which also says what Vertex compiles instead).
 """
 
 import dataclasses
@@ -33,8 +37,12 @@ from components.serving_pusher.component import ServingPusher
 from core import features
 from core.config import PipelineConfig
 from evaluation import eval_config
+from pipeline import resolvers
 from trainer import run_fn
 from transform import preprocessing
+
+# The compiled job's runtime parameter of the span to ingest (``span_request``).
+SPAN_PARAMETER = "span"
 
 
 def dotted(fn) -> str:
@@ -43,8 +51,9 @@ def dotted(fn) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
-def create_components(config: PipelineConfig) -> list:
-    """The pipeline's components, wired, in topological order."""
+def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> list:
+    """The pipeline's components, wired, in topological order. ``kfp_resolvers``: TFX's built-in
+    Resolver strategy, the only kind Kubeflow V2 / Vertex AI compiles (``pipeline/resolvers.py``)."""
     dataset = config.dataset.to_json()
     example_gen = SegmentationExampleGen(
         voc_root=config.data.voc_root,
@@ -53,6 +62,7 @@ def create_components(config: PipelineConfig) -> list:
         dataset_spec=config.dataset,
         max_rejected_fraction=config.ingest.max_rejected_fraction,
         num_shards=config.ingest.num_shards,
+        requested_span=span_request(config, kfp_resolvers),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.validation.schema_path:
@@ -93,9 +103,13 @@ def create_components(config: PipelineConfig) -> list:
 
         trainer_class = google_cloud_ai_platform.Trainer
         custom_config = {**custom_config, **vertex_training_args(config)}
-    # The newest model an earlier run blessed (none on the first run): the Evaluator's baseline,
-    # and with trainer.warm_start the Trainer's starting weights.
-    baseline = latest_blessed_model()
+    # With trainer.warm_start, the Trainer starts from the newest model an earlier run blessed on
+    # other data (none on the first run).
+    warm_start = (
+        resolvers.warm_start_model(example_gen.outputs["examples"], kfp_resolvers)
+        if config.trainer.warm_start
+        else None
+    )
     trainer = trainer_class(
         run_fn=dotted(run_fn.run_fn),
         examples=example_gen.outputs["examples"],
@@ -105,8 +119,9 @@ def create_components(config: PipelineConfig) -> list:
         # No num_steps: evaluate on the whole eval split unless the config caps it.
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config=custom_config,
-        base_model=baseline.outputs["model"] if config.trainer.warm_start else None,
+        base_model=warm_start.outputs["model"] if warm_start else None,
     )
+    baseline = resolvers.baseline_model(trainer.outputs["model"], kfp_resolvers)
     evaluator, pusher = validation_and_push(
         config,
         example_gen.outputs["examples"],
@@ -127,9 +142,17 @@ def create_components(config: PipelineConfig) -> list:
         samples=config.report.samples,
     )
     return [
-        example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform, baseline,
-        trainer, evaluator, pusher, report,
+        example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
+        *([warm_start] if warm_start else []), trainer, baseline, evaluator, pusher, report,
     ]  # fmt: skip
+
+
+def span_request(config: PipelineConfig, runtime_parameter: bool):
+    """The span ingestion reads (``data.span``); in a compiled job a runtime parameter ``span``
+    with that default, so that a backfill is a run with ``span`` set, not a recompile."""
+    if not runtime_parameter:
+        return config.data.span
+    return tfx.dsl.experimental.RuntimeParameter(name=SPAN_PARAMETER, ptype=int, default=config.data.span)
 
 
 def vertex_training_args(config: PipelineConfig) -> dict:
@@ -159,18 +182,9 @@ def vertex_training_args(config: PipelineConfig) -> dict:
     }
 
 
-def latest_blessed_model() -> tfx.dsl.Resolver:
-    """The Resolver of the newest model any earlier run blessed (none on the first run)."""
-    return tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-
-
 def validation_and_push(config: PipelineConfig, examples, schema, model, baseline: tfx.dsl.Resolver) -> list:
     """Evaluator and ServingPusher for the Model channel ``model``, against ``baseline``
-    (``latest_blessed_model``): on the first run, when it gives none, TFX's Evaluator judges by
+    (``resolvers.baseline_model``): on the first run, when it gives none, TFX's Evaluator judges by
     the value thresholds alone.
 
     Separate so that tests can judge given models (through an Importer) with the same wiring.
@@ -198,12 +212,14 @@ def validation_and_push(config: PipelineConfig, examples, schema, model, baselin
 def create_pipeline(
     config: PipelineConfig,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    kfp_resolvers: bool = False,
 ) -> tfx.dsl.Pipeline:
-    """Builds the TFX pipeline for ``config``; the runner supplies the metadata connection."""
+    """Builds the TFX pipeline for ``config``; the runner supplies the metadata connection, and the
+    Kubeflow compiler asks for what it can compile (``create_components``)."""
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=create_components(config),
+        components=create_components(config, kfp_resolvers),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_pipeline_args(),

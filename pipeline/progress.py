@@ -22,6 +22,8 @@ _EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
 _SCALARS = ("int_value", "string_value", "double_value")
 # The custom properties shown after an output's URI.
 _SHOWN = (
+    artifacts.SPAN,
+    artifacts.VERSION,
     *(artifacts.num_examples(split) for split in features.SPLITS),
     artifacts.NUM_REJECTED,
     artifacts.BLESSED,
@@ -38,6 +40,8 @@ class ComponentProgress(logging.Handler):
         self._stream = stream or sys.stdout
         self._started = {}
         self.running = None  # the component started and not finished, if any
+        self.states = {}  # {component: its execution's state, lower case}, as they finish
+        self.spans = []  # the span of each Examples artifact output (or re-used) in this run
 
     def emit(self, record: logging.LogRecord) -> None:
         found = _EVENT.match(record.getMessage())
@@ -56,9 +60,16 @@ class ComponentProgress(logging.Handler):
             state, outputs = self._outcome(node)
         except Exception as e:  # noqa: BLE001 - progress must never break the run
             state, outputs = "finished", [f"(outputs unknown: {e})"]
+        self.states[node] = state
         print(f"[{clock}] {node}: {state} in {seconds:.1f} s", file=self._stream, flush=True)
         for line in outputs:
             print(f"           {line}", file=self._stream, flush=True)
+
+    def nothing_new(self) -> bool:
+        """Every component that finished was a cache hit (Resolvers, which always resolve, aside):
+        the data and the config were those of an earlier run."""
+        ran = {node: state for node, state in self.states.items() if not node.endswith("_resolver")}
+        return bool(ran) and set(ran.values()) == {"cached"}
 
     def _outcome(self, node: str) -> tuple:
         store = mlmd.MetadataStore(self._connection_config)
@@ -74,13 +85,15 @@ class ComponentProgress(logging.Handler):
         ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
         lines = []
         for artifact in store.get_artifacts_by_id(ids):
-            props = artifact.custom_properties
+            props = {**artifact.properties, **artifact.custom_properties}
             shown = [
                 f"{k}={getattr(props[k], props[k].WhichOneof('value'))}"
                 for k in _SHOWN
                 if k in props and props[k].WhichOneof("value") in _SCALARS
             ]
             kind = store.get_artifact_types_by_id([artifact.type_id])[0].name
+            if kind == "Examples" and artifacts.SPAN in props:
+                self.spans.append(props[artifacts.SPAN].int_value)
             lines.append(f"{kind}: {artifact.uri}" + (f" ({', '.join(shown)})" if shown else ""))
         return state, lines
 

@@ -9,6 +9,7 @@ import pytest
 from core import config as config_lib
 from core import paths
 from core.dataset_spec import DatasetSpec
+from pipeline import resolvers
 from pipeline.pipeline import create_pipeline
 
 COMPONENTS = [
@@ -160,7 +161,9 @@ def test_every_named_config_builds_the_pipeline(name):
     cfg = config_lib.load_config(name, ["data.voc_root=/nonexistent/voc", "data.sbd_root=/nonexistent/sbd"])
     pipeline = create_pipeline(cfg)  # pure: nothing is read, so missing data is fine here
     nodes = {c.id: c for c in pipeline.components}
-    assert sorted(nodes) == sorted(COMPONENTS)
+    # With trainer.warm_start (the scheduled configs), a Resolver of the Trainer's base model.
+    warm_start = [resolvers.WARM_START_RESOLVER_ID] if cfg.trainer.warm_start else []
+    assert sorted(nodes) == sorted(COMPONENTS + warm_start)
     assert pipeline.beam_pipeline_args == cfg.beam_pipeline_args()
     assert nodes["DataGate"].exec_properties["allow_anomalies"] is False
     assert nodes["DataGate"].upstream_nodes == {nodes["ExampleValidator"]}
@@ -184,8 +187,7 @@ def test_every_named_config_builds_the_pipeline(name):
         "num_classes": cfg.dataset.num_classes,
     }
     trainer = nodes["Trainer"]
-    # With trainer.warm_start (the scheduled configs), the latest blessed model too.
-    warm = {nodes["latest_blessed_model_resolver"]} if cfg.trainer.warm_start else set()
+    warm = {nodes[n] for n in warm_start}
     assert trainer.upstream_nodes == {
         nodes["SegmentationExampleGen"],
         nodes["Transform"],
@@ -199,8 +201,14 @@ def test_every_named_config_builds_the_pipeline(name):
     assert config_lib.from_dict(config_lib.TrainerConfig, trainer_config["trainer"]) == cfg.trainer
     assert json.loads(trainer.exec_properties["train_args"])["num_steps"] == cfg.trainer.train_steps
     evaluator = nodes["Evaluator"]
-    upstream = ("SegmentationExampleGen", "DatasetSchemaGen", "Trainer", "latest_blessed_model_resolver")
+    upstream = ("SegmentationExampleGen", "DatasetSchemaGen", "Trainer", resolvers.BASELINE_RESOLVER_ID)
     assert evaluator.upstream_nodes == {nodes[n] for n in upstream}
+    # The baseline is chosen relative to this run's candidate; the base model to its Examples.
+    assert nodes[resolvers.BASELINE_RESOLVER_ID].upstream_nodes == {nodes["Trainer"]}
+    if warm_start:
+        assert nodes[resolvers.WARM_START_RESOLVER_ID].upstream_nodes == {nodes["SegmentationExampleGen"]}
+    # Ingestion reads the newest span unless the config names one (a backfill).
+    assert example_gen["requested_span"] == cfg.data.span == -1
     eval_config = json.loads(evaluator.exec_properties["eval_config"])
     [spec] = eval_config["metrics_specs"]
     [mean_iou] = [m for m in spec["metrics"] if m["class_name"] == "SegmentationMeanIoU"]

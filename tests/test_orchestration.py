@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -14,19 +13,22 @@ import setuptools
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from components.segmentation_example_gen import vertex_driver
+from core import artifacts, features, paths
 from core import config as config_lib
-from core import paths
-from pipeline import cli, kubeflow_runner, local_runner
+from pipeline import cli, kubeflow_runner, local_runner, resolvers
 from pipeline.pipeline import create_pipeline
 from serving import layout
+from tests.helpers import mlmd
 from trainer import warm_start
 
 ROOT = paths.PROJECT_ROOT
 
 
-def tfx_upstream(cfg) -> dict:
+def tfx_upstream(cfg, kfp_resolvers=False) -> dict:
     """{node id: sorted upstream node ids} of the TFX pipeline itself."""
-    return {c.id: sorted(u.id for u in c.upstream_nodes) for c in create_pipeline(cfg).components}
+    pipeline = create_pipeline(cfg, kfp_resolvers=kfp_resolvers)
+    return {c.id: sorted(u.id for u in c.upstream_nodes) for c in pipeline.components}
 
 
 def test_kubeflow_pipeline_job(tmp_path):
@@ -39,28 +41,27 @@ def test_kubeflow_pipeline_job(tmp_path):
     )
     assert job.runtime_config.gcs_output_directory == "gs://my-bucket/deeplab-tfx"
     tasks = spec.root.dag.tasks
-    expected = tfx_upstream(cfg)
-    # The Resolver compiles into one KFP task per resolved channel.
-    resolver_tasks = sorted(t for t in tasks if t.startswith("latest_blessed_model_resolver"))
-    assert len(resolver_tasks) == 2
-    assert set(tasks) - set(resolver_tasks) == set(expected) - {"latest_blessed_model_resolver"}
+    expected = tfx_upstream(cfg, kfp_resolvers=True)
+    # Each Resolver (TFX's LatestBlessedModelStrategy, the one Vertex compiles) becomes one KFP
+    # task per resolved channel.
+    ids = (resolvers.BASELINE_RESOLVER_ID, resolvers.WARM_START_RESOLVER_ID)
+    resolver_tasks = sorted(t for t in tasks if t.startswith(ids))
+    assert len(resolver_tasks) == 4
+    assert set(tasks) - set(resolver_tasks) == set(expected) - set(ids)
     for name, upstream in expected.items():
-        if name == "latest_blessed_model_resolver":
+        if name in ids:
             continue
         depends = sorted(tasks[name].dependent_tasks)
-        wanted = sorted(
-            "latest_blessed_model_resolver-model-resolver" if u.startswith("latest") else u for u in upstream
-        )
-        assert depends == wanted, name
+        assert depends == sorted(f"{u}-model-resolver" if u in ids else u for u in upstream), name
     # Scheduled (trainer.warm_start): the Trainer starts from the latest blessed model.
     assert cfg.trainer.warm_start
     base_model = tasks["Trainer"].inputs.artifacts["base_model"].task_output_artifact
-    assert base_model.producer_task == "latest_blessed_model_resolver-model-resolver"
+    assert base_model.producer_task == f"{resolvers.WARM_START_RESOLVER_ID}-model-resolver"
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
     executor_dicts = {name: json_format.MessageToDict(e.struct_value) for name, e in executors.items()}
     containers = {name: e["container"] for name, e in executor_dicts.items() if "container" in e}
-    # Every component runs in a container; the resolver's tasks are importer-like, not containers.
-    assert len(containers) == len(expected) - 1, sorted(containers)
+    # Every component runs in a container; the resolvers' tasks are importer-like, not containers.
+    assert len(containers) == len(expected) - len(ids), sorted(containers)
     for name, container in containers.items():
         assert container["image"] == cfg.kubeflow.image, name
     # Beam components run on Dataflow, with setup.py inside the image shipping our packages.
@@ -89,7 +90,7 @@ def test_compile_command(tmp_path, capsys):
          "--output", str(tmp_path / "job.json")]
     )  # fmt: skip
     assert status == 0
-    assert "12 components, image example.com/deeplab:1" in capsys.readouterr().out
+    assert "14 tasks, image example.com/deeplab:1" in capsys.readouterr().out
     assert json.load(open(tmp_path / "job.json"))["pipelineSpec"]["pipelineInfo"]["name"] == "deeplab-voc"
 
 
@@ -154,16 +155,23 @@ def test_distributed_training_and_mysql_settings():
 
 
 @pytest.mark.slow
-def test_airflow_dag_runs_end_to_end(dataset_dir, tmp_path):
-    """A real Airflow 2.10 with a SQLite metadata DB: the DagBag loads the DAG file, its task
-    graph is the TFX DAG, and ``dag.test()`` runs every task to success."""
-    data = str(tmp_path / "data")
-    shutil.copytree(dataset_dir, data)
+def test_airflow_runs_on_a_schedule_ingesting_each_new_span(dataset_dir, tmp_path):
+    """A real Airflow 2.10 with a SQLite metadata DB: the DagBag loads the DAG file, its task graph
+    is the TFX DAG, and ``dag.test()`` runs it three times as the scheduler would: a first span;
+    the next day no new data (every component a cache hit, nothing pushed; this second run used
+    to fail in the Evaluator); then a second span arrives (ingested, warm-started from the first
+    model, judged against it, pushed as version 2)."""
+    spans_dir = tmp_path / "voc"
+    spans_dir.mkdir()
+    os.symlink(dataset_dir, spans_dir / "span-1")
+    pattern = f"{spans_dir}/span-{{SPAN}}"
     overrides = [
-        f"data.voc_root={data}", f"data.sbd_root={data}", f"pipeline_root={tmp_path / 'run'}",
+        f"data.voc_root={pattern}", f"data.sbd_root={pattern}", f"pipeline_root={tmp_path / 'run'}",
         "trainer.train_steps=4", "trainer.steps_per_epoch=2", "evaluator.min_mean_iou=0.0",
+        # Blessing is tested in test_evaluation.py; here the third run's model must be pushed.
+        "evaluator.max_mean_iou_drop=1.0",
         "airflow.schedule=@daily",
-        # Scheduled, so warm-started; on this first run the Resolver finds no blessed model.
+        # Scheduled, so warm-started; on the first run the Resolver finds no blessed model.
         "trainer.warm_start=true",
         # Airflow's orchestration is under test here; Beam's multi-process mode is the local
         # pipeline tests' (its worker start-up cost a minute over the four Beam components).
@@ -179,23 +187,118 @@ def test_airflow_dag_runs_end_to_end(dataset_dir, tmp_path):
         "DEEPLAB_TFX_CONFIG": "tiny",
         "DEEPLAB_TFX_SET": ";".join(overrides),
     }
+    steps = ["run", "run", f"link:{dataset_dir}={spans_dir / 'span-2'}", "run"]
     log = tmp_path / "airflow.log"
     with open(log, "w") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "tests.helpers.airflow_run", "--run"],
+            [sys.executable, "-m", "tests.helpers.airflow_run", *steps],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1200, check=False,
         )  # fmt: skip
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
     result = json.loads(text.strip().splitlines()[-1])
     assert result["import_errors"] == {} and result["dags"] == ["deeplab-tiny"]
-    assert result["schedule"] == "@daily"
+    assert result["schedule"] == "@daily" and result["max_active_runs"] == 1
     cfg = config_lib.load_config("tiny", overrides)
     assert result["upstream"] == tfx_upstream(cfg)
-    assert result["states"] == dict.fromkeys(tfx_upstream(cfg), "success"), result["states"]
-    assert result["run_state"] == "success"
-    assert layout.versions(os.path.join(tmp_path, "run", "serving", "deeplab")) == [1]
+    assert [run["run_state"] for run in result["runs"]] == ["success"] * 3, text[-4000:]
+    for run in result["runs"]:
+        assert run["states"] == dict.fromkeys(tfx_upstream(cfg), "success"), run["states"]
+
+    db = mlmd.store(os.path.join(tmp_path, "run", "metadata.sqlite"))
+    by_component = mlmd.executions(db)
+    components = [c for c in tfx_upstream(cfg) if c not in resolver_ids()]
+    states = {c: [mlmd.state(e) for e in by_component[c]] for c in components}
+    # The second run: no new data, so every component's execution is a cache hit.
+    assert {c: s[1] for c, s in states.items()} == dict.fromkeys(components, "CACHED"), states
+    # The third: a new span, so everything the data feeds runs again; the curated schema, made
+    # from the schema file and the dataset spec alone, is the same as before.
+    third = {c: "CACHED" if c == "DatasetSchemaGen" else "COMPLETE" for c in components}
+    assert {c: s[2] for c, s in states.items()} == third, states
+    first, _, third = by_component["SegmentationExampleGen"]
+    [examples_1] = mlmd.outputs(db, first, "examples")
+    [examples_2] = mlmd.outputs(db, third, "examples")
+    assert (mlmd.int_property(examples_1, "span"), mlmd.int_property(examples_2, "span")) == (1, 2)
+    # The same images in both spans (a link): the same record counts.
+    counts = [
+        {split: mlmd.int_property(e, artifacts.num_examples(split)) for split in features.SPLITS}
+        for e in (examples_1, examples_2)
+    ]  # fmt: skip
+    assert counts[0] == counts[1] and sum(counts[0].values()) > 0
+    # The third run's Trainer started from the first run's model, and its Evaluator judged
+    # against it.
+    [model_1] = mlmd.outputs(db, by_component["Trainer"][0], "model")
+    trainer_3, evaluator_3 = by_component["Trainer"][2], by_component["Evaluator"][2]
+    assert [a.id for a in mlmd.inputs(db, trainer_3, "base_model")] == [model_1.id]
+    assert [a.id for a in mlmd.inputs(db, evaluator_3, "baseline_model")] == [model_1.id]
+    assert [a.id for a in mlmd.inputs(db, by_component["Evaluator"][0], "baseline_model")] == []  # fmt: skip
+    assert layout.versions(os.path.join(tmp_path, "run", "serving", "deeplab")) == [1, 2]
     assert os.path.exists(os.path.join(tmp_path, "run", "report", "index.html"))
-    # The Trainer waited on the Resolver, which gave it nothing: trained from scratch, no record.
-    assert "latest_blessed_model_resolver" in result["upstream"]["Trainer"]
-    assert glob.glob(os.path.join(tmp_path, "run", "**", warm_start.WARM_START_FILE), recursive=True) == []
+    # The first run's Trainer waited on the Resolver, which gave it nothing: trained from scratch.
+    assert resolvers.WARM_START_RESOLVER_ID in result["upstream"]["Trainer"]
+    records = glob.glob(os.path.join(tmp_path, "run", "**", warm_start.WARM_START_FILE), recursive=True)
+    assert len(records) == 1 and warm_start.read(os.path.dirname(records[0])).warm_started
+
+
+def resolver_ids() -> tuple:
+    return (resolvers.BASELINE_RESOLVER_ID, resolvers.WARM_START_RESOLVER_ID)
+
+
+def _vertex_executor_input(job: dict, tmp_path, span) -> dict:
+    """The ExecutorInput Vertex gives the ingestion task's pre-cache check: the task's parameters
+    as compiled (``span`` from the run's runtime parameters), its output artifacts and file."""
+    task = job["pipelineSpec"]["root"]["dag"]["tasks"][kubeflow_runner.INGESTION_TASK]
+    values = {}  # pipeline spec 2.0's typed Values, as TFX 1.16 compiles the job
+    for name, parameter in task["inputs"]["parameters"].items():
+        if "componentInputParameter" in parameter:
+            values[name] = {"intValue": str(span)}
+        else:
+            values[name] = parameter["runtimeValue"]["constantValue"]
+    component = job["pipelineSpec"]["components"][kubeflow_runner.INGESTION_TASK]
+    artifacts = {
+        key: {
+            "artifacts": [{"name": f"artifacts/{key}", "type": d["artifactType"], "uri": str(tmp_path / key)}]
+        }
+        for key, d in component["outputDefinitions"]["artifacts"].items()
+    }
+    output_file = str(tmp_path / f"executor_output_{span}.json")
+    return {"inputs": {"parameters": values}, "outputs": {"artifacts": artifacts, "outputFile": output_file}}
+
+
+def test_vertex_ingestion_is_never_served_a_stale_cache(dataset_dir, tmp_path):
+    """Vertex caches a task on its parameters; the compiled ingestion task's pre-cache-check hook
+    adds the span and the digest of its files. Run here as Vertex runs it, on the compiled job:
+    the command of the hook, in a fresh process, with the ExecutorInput of that task."""
+    spans_dir = tmp_path / "voc"
+    spans_dir.mkdir()
+    os.symlink(dataset_dir, spans_dir / "span-1")
+    overrides = [f"data.voc_root={spans_dir}/span-{{SPAN}}", f"data.sbd_root={spans_dir}/span-{{SPAN}}"]
+    output = str(tmp_path / "job.json")
+    job = kubeflow_runner.compile_pipeline(config_lib.load_config("vertex", overrides), output)
+    assert json.load(open(output)) == job
+    # The span a run reads is a runtime parameter, the newest (-1) unless a run sets one (backfill).
+    assert job["runtimeConfig"]["parameters"] == {"span": {"intValue": "-1"}}
+    executor = job["pipelineSpec"]["deploymentSpec"]["executors"]["SegmentationExampleGen_executor"]
+    hook = executor["container"]["lifecycle"]["preCacheCheck"]
+    assert hook["args"] == ["--json_serialized_invocation_args", "{{$}}"]
+
+    def pre_cache_check(span, fresh_process=False) -> dict:
+        invocation = json.dumps(_vertex_executor_input(job, tmp_path, span))
+        if fresh_process:  # the hook's command as compiled, as the container runs it
+            command = [sys.executable if c == "python" else c for c in hook["command"]]
+            subprocess.run([*command, "--json_serialized_invocation_args", invocation], cwd=ROOT, check=True)
+        else:
+            vertex_driver.main(["--json_serialized_invocation_args", invocation])
+        written = json.load(open(tmp_path / f"executor_output_{span}.json"))
+        [examples] = written["artifacts"]["examples"]["artifacts"]
+        return {**written["parameterValues"], "examples_span": examples["metadata"]["span"]}
+
+    first = pre_cache_check(-1, fresh_process=True)
+    assert first["span"] == 1 and first["examples_span"] == 1
+    assert first["input_fingerprint"].startswith("span:1,version:None,ids:")
+    assert pre_cache_check(-1) == first, "unchanged data: the same cache key"
+    os.symlink(dataset_dir, spans_dir / "span-2")
+    second = pre_cache_check(-1)
+    assert second["span"] == 2 and second["input_fingerprint"] != first["input_fingerprint"]
+    # A backfill of span 1 is span 1's key again.
+    assert pre_cache_check(1) == first

@@ -20,41 +20,40 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
-from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 
 from components.data_gate.component import DataGateDecision
-from components.segmentation_example_gen import sources
+from components.segmentation_example_gen import sources, spans
+from core import artifacts, features, paths
 from core import config as config_lib
-from core import features, paths
 from core.dataset_spec import VOC_SPEC
-from pipeline import local_runner, logs
+from pipeline import local_runner, logs, resolvers
 from serving import client
 from serving.server import Server
 from tests.conftest import feature, png_indices, read_examples
-from tests.helpers import browser
+from tests.helpers import browser, mlmd
 from trainer import warm_start
 from transform import preprocessing
 
 pytestmark = pytest.mark.slow
 NODES = [
     "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ServingPusher", "RunReportGen",
+    "Transform", "Trainer", resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
 ]  # fmt: skip
+# Every node but the Resolver, which resolves again on every run: a run on unchanged data is a
+# cache hit for each of these.
+CACHEABLE = [node for node in NODES if node != resolvers.BASELINE_RESOLVER_ID]
+# The module's data arrives as spans (``data.voc_root`` is a span pattern); the first run reads
+# span 1.
+SPAN_DIR = "span-{SPAN}"
 CLI = os.path.join(os.path.dirname(sys.executable), "deeplab-tfx")
 # The most lines `deeplab-tfx run` may print (issue 17: the whole `make demo` in 80 lines).
 TERMINAL_LINES = 80
-# Nodes whose inputs are the same on a re-run with unchanged data and config. The Evaluator's
-# are not: after the first run blessed a model, the resolver gives it a baseline.
-DETERMINISTIC = NODES[:7]
 
 
 def _store(cfg):
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = cfg.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(connection)
+    return mlmd.store(cfg.metadata_path)
 
 
 def states_by_node(cfg):
@@ -88,11 +87,11 @@ def latest_output_uri(cfg, type_name):
 def run_overrides(dataset_dir, tmp_path_factory):
     """The ``--set`` overrides of the tiny config that every run of this module uses."""
     root = tmp_path_factory.mktemp("pipeline")
-    data = str(root / "data")
-    shutil.copytree(dataset_dir, data)
+    shutil.copytree(dataset_dir, root / "data" / spans.fill(SPAN_DIR, 1, None))
+    pattern = str(root / "data" / SPAN_DIR)
     return [
-        f"data.voc_root={data}",
-        f"data.sbd_root={data}",
+        f"data.voc_root={pattern}",
+        f"data.sbd_root={pattern}",
         f"pipeline_root={root / 'run'}",
         # The pipeline's wiring is under test here; learning is in test_training.py.
         "trainer.train_steps=4",
@@ -106,6 +105,11 @@ def run_overrides(dataset_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_config(run_overrides):
     return config_lib.load_config("tiny", run_overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
+
+
+def span_roots(cfg, span: int) -> tuple:
+    """The VOC and SBD roots of ``span``."""
+    return spans.fill(cfg.data.voc_root, span, None), spans.fill(cfg.data.sbd_root, span, None)
 
 
 def _cli_run(overrides):
@@ -173,12 +177,13 @@ def test_first_run_executes_every_component_once(run_config, first_run):
     # Progress, component by component, with the outputs worth seeing.
     for node in ("SegmentationExampleGen", "Transform", "Trainer", "Evaluator", "ServingPusher"):
         assert re.search(rf"\] {node}: started\n(.*\n)*?\[[\d:]+\] {node}: complete in [\d.]+ s", out), node
-    assert re.search(r"Examples: \S+ \(num_examples_train=\d+, num_examples_eval=\d+\)", out)
+    assert re.search(r"Examples: \S+ \(span=1, num_examples_train=\d+, num_examples_eval=\d+\)", out)
     assert re.search(r"PushedModel: \S+ \(pushed=1, pushed_version=1\)", out)
     assert first_run["states"] == {n: ["COMPLETE"] for n in NODES}
     uri = {kind: artifact.uri for kind, artifact in first_run["outputs"].items()}
     examples_uri = uri["Examples"]
-    planned = sources.count_by_split(sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root))
+    assert first_run["outputs"]["Examples"].properties["span"].int_value == 1
+    planned = sources.count_by_split(sources.plan_items(*span_roots(run_config, 1)))
     for split, n in planned.items():
         assert len(read_examples(examples_uri, split)) == n
     decision = json.load(open(os.path.join(uri[DataGateDecision.TYPE_NAME], "decision.json")))
@@ -294,54 +299,83 @@ def test_the_pushed_model_answers_over_grpc(run_config, first_run):
     np.testing.assert_array_equal(mask, expected[: size[0], : size[1]])
 
 
-def test_rerun_with_unchanged_inputs_is_cached(run_config, first_run, capsys):
+def test_a_run_with_no_new_data_is_a_cache_hit_end_to_end(run_config, first_run, capsys):
+    """The next scheduled run, before any new span: every component is served from cache (the
+    Evaluator too: its baseline is the newest blessed model older than the cached candidate, none,
+    as on the first run), nothing is retrained or pushed, and one line says so."""
     before = states_by_node(run_config)
     assert local_runner.run(run_config) == 0
     states = states_by_node(run_config)
-    assert {n: states[n][len(before[n]) :] for n in DETERMINISTIC} == {n: ["CACHED"] for n in DETERMINISTIC}
+    assert {n: states[n][len(before[n]) :] for n in CACHEABLE} == {n: ["CACHED"] for n in CACHEABLE}
     assert latest_outputs(run_config)["Model"].id == first_run["outputs"]["Model"].id
-    # The same model, now judged against itself as the blessed baseline: blessed, not pushed again.
-    assert states["Evaluator"][len(before["Evaluator"]) :] == ["COMPLETE"]
     out = capsys.readouterr().out
-    assert f"pushed as version 1 to {run_config.serving_model_dir()}/1" in out
     assert re.search(r"\] Transform: cached in [\d.]+ s", out)
+    assert out.splitlines()[-1] == (
+        "deeplab-tfx run: no new data since the last run (span 1, same files, same config): every "
+        "component was a cache hit; nothing retrained, nothing pushed"
+    )
     assert sorted(os.listdir(run_config.serving_model_dir())) == ["1"]
 
 
-def test_a_warm_started_run_starts_from_the_last_blessed_model(
+def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
     run_config, run_overrides, first_run, tmp_path, capsys
 ):
-    """``trainer.warm_start=true`` on a run after the first, in a copy of its ML Metadata (so the
-    first run's store and serving directory stay as they were): the Resolver's latest blessed
-    model is the Trainer's base_model, and training starts from its weights. That it then learns
-    in a fraction of the steps is in test_warm_start.py, on a model trained for 500 steps."""
+    """Span 2 arrives (here a link to span 1's folder: the same images, so the same eval split)
+    and the next scheduled run, warm-started, takes it: ingested, trained from the first run's
+    model, judged against it, pushed as version 2. In a copy of the first run's ML Metadata and
+    serving directory, and span 2 is taken away after, so the module's run stays as it was. That
+    warm-starting then learns in a fraction of the steps is in test_warm_start.py."""
     root = tmp_path / "run"
     root.mkdir()
     shutil.copy(run_config.metadata_path, root / "metadata.sqlite")
-    overrides = [*run_overrides, f"pipeline_root={root}", "trainer.warm_start=true"]
-    cfg = config_lib.load_config("tiny", overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
-    # Up to the Trainer: what follows it is the first run's wiring, judged there.
-    assert local_runner.run(cfg, to_nodes=["Trainer"]) == 0
-
-    first_model = first_run["outputs"]["Model"]
-    store = _store(cfg)
-    trainer = max(
-        store.get_executions_by_type("tfx.components.trainer.component.Trainer"), key=lambda e: e.id
-    )
-    assert trainer.last_known_state == metadata_store_pb2.Execution.COMPLETE
-    base_inputs = [
-        event.artifact_id for event in store.get_events_by_execution_ids([trainer.id])
-        if event.type == metadata_store_pb2.Event.INPUT and event.path.steps[0].key == "base_model"
+    overrides = [
+        *run_overrides, f"pipeline_root={root}", "trainer.warm_start=true",
+        # Blessing is tested in test_evaluation.py; this run's model must be pushed.
+        "evaluator.max_mean_iou_drop=1.0",
+        # The multi-process Beam mode is the first run's; here the wiring across runs is tested.
+        "beam.direct_running_mode=in_memory",
     ]  # fmt: skip
-    assert base_inputs == [first_model.id]
-    outputs = latest_outputs(cfg)
-    warm = warm_start.read(outputs["ModelRun"].uri)
+    cfg = config_lib.load_config("tiny", overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
+    shutil.copytree(run_config.serving_model_dir(), cfg.serving_model_dir())
+    span_1, _ = span_roots(run_config, 1)
+    span_2, _ = span_roots(run_config, 2)
+    os.symlink(span_1, span_2)
+    try:
+        assert local_runner.run(cfg) == 0
+    finally:
+        os.remove(span_2)
+    out = capsys.readouterr().out
+
+    db = mlmd.store(cfg.metadata_path)
+    runs = mlmd.executions(db)
+    assert [mlmd.state(e) for e in runs["SegmentationExampleGen"]][-1] == "COMPLETE"
+    # ML Metadata shows the span each execution consumed: the Trainers', run by run.
+    trained_on = [
+        [mlmd.int_property(a, "span") for a in mlmd.inputs(db, e, "examples")]
+        for e in runs["Trainer"]
+    ]  # fmt: skip
+    assert trained_on[0] == [1] and trained_on[-1] == [2]
+    first_model = first_run["outputs"]["Model"]
+    trainer, evaluator = runs["Trainer"][-1], runs["Evaluator"][-1]
+    assert [a.id for a in mlmd.inputs(db, trainer, "base_model")] == [first_model.id]
+    assert [a.id for a in mlmd.inputs(db, evaluator, "baseline_model")] == [first_model.id]
+    [examples] = mlmd.outputs(db, runs["SegmentationExampleGen"][-1], "examples")
+    first_examples = first_run["outputs"]["Examples"]
+    for split in features.SPLITS:
+        count = artifacts.num_examples(split)
+        assert mlmd.int_property(examples, count) == mlmd.int_property(first_examples, count) > 0
+    # Warm-started: its first evaluation is the first run's best one (the same weights, the
+    # same eval images).
+    [model_run] = mlmd.outputs(db, trainer, "model_run")
+    warm = warm_start.read(model_run.uri)
     assert warm.warm_started and warm.base_model == os.path.join(first_model.uri, "Format-Serving")
-    # Its first evaluation is the first run's best one: the same weights, the same eval split.
     history = json.load(open(os.path.join(first_run["outputs"]["ModelRun"].uri, "history.json")))
     best = max(row["val_mean_iou"] for row in history["epochs"])
     assert warm.initial_mean_iou == pytest.approx(best, abs=1e-4)
-    assert f"Trainer warm start from {warm.base_model}: eval mean IoU" in capsys.readouterr().out
+    assert f"Trainer warm start from {warm.base_model}: eval mean IoU" in out
+    assert re.search(r"Examples: \S+ \(span=2, num_examples_train=", out)
+    assert f"blessed; pushed as version 2 to {cfg.serving_model_dir()}/2" in out
+    assert sorted(os.listdir(cfg.serving_model_dir())) == ["1", "2"]
 
 
 def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_overrides, first_run, tmp_path):
@@ -381,7 +415,7 @@ def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_override
 
 
 def test_changed_files_are_ingested_again(run_config, first_run):
-    item = sources.plan_items(run_config.data.voc_root, run_config.data.sbd_root)[0]
+    item = sources.plan_items(*span_roots(run_config, 1))[0]
     original, stat = open(item.image_path, "rb").read(), os.stat(item.image_path)
     try:
         Image.open(item.image_path).save(item.image_path, format="JPEG", quality=60)

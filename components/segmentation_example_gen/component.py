@@ -14,7 +14,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 
-from components.segmentation_example_gen import driver, executor
+from components.segmentation_example_gen import driver, executor, spans
 from components.segmentation_example_gen.spec import RejectedRecords, SegmentationExampleGenSpec
 from core.config import IngestConfig
 from core.dataset_spec import DatasetSpec
@@ -25,7 +25,9 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
     as ``dataset_spec`` says; writes train/eval Examples and a dead letter.
 
     Runs on any Beam runner (DirectRunner, Dataflow, Flink, Spark) through the pipeline's
-    ``beam_pipeline_args``; file paths may be local or on any ``tf.io.gfile`` file system.
+    ``beam_pipeline_args``; file paths may be local or on any ``tf.io.gfile`` file system. The
+    roots may carry TFX's span specs (``spans``): the driver resolves the newest span, or
+    ``requested_span`` (an int, or a ``RuntimeParameter`` for a compiled job's backfills).
     """
 
     SPEC_CLASS = SegmentationExampleGenSpec
@@ -40,6 +42,7 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
         data_root: Optional[str] = None,
         max_rejected_fraction: float = IngestConfig.max_rejected_fraction,
         num_shards: int = IngestConfig.num_shards,
+        requested_span=spans.NEWEST,
     ):
         spec = SegmentationExampleGenSpec(
             voc_root=voc_root or "",
@@ -48,6 +51,7 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
             dataset_spec=dataset_spec.to_json(),
             max_rejected_fraction=float(max_rejected_fraction),
             num_shards=int(num_shards),
+            requested_span=requested_span,
             examples=types.Channel(type=standard_artifacts.Examples),
             rejected=types.Channel(type=RejectedRecords),
         )

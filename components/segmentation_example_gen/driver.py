@@ -1,38 +1,84 @@
-"""Driver of SegmentationExampleGen: fingerprints the input files before TFX checks its cache.
+"""Driver of SegmentationExampleGen: resolves the span and fingerprints its files before the
+orchestrator checks its cache.
 
-The portable launcher runs a component's driver before computing the cache key and adds the
-exec properties the driver returns to it. Without this, a component with no input artifacts
-would be served from cache after the dataset on disk changed.
+SegmentationExampleGen has no input artifacts, so its cache key is its parameters alone. Each
+orchestrator lets a driver add parameters before the cache check, each through its own door:
+
+- LocalDagRunner (the portable launcher) calls ``run`` and adds the exec properties it returns.
+- Airflow (TFX's legacy launcher, ``BaseDriver.pre_execution``) calls ``resolve_exec_properties``
+  before it registers the execution and looks for a cached one.
+- Vertex AI / Kubeflow V2 runs ``vertex_driver`` as the task's pre-cache-check hook
+  (``pipeline/kubeflow_runner.py`` adds it), whose output parameters join the cache key.
+
+All three add the same three values (``resolve_inputs``): the span and version the data roots'
+patterns resolve to (``spans``), and the digest of the files of that span. A new span, or a changed
+file, changes the key and ingests; unchanged data is a cache hit, and so is everything after it.
 """
+
+from typing import Any, Dict
 
 from tfx.dsl.components.base import base_driver
 from tfx.orchestration import data_types_utils
 from tfx.orchestration.portable import base_driver as ir_base_driver
 from tfx.proto.orchestration import driver_output_pb2
 
-from components.segmentation_example_gen import sources, spec
+from components.segmentation_example_gen import sources, spans, spec
 from core.dataset_spec import VOC_SPEC, DatasetSpec
+
+ROOT_KEYS = (spec.VOC_ROOT_KEY, spec.SBD_ROOT_KEY, spec.DATA_ROOT_KEY)
 
 
 class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
-    """Adds ``input_fingerprint`` (the planned ids + size/mtime of every file they name), for
-    either layout."""
+    """Adds ``span``, ``version`` and ``input_fingerprint``, for either layout, on either launcher."""
 
     def __init__(self, metadata_handle):
         base_driver.BaseDriver.__init__(self, metadata_handle)
         ir_base_driver.BaseDriver.__init__(self, metadata_handle)
 
     def run(self, execution_info) -> driver_output_pb2.DriverOutput:
-        props = execution_info.exec_properties
+        """The portable launcher's door (LocalDagRunner)."""
         result = driver_output_pb2.DriverOutput()
-        fingerprint = sources.fingerprint(
-            props.get(spec.VOC_ROOT_KEY) or None,
-            props.get(spec.SBD_ROOT_KEY) or None,
-            dataset_of(props),
-            props.get(spec.DATA_ROOT_KEY) or None,
-        )
-        data_types_utils.set_metadata_value(result.exec_properties[spec.INPUT_FINGERPRINT_KEY], fingerprint)
+        for key, value in resolve_inputs(execution_info.exec_properties).items():
+            if value is not None:
+                data_types_utils.set_metadata_value(result.exec_properties[key], value)
         return result
+
+    def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
+        """The legacy launcher's door (Airflow): called before the cache lookup."""
+        exec_properties = dict(exec_properties)
+        exec_properties.update({k: v for k, v in resolve_inputs(exec_properties).items() if v is not None})
+        return exec_properties
+
+
+def resolve_inputs(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    """``{span, version, input_fingerprint}`` of the data this run reads."""
+    requested = exec_properties.get(spec.REQUESTED_SPAN_KEY)
+    resolved = spans.resolve(
+        {key: exec_properties.get(key) or None for key in ROOT_KEYS},
+        spans.NEWEST if requested is None else int(requested),
+    )
+    roots = resolved.roots
+    fingerprint = sources.fingerprint(
+        roots[spec.VOC_ROOT_KEY],
+        roots[spec.SBD_ROOT_KEY],
+        dataset_of(exec_properties),
+        roots[spec.DATA_ROOT_KEY],
+    )
+    if any(spans.has_specs(exec_properties.get(key)) for key in ROOT_KEYS):
+        fingerprint = f"span:{resolved.span},version:{resolved.version},{fingerprint}"
+    return {
+        spec.SPAN_KEY: resolved.span,
+        spec.VERSION_KEY: resolved.version,
+        spec.INPUT_FINGERPRINT_KEY: fingerprint,
+    }
+
+
+def roots_of(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    """The concrete roots of the span the driver resolved (the roots as given without specs)."""
+    span = int(exec_properties.get(spec.SPAN_KEY) or 0)
+    version = exec_properties.get(spec.VERSION_KEY)
+    version = None if version is None else int(version)
+    return {key: spans.fill(exec_properties.get(key) or None, span, version) for key in ROOT_KEYS}
 
 
 def dataset_of(exec_properties: dict) -> DatasetSpec:

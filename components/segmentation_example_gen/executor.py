@@ -29,18 +29,25 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         rejected = artifact_utils.get_single_instance(output_dict[spec.REJECTED_KEY])
         examples.split_names = artifact_utils.encode_split_names(list(features.SPLITS))
         dataset = driver.dataset_of(exec_properties)
+        # The span's own folders: the driver resolved the span (and its version) before the cache
+        # check; a root without span specs is read as it is (span 0).
+        roots = driver.roots_of(exec_properties)
 
         summary = beam_ingest.run(
             self._make_beam_pipeline,
-            voc_root=exec_properties.get(spec.VOC_ROOT_KEY) or None,
-            sbd_root=exec_properties.get(spec.SBD_ROOT_KEY) or None,
+            voc_root=roots[spec.VOC_ROOT_KEY],
+            sbd_root=roots[spec.SBD_ROOT_KEY],
             examples_uri=examples.uri,
             rejected_dir=rejected.uri,
             max_rejected_fraction=exec_properties[spec.MAX_REJECTED_FRACTION_KEY],
             num_shards=exec_properties[spec.NUM_SHARDS_KEY],
             dataset=dataset,
-            data_root=exec_properties.get(spec.DATA_ROOT_KEY) or None,
+            data_root=roots[spec.DATA_ROOT_KEY],
         )
+        # TFX's own Examples properties, which span-aware resolvers and ExampleGens read.
+        examples.span = int(exec_properties.get(spec.SPAN_KEY) or 0)
+        if exec_properties.get(spec.VERSION_KEY) is not None:
+            examples.version = int(exec_properties[spec.VERSION_KEY])
 
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")

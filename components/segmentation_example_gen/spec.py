@@ -4,6 +4,8 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from core import artifacts
+
 EXAMPLES_KEY = "examples"
 REJECTED_KEY = "rejected"
 VOC_ROOT_KEY = "voc_root"
@@ -14,8 +16,14 @@ DATA_ROOT_KEY = "data_root"
 DATASET_SPEC_KEY = "dataset_spec"
 MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
 NUM_SHARDS_KEY = "num_shards"
-# Set by the driver at run time, so that caching follows the files on disk.
+# The span a run asks for (``spans.NEWEST``: the newest on storage; a number: a backfill).
+REQUESTED_SPAN_KEY = "requested_span"
+# Set by the driver at run time, so that caching follows the files on disk: the digest of the
+# files read, and the span and version resolved from the roots' span patterns (``spans``). The
+# names are TFX's ExampleGen's.
 INPUT_FINGERPRINT_KEY = "input_fingerprint"
+SPAN_KEY = artifacts.SPAN
+VERSION_KEY = artifacts.VERSION
 
 
 class RejectedRecords(types.Artifact):
@@ -32,7 +40,10 @@ class SegmentationExampleGenSpec(types.ComponentSpec):
         DATASET_SPEC_KEY: ExecutionParameter(type=str, optional=True),
         MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
         NUM_SHARDS_KEY: ExecutionParameter(type=int),
+        REQUESTED_SPAN_KEY: ExecutionParameter(type=int, optional=True),
         INPUT_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
+        SPAN_KEY: ExecutionParameter(type=int, optional=True),
+        VERSION_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {}
     OUTPUTS = {

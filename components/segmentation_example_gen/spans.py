@@ -1,0 +1,158 @@
+"""Spans: a dataset that arrives a folder at a time, named by number or date, as TFX's ExampleGen
+names them.
+
+A data root may hold TFX's span specs: ``{SPAN}`` (digits), or ``{YYYY}``, ``{MM}`` and ``{DD}``
+together (a date; its span number is the days since 1970-01-01, TFX's convention), optionally with
+``{VERSION}`` (digits: a re-delivery of the same span). ``gs://bucket/voc/span-{SPAN}`` or
+``/data/cihp/{YYYY}-{MM}-{DD}/v{VERSION}``. The specs may only be in the root's folder names: what
+is under a span's folder is a whole dataset in the layout the dataset spec describes. A root with no
+spec is span 0, version none, as before spans existed.
+
+Every root of one run (VOC's and SBD's) resolves to the same span and version; a root without specs
+is the same for every span. ``resolve`` picks the newest span (or the one a run asks for: a
+backfill) and that span's newest version. Listing is by ``tf.io.gfile.glob``, so object stores work.
+"""
+
+import dataclasses
+import datetime
+import re
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+SPAN_SPEC = "{SPAN}"
+VERSION_SPEC = "{VERSION}"
+DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
+# The span a run asks for when it asks for none: the newest one there is.
+NEWEST = -1
+UNIX_EPOCH = datetime.date(1970, 1, 1)
+_TOKEN = re.compile(r"\{(SPAN|VERSION|YYYY|MM|DD)\}")
+_DIGITS = {"SPAN": r"\d+", "VERSION": r"\d+", "YYYY": r"\d{4}", "MM": r"\d{2}", "DD": r"\d{2}"}
+
+
+class SpanError(ValueError):
+    """A span pattern that cannot be resolved: malformed, or nothing on storage matches it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One delivery: its span number, its version (None when the pattern has no ``{VERSION}``)
+    and the concrete roots it is read from."""
+
+    span: int
+    version: Optional[int]
+    roots: Dict[str, Optional[str]]
+
+
+def has_specs(root: Optional[str]) -> bool:
+    return bool(root) and bool(_TOKEN.search(root))
+
+
+def check_pattern(root: str) -> None:
+    """Raises ``SpanError`` naming the root when its specs break TFX's rules."""
+    tokens = _TOKEN.findall(root)
+    if not tokens:
+        return
+    duplicated = sorted({t for t in tokens if tokens.count(t) > 1})
+    if duplicated:
+        raise SpanError(f"span pattern {root!r}: {duplicated} appear more than once")
+    dates = [t for t in tokens if t in ("YYYY", "MM", "DD")]
+    if "SPAN" in tokens and dates:
+        raise SpanError(f"span pattern {root!r}: {{SPAN}} and a date ({{YYYY}}{{MM}}{{DD}}) are exclusive")
+    if dates and len(dates) != 3:
+        raise SpanError(f"span pattern {root!r}: a date needs all of {{YYYY}}, {{MM}} and {{DD}}")
+    if tokens == ["VERSION"]:
+        raise SpanError(f"span pattern {root!r}: {{VERSION}} needs {{SPAN}} or a date")
+
+
+def date_to_span(year: int, month: int, day: int) -> int:
+    return (datetime.date(year, month, day) - UNIX_EPOCH).days
+
+
+def span_to_date(span: int) -> datetime.date:
+    return UNIX_EPOCH + datetime.timedelta(days=span)
+
+
+def _regex(root: str) -> re.Pattern:
+    out, last = "", 0
+    for match in _TOKEN.finditer(root):
+        out += re.escape(root[last : match.start()]) + f"(?P<{match.group(1)}>{_DIGITS[match.group(1)]})"
+        last = match.end()
+    return re.compile(out + re.escape(root[last:]) + "/?$")
+
+
+def _parse(match: re.Match) -> Tuple[int, Optional[int]]:
+    groups = match.groupdict()
+    if "SPAN" in groups:
+        span = int(groups["SPAN"])
+    else:
+        try:
+            span = date_to_span(int(groups["YYYY"]), int(groups["MM"]), int(groups["DD"]))
+        except ValueError as e:
+            raise SpanError(f"{match.string!r} is not a date: {e}") from None
+    return span, int(groups["VERSION"]) if "VERSION" in groups else None
+
+
+def available(root: str) -> List[Tuple[int, Optional[int]]]:
+    """Every ``(span, version)`` on storage under the pattern ``root``, oldest first."""
+    check_pattern(root)
+    regex = _regex(root.rstrip("/"))
+    found = set()
+    for path in tf.io.gfile.glob(_TOKEN.sub("*", root.rstrip("/"))):
+        match = regex.match(path.rstrip("/"))
+        if match and tf.io.gfile.isdir(path):
+            found.add(_parse(match))
+    return sorted(found, key=lambda sv: (sv[0], -1 if sv[1] is None else sv[1]))
+
+
+def fill(root: Optional[str], span: int, version: Optional[int]) -> Optional[str]:
+    """``root`` with its specs replaced by ``span`` (or its date) and ``version``."""
+    if not has_specs(root):
+        return root
+    date = span_to_date(span)
+    values = {
+        "SPAN": str(span),
+        "VERSION": "" if version is None else str(version),
+        "YYYY": f"{date.year:04d}",
+        "MM": f"{date.month:02d}",
+        "DD": f"{date.day:02d}",
+    }
+    return _TOKEN.sub(lambda m: values[m.group(1)], root)
+
+
+def resolve(roots: Dict[str, Optional[str]], requested_span: int = NEWEST) -> Span:
+    """The span a run reads: ``requested_span`` (a backfill), or the newest on storage, at its
+    newest version; span 0 when no root has specs. ``roots``: ``{config key: root}``.
+
+    Raises ``SpanError`` naming the pattern when nothing matches, or when the roots disagree (the
+    VOC root has span 3 but the SBD root has not).
+    """
+    patterned = {key: root for key, root in roots.items() if has_specs(root)}
+    if not patterned:
+        if requested_span not in (NEWEST, 0):
+            raise SpanError(
+                f"span {requested_span} was asked for, but no data root has a span pattern ({roots})"
+            )
+        return Span(0, None, dict(roots))
+    for root in patterned.values():
+        check_pattern(root)
+    shapes = {key: sorted(set(_TOKEN.findall(root)) - {"MM", "DD"}) for key, root in patterned.items()}
+    if len({tuple(s) for s in shapes.values()}) > 1:
+        raise SpanError(f"the data roots' span patterns differ in their specs: {shapes}")
+    per_root = {key: set(available(root)) for key, root in patterned.items()}
+    common = set.intersection(*per_root.values())
+    if not common:
+        where = "; ".join(f"{k}={patterned[k]!r}: {sorted(v) or 'nothing'}" for k, v in per_root.items())
+        raise SpanError(f"no span is under every data root's pattern ({where})")
+    spans = sorted({span for span, _ in common})
+    if requested_span == NEWEST:
+        span = spans[-1]
+    elif requested_span in spans:
+        span = requested_span
+    else:
+        raise SpanError(
+            f"span {requested_span} is not under {sorted(patterned.values())}: found spans {spans}"
+        )
+    versions = [v for s, v in common if s == span]
+    version = None if None in versions else max(versions)
+    return Span(span, version, {key: fill(root, span, version) for key, root in roots.items()})
