@@ -38,6 +38,7 @@ REJECTED_FRACTION = "rejected_fraction"
 # DataGate's decision.
 PASSED = "passed"
 NUM_ANOMALIES = "num_anomalies"
+NUM_DRIFTED = "num_drifted"
 # ModelBlessing: TFX's Evaluator sets it.
 BLESSED = "blessed"
 # PushedModel: TFX's Pusher's three, and why a model was not pushed.

@@ -86,6 +86,13 @@ class ValidationConfig(Checked):
     # TFX trains even when ExampleValidator finds anomalies; our gate stops the run unless
     # this is set.
     allow_anomalies: bool = False
+    # Drift since the previous span: the gate stops a span whose sources, formats, image sizes
+    # or classes present moved by more than this Jensen-Shannon divergence (0: the same
+    # distribution, 1: disjoint) from the previous span's, unless allow_drift is set.
+    max_drift: float = 0.3
+    allow_drift: bool = False
+
+    RULES = {"max_drift": between(0, 1)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,10 +252,22 @@ class EvaluatorConfig(Checked):
     # Change threshold against the latest blessed model: mean IoU may drop by at most this
     # (absolute). The first run has no blessed model and is judged by min_mean_iou alone.
     max_mean_iou_drop: float = 0.01
+    # Change threshold per class: no class's IoU may drop by more than this (absolute) against
+    # the latest blessed model, so that a retrain that loses a class is not blessed on its mean.
+    max_class_iou_drop: float = 0.1
+    # ... except classes with fewer labelled pixels than this in the eval split (at original
+    # resolution): exempt, and listed as such in the report; their IoU is noise.
+    min_class_pixels: int = 1000
     # Images per model call in TFMA (its default adapts up to 1000: too many 512 px images).
     batch_size: int = 8
 
-    RULES = {"min_mean_iou": between(0, 1), "max_mean_iou_drop": between(0, 1), "batch_size": at_least(1)}
+    RULES = {
+        "min_mean_iou": between(0, 1),
+        "max_mean_iou_drop": between(0, 1),
+        "max_class_iou_drop": between(0, 1),
+        "min_class_pixels": at_least(1),
+        "batch_size": at_least(1),
+    }
 
 
 @dataclasses.dataclass(frozen=True)

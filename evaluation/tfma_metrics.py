@@ -42,7 +42,14 @@ from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tensorflow_model_analysis.utils import util
 
 from core import dataset_spec, features
-from core.metrics import CLASS_IOU, CONFUSION_MATRIX, FREQUENCY_WEIGHTED_IOU, MEAN_IOU, PIXEL_ACCURACY
+from core.metrics import (
+    CLASS_IOU,
+    CLASS_IOU_GUARD,
+    CONFUSION_MATRIX,
+    FREQUENCY_WEIGHTED_IOU,
+    MEAN_IOU,
+    PIXEL_ACCURACY,
+)
 from core.signatures import CLASS_IDS, HEIGHT, SERVING_EXAMPLES, WIDTH
 from evaluation import iou
 
@@ -181,6 +188,29 @@ def _scores_of(kind: str, key: metric_types.MetricKey, matrix_key: metric_types.
     return result
 
 
+def _score_of(scores, key: metric_types.MetricKey, matrix_key: metric_types.MetricKey):
+    """The derived computation's result function for one value, ``scores(matrix)``."""
+
+    def result(metrics: Dict[metric_types.MetricKey, Any]) -> Dict[metric_types.MetricKey, Any]:
+        return {key: scores(metrics[matrix_key])}
+
+    result.__name__ = f"segmentation_{key.name}"
+    return result
+
+
+def guarded_iou(matrix: np.ndarray, class_id: int, min_pixels: int) -> float:
+    """``class_id``'s IoU where the slice's labels hold at least ``min_pixels`` of it, else 0.0:
+    exempt. The labels are the eval split's, the same for the candidate and its baseline, so an
+    exempt class reads 0.0 for both and its change is 0: a guard on a few pixels is noise."""
+    if matrix[class_id].sum() < min_pixels:
+        return 0.0
+    return float(iou.class_iou(matrix)[class_id])
+
+
+def guard_name(class_name: str) -> str:
+    return f"{CLASS_IOU_GUARD}/{class_name}"
+
+
 def _computations(
     kind: str,
     name: str,
@@ -188,7 +218,10 @@ def _computations(
     ignore_label: int = features.IGNORE_LABEL,
     model_names: Optional[List[str]] = None,
     example_weighted: bool = False,
+    scores=None,
 ) -> metric_types.MetricComputations:
+    """The shared matrix computation and, derived from it, ``kind``'s output (``scores``: the
+    result function for a metric that is not one of ``iou.scores``')."""
     computations = []
     for model_name in model_names or [""]:
         matrix_key = metric_types.MetricKey(
@@ -206,9 +239,10 @@ def _computations(
             computations.append(metric_types.DerivedMetricComputation([key], _plot_of(key, matrix_key)))
         else:
             key = metric_types.MetricKey(name=name, model_name=model_name, example_weighted=example_weighted)
-            computations.append(
-                metric_types.DerivedMetricComputation([key], _scores_of(kind, key, matrix_key))
+            result = (
+                _scores_of(kind, key, matrix_key) if scores is None else _score_of(scores, key, matrix_key)
             )
+            computations.append(metric_types.DerivedMetricComputation([key], result))
     return computations
 
 
@@ -286,6 +320,47 @@ class SegmentationClassIoU(_SegmentationMetric):
     """IoU of each class that occurs in the slice, as sub-keys ``class_id``."""
 
     KIND = CLASS_IOU
+
+
+class SegmentationClassIoUGuard(metric_types.Metric):
+    """One class's IoU as its own metric (``class_iou_guard/<name>``), so that the Evaluator can
+    hold each class to a change threshold against the blessed baseline: a retrain whose mean IoU
+    holds while one class collapses is not blessed. Classes with fewer than ``min_pixels``
+    labelled pixels in the slice are exempt (``guarded_iou``)."""
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        num_classes: Optional[int] = None,
+        class_names: Optional[Sequence[str]] = None,
+        class_id: int = 0,
+        min_pixels: int = 1,
+        ignore_label: int = features.IGNORE_LABEL,
+    ):
+        check_classes(num_classes, class_names)
+        if not 0 <= class_id < (num_classes or 0):
+            raise ValueError(f"class_id {class_id} is not a class of num_classes={num_classes}")
+
+        def create(
+            name, num_classes, class_id, min_pixels, ignore_label, class_names=None, model_names=None,
+            example_weighted=False,
+        ):  # fmt: skip
+            def scores(matrix):
+                return guarded_iou(matrix, class_id, min_pixels)
+
+            return _computations(
+                CLASS_IOU_GUARD, name, num_classes, ignore_label, model_names, example_weighted, scores
+            )
+
+        super().__init__(
+            create,
+            name=name or guard_name(class_names[class_id] if class_names else str(class_id)),
+            num_classes=num_classes,
+            class_names=list(class_names) if class_names is not None else None,
+            class_id=class_id,
+            min_pixels=min_pixels,
+            ignore_label=ignore_label,
+        )
 
 
 METRIC_CLASSES = (

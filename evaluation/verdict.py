@@ -5,6 +5,7 @@ import tensorflow_model_analysis as tfma
 from core import metrics
 
 _CONFIG_KEY = {False: "evaluator.min_mean_iou", True: "evaluator.max_mean_iou_drop"}
+_GUARD_PREFIX = metrics.CLASS_IOU_GUARD + "/"
 
 
 def _describe(failure) -> str:
@@ -12,6 +13,12 @@ def _describe(failure) -> str:
     name = "mean IoU" if key.name == metrics.MEAN_IOU else key.name
     value = failure.metric_value.double_value.value
     threshold = failure.metric_threshold
+    if key.name.startswith(_GUARD_PREFIX):
+        allowed = -threshold.change_threshold.absolute.value
+        return (
+            f"class {key.name[len(_GUARD_PREFIX) :]!r}: its IoU is {-value:.4f} below the latest blessed "
+            f"model's (at most {allowed:.4f} allowed per class, evaluator.max_class_iou_drop)"
+        )
     if key.is_diff:
         allowed = -threshold.change_threshold.absolute.value
         return (

@@ -13,6 +13,7 @@ and the report read it back, and the Trainer into the model, where serving reads
 carries what it is.
 
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
+                                   └─► Resolver (previous span's statistics) ──────────────────────────┘
           └──────────────────────────────► Transform ◄──────────────────────────────────┘
                                                └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
     Trainer ─► Resolver (newest blessed model older than the candidate) ─► Evaluator (its baseline)
@@ -75,8 +76,15 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
+    # Drift: this span's statistics against the previous span's (none on a first span).
+    previous_span = resolvers.previous_span_statistics(statistics_gen.outputs["statistics"], kfp_resolvers)
     data_gate = DataGate(
-        anomalies=example_validator.outputs["anomalies"], allow_anomalies=config.validation.allow_anomalies
+        anomalies=example_validator.outputs["anomalies"],
+        statistics=statistics_gen.outputs["statistics"],
+        previous_statistics=previous_span.outputs["statistics"],
+        allow_anomalies=config.validation.allow_anomalies,
+        max_drift=config.validation.max_drift,
+        allow_drift=config.validation.allow_drift,
     )
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
@@ -142,7 +150,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         samples=config.report.samples,
     )
     return [
-        example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
+        example_gen, statistics_gen, schema_gen, example_validator, previous_span, data_gate, transform,
         *([warm_start] if warm_start else []), trainer, baseline, evaluator, pusher, report,
     ]  # fmt: skip
 

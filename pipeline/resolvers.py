@@ -1,4 +1,4 @@
-"""The two earlier models a run needs, chosen so that a run on unchanged data is a cache hit.
+"""The earlier artifacts a run needs, chosen so that a run on unchanged data is a cache hit.
 
 TFX's ``LatestBlessedModelStrategy`` gives the newest blessed model. On a scheduled run with no
 new data that is the model the last run trained and blessed, so the Trainer (warm-started from it)
@@ -12,6 +12,8 @@ answer relative to this run's own artifacts, so that unchanged data gives the in
 - ``WarmStartStrategy`` (the Trainer's base model, with ``trainer.warm_start``): the newest blessed
   model *not trained on this run's Examples*. A run whose ingestion was a cache hit warm-starts
   from what the cached training did; a new span starts from the model of the spans before it.
+- ``PreviousSpanStrategy`` (the data gate's drift baseline): the statistics of the newest span
+  *older than this run's*.
 
 "This run's" artifact: the portable launcher (LocalDagRunner) resolves a channel to the producer's
 output in this pipeline run, one artifact. TFX's legacy launcher (Airflow) resolves a Resolver's
@@ -33,12 +35,15 @@ from tfx import types
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
 
+STATISTICS_KEY = "statistics"
+CURRENT_KEY = "current"
 MODEL_KEY = "model"
 BLESSING_KEY = "model_blessing"
 CANDIDATE_KEY = "candidate"
 EXAMPLES_KEY = "examples"
 BASELINE_RESOLVER_ID = "latest_blessed_model_resolver"
 WARM_START_RESOLVER_ID = "warm_start_model_resolver"
+PREVIOUS_SPAN_RESOLVER_ID = "previous_span_statistics_resolver"
 
 
 def this_runs(store: mlmd.MetadataStore, artifacts: List[types.Artifact]) -> Optional[types.Artifact]:
@@ -107,6 +112,37 @@ class WarmStartStrategy(tfx.dsl.experimental.ResolverStrategy):
         return _answer(input_dict, other[0] if other else None)
 
 
+class PreviousSpanStrategy(tfx.dsl.experimental.ResolverStrategy):
+    """The statistics of the newest span older than this run's (``current``), the newest
+    delivery of it: what the data gate compares this span with. None for a first span.
+    Relative to this run's span, so a run on unchanged data compares with what it did before
+    (a cache hit), and a new span with the span before it."""
+
+    def resolve_artifacts(self, store, input_dict):
+        out = {key: [] for key in input_dict}
+        current = this_runs(store, input_dict[CURRENT_KEY])
+        if current is None:
+            return out
+        older = [s for s in input_dict[STATISTICS_KEY] if s.span < current.span]
+        if older:
+            out[STATISTICS_KEY] = [max(older, key=lambda s: (s.span, s.id))]
+        return out
+
+
+def previous_span_statistics(statistics, kfp: bool) -> tfx.dsl.Resolver:
+    """The data gate's drift baseline for this run's ExampleStatistics channel ``statistics``.
+    Compiled for Vertex, TFX's LatestArtifactStrategy: the statistics of the run before (which on
+    a run without new data are this span's own, so nothing drifts)."""
+    every = tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics)
+    if kfp:
+        return tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy, **{STATISTICS_KEY: every}
+        ).with_id(PREVIOUS_SPAN_RESOLVER_ID)
+    return tfx.dsl.Resolver(
+        strategy_class=PreviousSpanStrategy, **{STATISTICS_KEY: every, CURRENT_KEY: statistics}
+    ).with_id(PREVIOUS_SPAN_RESOLVER_ID)
+
+
 def _blessed_channels() -> dict:
     return {
         MODEL_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -114,12 +150,17 @@ def _blessed_channels() -> dict:
     }
 
 
+def latest_blessed_model(resolver_id: str) -> tfx.dsl.Resolver:
+    """TFX's own: the newest blessed model, whatever this run's artifacts are."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **_blessed_channels()
+    ).with_id(resolver_id)
+
+
 def baseline_model(candidate, kfp: bool) -> tfx.dsl.Resolver:
     """The Evaluator's baseline for the Model channel ``candidate`` (none on the first run)."""
     if kfp:
-        return tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **_blessed_channels()
-        ).with_id(BASELINE_RESOLVER_ID)
+        return latest_blessed_model(BASELINE_RESOLVER_ID)
     return tfx.dsl.Resolver(
         strategy_class=BaselineStrategy, **_blessed_channels(), **{CANDIDATE_KEY: candidate}
     ).with_id(BASELINE_RESOLVER_ID)
@@ -128,9 +169,7 @@ def baseline_model(candidate, kfp: bool) -> tfx.dsl.Resolver:
 def warm_start_model(examples, kfp: bool) -> tfx.dsl.Resolver:
     """The Trainer's base model for this run's Examples channel ``examples`` (none on the first run)."""
     if kfp:
-        return tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **_blessed_channels()
-        ).with_id(WARM_START_RESOLVER_ID)
+        return latest_blessed_model(WARM_START_RESOLVER_ID)
     return tfx.dsl.Resolver(
         strategy_class=WarmStartStrategy, **_blessed_channels(), **{EXAMPLES_KEY: examples}
     ).with_id(WARM_START_RESOLVER_ID)

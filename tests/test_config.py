@@ -17,6 +17,7 @@ COMPONENTS = [
     "StatisticsGen",
     "DatasetSchemaGen",
     "ExampleValidator",
+    "previous_span_statistics_resolver",
     "DataGate",
     "Transform",
     "Trainer",
@@ -166,7 +167,11 @@ def test_every_named_config_builds_the_pipeline(name):
     assert sorted(nodes) == sorted(COMPONENTS + warm_start)
     assert pipeline.beam_pipeline_args == cfg.beam_pipeline_args()
     assert nodes["DataGate"].exec_properties["allow_anomalies"] is False
-    assert nodes["DataGate"].upstream_nodes == {nodes["ExampleValidator"]}
+    # Drift: the gate compares this span's statistics with the previous span's.
+    gate_inputs = ("ExampleValidator", "StatisticsGen", resolvers.PREVIOUS_SPAN_RESOLVER_ID)
+    assert nodes["DataGate"].upstream_nodes == {nodes[n] for n in gate_inputs}
+    assert nodes["DataGate"].exec_properties["max_drift"] == cfg.validation.max_drift
+    assert nodes[resolvers.PREVIOUS_SPAN_RESOLVER_ID].upstream_nodes == {nodes["StatisticsGen"]}
     assert nodes["ExampleValidator"].upstream_nodes == {nodes["StatisticsGen"], nodes["DatasetSchemaGen"]}
     assert nodes["StatisticsGen"].upstream_nodes == {nodes["SegmentationExampleGen"]}
     example_gen = nodes["SegmentationExampleGen"].exec_properties

@@ -26,9 +26,9 @@ from components.serving_pusher.component import ServingPusher
 from core import artifacts, dataset_spec, features, metrics, paths, signatures, storage
 from core import config as config_lib
 from core.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
-from evaluation import iou, tfma_metrics
-from pipeline import local_runner
-from pipeline.pipeline import latest_blessed_model, validation_and_push
+from evaluation import iou, tfma_metrics, verdict
+from pipeline import local_runner, resolvers
+from pipeline.pipeline import validation_and_push
 from serving import layout, warmup
 from tests import reference
 from tests.conftest import feature, predicted_pairs, read_examples, transform_dir
@@ -317,7 +317,9 @@ def _judge(root, examples_uri, model_dir, tag, **evaluator):
     ).with_id(f"model_{tag}")
     nodes = [examples, schema, model]
     channels = (examples.outputs["result"], schema.outputs["result"], model.outputs["result"])
-    baseline = latest_blessed_model()
+    # The newest blessed model: these runs import given models, so "older than the candidate"
+    # (the pipeline's rule) would follow the order the Importers first saw them in.
+    baseline = resolvers.latest_blessed_model(resolvers.BASELINE_RESOLVER_ID)
     nodes += [baseline, *validation_and_push(cfg, *channels, baseline)]
     db = os.path.join(root, "metadata.sqlite")
     metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(db)
@@ -507,9 +509,18 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
                 assert sub_key not in got
             else:
                 assert got[sub_key]["class_iou"]["doubleValue"] == pytest.approx(value, abs=1e-6)
+        # The per-class guards: each class's IoU, 0.0 where the slice labels fewer pixels of it
+        # than min_class_pixels (exempt).
+        chosen_matrix = _reference_matrix(chosen_pairs)
+        guards = {tfma_metrics.guard_name(name): c for c, name in enumerate(VOC_CLASS_NAMES)}
+        for name, c in guards.items():
+            exempt = chosen_matrix[c].sum() < config_lib.EvaluatorConfig.min_class_pixels
+            want = 0.0 if exempt else ref["class_iou"][c]
+            assert got[""][name]["doubleValue"] == pytest.approx(want, abs=1e-6), (slice_key, name)
         # The matrix is a plot only (TFMA's MultiClassConfusionMatrixAtThresholds), exact.
-        assert set(got[""]) == {"example_count", "mean_iou", "pixel_accuracy", "frequency_weighted_iou"}
-        np.testing.assert_array_equal(_plot_matrix(plots[slice_key][""][""]), _reference_matrix(chosen_pairs))
+        scores = {"example_count", "mean_iou", "pixel_accuracy", "frequency_weighted_iou"}
+        assert set(got[""]) == scores | set(guards)
+        np.testing.assert_array_equal(_plot_matrix(plots[slice_key][""][""]), chosen_matrix)
         return ref
 
     overall = check((), [True] * len(pairs))
@@ -563,6 +574,54 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     np.testing.assert_array_equal(_plot_matrix(baseline[()][""][""]), matrix)  # the trained model's
     untrained = _reference_matrix(predicted_pairs(serving_copies["untrained"], eval_examples))
     np.testing.assert_array_equal(eval_results.load(evaluation)["overall"]["confusion_matrix"], untrained)
+
+    # 4. The trained model with its best class collapsed into background, the mean IoU's change
+    # threshold off: the per-class guard still refuses it, naming the class.
+    labelled = matrix.sum(axis=1)
+    trained_iou = iou.class_iou(matrix)
+    floor = cfg.evaluator.min_class_pixels
+    guarded = [c for c in range(1, len(labelled)) if labelled[c] >= floor]
+    lost = max(guarded, key=lambda c: trained_iou[c])
+    assert trained_iou[lost] > cfg.evaluator.max_class_iou_drop
+    collapsed = _collapsed(serving_copies["trained"], lost, tmp_path / "collapsed" / "Format-Serving")
+    cfg, out = _judge(root, examples_uri, collapsed, "collapsed", max_mean_iou_drop=1.0)
+    reasons = verdict.reasons(out["ModelEvaluation"].uri)
+    name = VOC_CLASS_NAMES[lost]
+    expected = (
+        f"class {name!r}: its IoU is {trained_iou[lost]:.4f} below the latest blessed model's (at most "
+        f"{cfg.evaluator.max_class_iou_drop:.4f} allowed per class, evaluator.max_class_iou_drop)"
+    )
+    assert expected in reasons and not any("mean IoU" in r for r in reasons), reasons
+    assert _props(out["PushedModel"])[artifacts.PUSHED] == 0 and layout.versions(base) == [1]
+    # The report's per-class change: against the baseline, with the exempt classes named.
+    scores = eval_results.load(out["ModelEvaluation"].uri)
+    assert scores["min_class_pixels"] == floor
+    before = [None if np.isnan(v) else pytest.approx(v, abs=1e-6) for v in trained_iou]
+    assert scores["baseline_class_iou"] == before
+    assert scores["overall"]["class_iou"][lost] == 0.0 and name == scores["class_names"][lost]
+
+
+def _collapsed(model_dir: str, class_id: int, out) -> str:
+    """``model_dir``'s ``serving_examples`` with ``class_id`` predicted as background: a model
+    that lost one class and kept the rest."""
+    original = tf.saved_model.load(model_dir)
+    serve = original.signatures[signatures.SERVING_EXAMPLES]
+
+    class Collapsed(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.original = original
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, examples):
+            out = dict(serve(**{signatures.EXAMPLES: examples}))
+            ids = out[signatures.CLASS_IDS]
+            out[signatures.CLASS_IDS] = tf.where(ids == class_id, tf.zeros_like(ids), ids)
+            return out
+
+    module = Collapsed()
+    tf.saved_model.save(module, str(out), signatures={signatures.SERVING_EXAMPLES: module.__call__})
+    return str(out)
 
 
 def _as_model_artifact(model_dir: str, out) -> str:

@@ -44,15 +44,18 @@ def test_kubeflow_pipeline_job(tmp_path):
     expected = tfx_upstream(cfg, kfp_resolvers=True)
     # Each Resolver (TFX's LatestBlessedModelStrategy, the one Vertex compiles) becomes one KFP
     # task per resolved channel.
-    ids = (resolvers.BASELINE_RESOLVER_ID, resolvers.WARM_START_RESOLVER_ID)
+    ids = resolver_ids()
     resolver_tasks = sorted(t for t in tasks if t.startswith(ids))
-    assert len(resolver_tasks) == 4
+    assert len(resolver_tasks) == 2 + 2 + 1  # models and blessings twice, statistics once
     assert set(tasks) - set(resolver_tasks) == set(expected) - set(ids)
     for name, upstream in expected.items():
         if name in ids:
             continue
         depends = sorted(tasks[name].dependent_tasks)
-        assert depends == sorted(f"{u}-model-resolver" if u in ids else u for u in upstream), name
+        assert [d for d in depends if d not in resolver_tasks] == [u for u in upstream if u not in ids], name
+        assert sorted(d.split("-")[0] for d in depends if d in resolver_tasks) == [
+            u for u in upstream if u in ids
+        ]
     # Scheduled (trainer.warm_start): the Trainer starts from the latest blessed model.
     assert cfg.trainer.warm_start
     base_model = tasks["Trainer"].inputs.artifacts["base_model"].task_output_artifact
@@ -90,7 +93,7 @@ def test_compile_command(tmp_path, capsys):
          "--output", str(tmp_path / "job.json")]
     )  # fmt: skip
     assert status == 0
-    assert "14 tasks, image example.com/deeplab:1" in capsys.readouterr().out
+    assert "15 tasks, image example.com/deeplab:1" in capsys.readouterr().out
     assert json.load(open(tmp_path / "job.json"))["pipelineSpec"]["pipelineInfo"]["name"] == "deeplab-voc"
 
 
@@ -169,7 +172,7 @@ def test_airflow_runs_on_a_schedule_ingesting_each_new_span(dataset_dir, tmp_pat
         f"data.voc_root={pattern}", f"data.sbd_root={pattern}", f"pipeline_root={tmp_path / 'run'}",
         "trainer.train_steps=4", "trainer.steps_per_epoch=2", "evaluator.min_mean_iou=0.0",
         # Blessing is tested in test_evaluation.py; here the third run's model must be pushed.
-        "evaluator.max_mean_iou_drop=1.0",
+        "evaluator.max_mean_iou_drop=1.0", "evaluator.max_class_iou_drop=1.0",
         "airflow.schedule=@daily",
         # Scheduled, so warm-started; on the first run the Resolver finds no blessed model.
         "trainer.warm_start=true",
@@ -241,7 +244,11 @@ def test_airflow_runs_on_a_schedule_ingesting_each_new_span(dataset_dir, tmp_pat
 
 
 def resolver_ids() -> tuple:
-    return (resolvers.BASELINE_RESOLVER_ID, resolvers.WARM_START_RESOLVER_ID)
+    return (
+        resolvers.BASELINE_RESOLVER_ID,
+        resolvers.WARM_START_RESOLVER_ID,
+        resolvers.PREVIOUS_SPAN_RESOLVER_ID,
+    )
 
 
 def _vertex_executor_input(job: dict, tmp_path, span) -> dict:

@@ -28,22 +28,24 @@ from components.segmentation_example_gen import sources, spans
 from core import artifacts, features, paths
 from core import config as config_lib
 from core.dataset_spec import VOC_SPEC
+from datasets import synthetic_voc
 from pipeline import local_runner, logs, resolvers
 from serving import client
 from serving.server import Server
-from tests.conftest import feature, png_indices, read_examples
+from tests.conftest import MAX_SIDE, feature, png_indices, read_examples
 from tests.helpers import browser, mlmd
 from trainer import warm_start
 from transform import preprocessing
 
 pytestmark = pytest.mark.slow
 NODES = [
-    "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator", "DataGate",
-    "Transform", "Trainer", resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
+    "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator",
+    resolvers.PREVIOUS_SPAN_RESOLVER_ID, "DataGate", "Transform", "Trainer",
+    resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
 ]  # fmt: skip
-# Every node but the Resolver, which resolves again on every run: a run on unchanged data is a
+# Every node but the Resolvers, which resolve again on every run: a run on unchanged data is a
 # cache hit for each of these.
-CACHEABLE = [node for node in NODES if node != resolvers.BASELINE_RESOLVER_ID]
+CACHEABLE = [node for node in NODES if not node.endswith("_resolver")]
 # The module's data arrives as spans (``data.voc_root`` is a span pattern); the first run reads
 # span 1.
 SPAN_DIR = "span-{SPAN}"
@@ -187,7 +189,10 @@ def test_first_run_executes_every_component_once(run_config, first_run):
     for split, n in planned.items():
         assert len(read_examples(examples_uri, split)) == n
     decision = json.load(open(os.path.join(uri[DataGateDecision.TYPE_NAME], "decision.json")))
-    assert decision == {"passed": True, "allow_anomalies": False, "anomalies": {}}
+    # A first span: nothing to compare with (drift None), and no anomalies.
+    assert decision == {
+        "passed": True, "allow_anomalies": False, "anomalies": {}, "allow_drift": False, "drift": None
+    }  # fmt: skip
     # Transform's analyzers counted the train split's pixels, class by class.
     expected = np.zeros(256, np.int64)
     for example in read_examples(examples_uri, features.TRAIN_SPLIT):
@@ -322,7 +327,8 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
 ):
     """Span 2 arrives (here a link to span 1's folder: the same images, so the same eval split)
     and the next scheduled run, warm-started, takes it: ingested, trained from the first run's
-    model, judged against it, pushed as version 2. In a copy of the first run's ML Metadata and
+    model, judged against it, pushed as version 2; the run after it, with nothing new, is a cache
+    hit. In a copy of the first run's ML Metadata and
     serving directory, and span 2 is taken away after, so the module's run stays as it was. That
     warm-starting then learns in a fraction of the steps is in test_warm_start.py."""
     root = tmp_path / "run"
@@ -331,7 +337,7 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
     overrides = [
         *run_overrides, f"pipeline_root={root}", "trainer.warm_start=true",
         # Blessing is tested in test_evaluation.py; this run's model must be pushed.
-        "evaluator.max_mean_iou_drop=1.0",
+        "evaluator.max_mean_iou_drop=1.0", "evaluator.max_class_iou_drop=1.0",
         # The multi-process Beam mode is the first run's; here the wiring across runs is tested.
         "beam.direct_running_mode=in_memory",
     ]  # fmt: skip
@@ -342,12 +348,19 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
     os.symlink(span_1, span_2)
     try:
         assert local_runner.run(cfg) == 0
+        out = capsys.readouterr().out
+        db = mlmd.store(cfg.metadata_path)
+        runs = mlmd.executions(db)
+        # And the next scheduled run, with nothing new since span 2: a cache hit end to end.
+        assert local_runner.run(cfg) == 0
+        last = capsys.readouterr().out.splitlines()[-1]
+        assert last.startswith(
+            "deeplab-tfx run: no new data since the last run (span 2, same files, same config)"
+        )
+        rerun = mlmd.executions(mlmd.store(cfg.metadata_path))
     finally:
         os.remove(span_2)
-    out = capsys.readouterr().out
 
-    db = mlmd.store(cfg.metadata_path)
-    runs = mlmd.executions(db)
     assert [mlmd.state(e) for e in runs["SegmentationExampleGen"]][-1] == "COMPLETE"
     # ML Metadata shows the span each execution consumed: the Trainers', run by run.
     trained_on = [
@@ -376,6 +389,56 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
     assert re.search(r"Examples: \S+ \(span=2, num_examples_train=", out)
     assert f"blessed; pushed as version 2 to {cfg.serving_model_dir()}/2" in out
     assert sorted(os.listdir(cfg.serving_model_dir())) == ["1", "2"]
+    assert {node: mlmd.state(rerun[node][-1]) for node in CACHEABLE} == dict.fromkeys(CACHEABLE, "CACHED")
+    # Span 2 holds span 1's images: nothing drifted, and the gate says so.
+    [gate] = mlmd.outputs(db, runs["DataGate"][-1], "decision")
+    assert json.load(open(os.path.join(gate.uri, "decision.json")))["drift"] == {}
+    # The report shows each class's IoU against the baseline's, and which classes the per-class
+    # guard exempted (too few labelled pixels in the eval split).
+    with open(os.path.join(cfg.report_dir(), "report.json")) as f:
+        evaluation = json.load(f)["evaluation"]
+    page = open(os.path.join(cfg.report_dir(), "index.html")).read()
+    labelled = np.asarray(evaluation["overall"]["confusion_matrix"]).sum(axis=1)
+    floor = evaluation["min_class_pixels"]
+    assert floor == cfg.evaluator.min_class_pixels
+    for c, name in enumerate(VOC_SPEC.class_names):
+        now, before = evaluation["overall"]["class_iou"][c], evaluation["baseline_class_iou"][c]
+        change = "n/a" if now is None or before is None else f"{now - before:+.4f}"
+        guard = f"exempt ({labelled[c]} px &lt; {floor})" if labelled[c] < floor else "held"
+        cells = f"<td class='num change'>{change}</td><td>{guard}</td>"
+        assert re.search(rf"data-class='{name}'>.*{re.escape(cells)}", page), name
+
+
+def test_a_span_that_drifted_stops_at_the_gate_naming_the_feature(
+    run_config, run_overrides, first_run, tmp_path, capsys
+):
+    """Span 3 arrives with images twice the size of span 1's: the gate compares its statistics
+    with the previous span's (TFDV's Jensen-Shannon comparator, as DistributionValidator runs it)
+    and stops the run, naming the features that moved and by how much. Up to the gate, in a copy
+    of the first run's ML Metadata; span 3 is taken away after. That a span within the threshold
+    passes, and that a first span has nothing to compare with, is in the other runs' decisions."""
+    root = tmp_path / "run"
+    root.mkdir()
+    shutil.copy(run_config.metadata_path, root / "metadata.sqlite")
+    overrides = [*run_overrides, f"pipeline_root={root}", "beam.direct_running_mode=in_memory"]
+    cfg = config_lib.load_config("tiny", overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
+    before = states_by_node(cfg)
+    span_3, _ = span_roots(run_config, 3)
+    synthetic_voc.make_dataset(span_3, num_images=12, seed=3, max_side=2 * MAX_SIDE, workers=1)
+    try:
+        assert local_runner.run(cfg, to_nodes=["DataGate"]) == 1
+    finally:
+        shutil.rmtree(span_3)
+    err = capsys.readouterr().err
+    assert "deeplab-tfx run: FAILED in component DataGate" in err
+    assert (
+        "the span drifted from the previous one (Jensen-Shannon divergence above validation.max_drift)" in err
+    )
+    moved = re.findall(r"split (\w+): feature '([^']+)': .*Jensen-Shannon divergence .* is ([\d.]+)", err)
+    assert {feature for _, feature, _ in moved} >= {features.HEIGHT_KEY, features.WIDTH_KEY}, err
+    assert all(float(divergence) > cfg.validation.max_drift for *_, divergence in moved), moved
+    states = states_by_node(cfg)
+    assert states["DataGate"][-1] == "FAILED" and states["Transform"] == before["Transform"]
 
 
 def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_overrides, first_run, tmp_path):

@@ -1,10 +1,11 @@
-"""DataGate: the step TFX 1.16 lacks between ExampleValidator and Transform.
+"""DataGate: the step TFX 1.16 lacks between the validators and Transform.
 
-ExampleValidator only *records* anomalies; Transform and Trainer run regardless. DataGate
-reads the anomalies of every split and fails the run with a plain-words list of them, unless
-the config allows anomalies, in which case it records them and lets the run go on. Either way
-it writes its decision (``decision.json``) for the run report. ``create_pipeline`` makes
-Transform depend on it, so nothing downstream starts before the gate has passed.
+ExampleValidator only *records* anomalies; Transform and Trainer run regardless. DataGate reads
+the anomalies of every split (the schema's) and the drift since the previous span (``drift.py``)
+and fails the run with a plain-words list of them, unless the config allows them, in which case it
+records them and lets the run go on. Either way it writes its decision (``decision.json``) for the
+run report. ``create_pipeline`` makes Transform depend on it, so nothing downstream starts before
+the gate has passed.
 """
 
 import json
@@ -18,6 +19,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
+from components.data_gate import drift as drift_lib
 from core import artifacts
 
 DECISION_FILE = "decision.json"
@@ -76,31 +78,55 @@ def explain(found: dict) -> str:
 def DataGate(  # noqa: N802 - TFX component names are classes.
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     decision: OutputArtifact[DataGateDecision],
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
+    previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     allow_anomalies: Parameter[bool] = False,
+    max_drift: Parameter[float] = 1.0,
+    allow_drift: Parameter[bool] = False,
 ):
-    """Passes clean data; stops the run on anomalies unless ``allow_anomalies``."""
+    """Passes clean data; stops the run on anomalies unless ``allow_anomalies``, and on a span
+    whose ``statistics`` drifted by more than ``max_drift`` from ``previous_statistics`` (the
+    previous span's; none on a first span) unless ``allow_drift``."""
     found = read_anomalies(anomalies)
-    passed = not found or allow_anomalies
+    drifted = (
+        drift_lib.compare(statistics, previous_statistics, max_drift) if statistics is not None else None
+    )
+    passed = (not found or allow_anomalies) and (not drifted or allow_drift)
     with tf.io.gfile.GFile(os.path.join(decision.uri, DECISION_FILE), "w") as f:
         json.dump(
-            {artifacts.PASSED: passed, "allow_anomalies": allow_anomalies, "anomalies": found},
+            {
+                artifacts.PASSED: passed,
+                "allow_anomalies": allow_anomalies,
+                "anomalies": found,
+                "allow_drift": allow_drift,
+                # None: no earlier span to compare with; {}: nothing drifted.
+                "drift": drifted,
+            },
             f,
             indent=1,
             sort_keys=True,
         )
     decision.set_int_custom_property(artifacts.PASSED, int(passed))
     decision.set_int_custom_property(artifacts.NUM_ANOMALIES, sum(len(r) for r in found.values()))
-    if not found:
-        logging.info("DataGate: no anomalies in any split; the run goes on.")
-        return
-    if allow_anomalies:
-        logging.warning(
-            "DataGate: anomalies found, but validation.allow_anomalies is set; the " "run goes on:\n%s",
-            explain(found),
+    decision.set_int_custom_property(artifacts.NUM_DRIFTED, sum(len(r) for r in (drifted or {}).values()))
+    if statistics is not None:
+        logging.info("DataGate: drift: %s", drift_lib.summary(drifted))
+    problems = []
+    if found and not allow_anomalies:
+        problems.append(
+            f"ExampleValidator found anomalies in the ingested data:\n{explain(found)}\nFix the data or "
+            f"the schema ({anomalies.uri}), or set validation.allow_anomalies=true to train anyway."
         )
-        return
-    raise DataGateError(
-        "DataGate stopped the run before Transform: ExampleValidator found anomalies in the "
-        f"ingested data:\n{explain(found)}\nFix the data or the schema "
-        f"({anomalies.uri}), or set validation.allow_anomalies=true to train anyway."
-    )
+    if drifted and not allow_drift:
+        problems.append(
+            "the span drifted from the previous one (Jensen-Shannon divergence above "
+            f"validation.max_drift):\n{explain(drifted)}\nIf the change is real, set "
+            "validation.allow_drift=true for this run."
+        )
+    if problems:
+        raise DataGateError("DataGate stopped the run before Transform: " + "\n".join(problems))
+    if found or drifted:
+        allowed = {**found, **(drifted or {})}
+        logging.warning("DataGate: allowed by the config, the run goes on:\n%s", explain(allowed))
+    else:
+        logging.info("DataGate: no anomalies in any split; the run goes on.")

@@ -151,6 +151,9 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
             "slices": [
                 {k: v for k, v in s.items() if k != metrics.CONFUSION_MATRIX} for s in scores["slices"]
             ],
+            # Against the blessed baseline, class by class (None on a run without one).
+            "baseline_class_iou": scores["baseline_class_iou"],
+            "min_class_pixels": scores["min_class_pixels"],
         },
         "split_counts": split_counts,
         "class_pixels": class_pixels,

@@ -67,10 +67,27 @@ def _scores(per_output: dict, plots: Optional[dict], num_classes: int) -> dict:
     }
 
 
+def class_guard(evaluation_uri: str, result, candidate: Optional[str]) -> dict:
+    """The per-class guard (``eval_config.class_guards``): ``min_class_pixels``, and the baseline's
+    overall IoU per class (``baseline_class_iou``, None without a baseline), for the report's
+    per-class change."""
+    min_pixels = eval_config.min_class_pixels(result.config)
+    if not candidate:
+        return {"min_class_pixels": min_pixels, "baseline_class_iou": None}
+    names = eval_config.class_names(result.config)
+    baseline = tfma.load_eval_result(evaluation_uri, model_name=tfma.BASELINE_KEY)
+    overall = dict(baseline.slicing_metrics).get(())
+    scores = _scores(overall, None, len(names)) if overall else None
+    return {
+        "min_class_pixels": min_pixels,
+        "baseline_class_iou": scores[metrics.CLASS_IOU] if scores else None,
+    }
+
+
 def load(evaluation_uri: str) -> dict:
-    """``{"class_names", "overall": scores, "slices": [{"feature", "value", **scores}...]}`` of
-    the candidate model; ``class_iou`` and ``confusion_matrix`` are over ``class_names``, the
-    classes the evaluation was configured with."""
+    """``{"class_names", "overall": scores, "slices": [{"feature", "value", **scores}...],
+    "min_class_pixels", "baseline_class_iou"}`` of the candidate model; ``class_iou`` and
+    ``confusion_matrix`` are over ``class_names``, the classes the evaluation was configured with."""
     result = tfma.load_eval_result(evaluation_uri)
     names = eval_config.class_names(result.config)
     candidate = _candidate(result.config)
@@ -80,7 +97,12 @@ def load(evaluation_uri: str) -> dict:
         # convert_plots_proto_to_dict).
         result = tfma.load_eval_result(evaluation_uri, model_name=candidate)
     plots = dict(result.plots)
-    out = {"class_names": names, "overall": None, "slices": []}
+    out = {
+        "class_names": names,
+        "overall": None,
+        "slices": [],
+        **class_guard(evaluation_uri, result, candidate),
+    }
     for slice_key, per_output in result.slicing_metrics:
         scores = _scores(per_output, plots.get(slice_key), len(names))
         if not slice_key:

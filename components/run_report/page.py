@@ -4,6 +4,8 @@ relatively, so the directory can be copied or served as it is."""
 
 import html
 
+import numpy as np
+
 from core import artifacts, features, metrics
 
 # The report's figures, by the key report.json names each one's file under.
@@ -54,6 +56,23 @@ def _slice_rows(slices: list, class_names: list) -> str:
     return "\n".join(rows)
 
 
+def _change_cells(evaluation: dict, overall: dict, c: int) -> str:
+    """Against the blessed baseline (when there was one): its IoU of class ``c``, the change, and
+    whether the per-class guard held it or exempted it (too few labelled pixels)."""
+    baseline = evaluation.get("baseline_class_iou")
+    if baseline is None:
+        return ""
+    now, before = overall[metrics.CLASS_IOU][c], baseline[c]
+    change = None if now is None or before is None else now - before
+    matrix, floor = overall.get(metrics.CONFUSION_MATRIX), evaluation.get("min_class_pixels")
+    labelled = None if matrix is None else int(np.asarray(matrix)[c].sum())
+    guard = "held" if floor is not None else "n/a"
+    if floor is not None and labelled is not None and labelled < floor:
+        guard = f"exempt ({labelled} px &lt; {floor})"
+    shown = "n/a" if change is None else f"{change:+.4f}"
+    return f"<td class='num'>{_fmt(before)}</td><td class='num change'>{shown}</td><td>{guard}</td>"
+
+
 def render(report: dict) -> str:
     """``report``: the dict ``component.build`` assembles (also written as ``report.json``); its
     ``class_names`` are the dataset spec's."""
@@ -76,9 +95,11 @@ def render(report: dict) -> str:
         )
     class_rows = "\n".join(
         f"<tr data-class='{html.escape(name)}'><td>{c}</td><td>{html.escape(name)}</td>"
-        f"<td class='num'>{_fmt(v)}</td></tr>"
+        f"<td class='num'>{_fmt(v)}</td>{_change_cells(report['evaluation'], overall, c)}</tr>"
         for c, (name, v) in enumerate(zip(class_names, overall[metrics.CLASS_IOU], strict=True))
     )
+    baseline = report["evaluation"].get("baseline_class_iou") is not None
+    change_heads = "<th>baseline</th><th>change</th><th>guard</th>" if baseline else ""
     figures = report["figures"]
 
     def figure(key: str, title: str) -> str:
@@ -99,7 +120,7 @@ Evaluated on {overall['examples']} eval images at their original resolution, voi
 <span>frequency-weighted IoU <b id="fw-iou">{_fmt(overall[metrics.FREQUENCY_WEIGHTED_IOU])}</b></span>
 </div>
 {figure(CLASS_IOU_FIGURE, 'IoU per class')}
-<table id="class-iou"><tr><th>id</th><th>class</th><th>IoU</th></tr>
+<table id="class-iou"><tr><th>id</th><th>class</th><th>IoU</th>{change_heads}</tr>
 {class_rows}
 </table>
 {figure(CONFUSION_FIGURE, 'Confusion matrix')}
