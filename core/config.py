@@ -61,8 +61,11 @@ class DataConfig(Checked):
     # The span to read: -1 the newest there is (scheduled runs); a number re-runs that span (a
     # backfill). A runtime parameter, ``span``, of the compiled Vertex job.
     span: int = -1
+    # Transform, the Trainer and the Evaluator read the newest this many spans up to this run's
+    # (TFX's RollingRange num_spans), those the data gate passed; 0: all of them.
+    num_spans: int = 0
 
-    RULES = {"span": at_least(-1)}
+    RULES = {"span": at_least(-1), "num_spans": at_least(0)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,13 +16,13 @@ def _describe(failure) -> str:
     if key.name.startswith(_GUARD_PREFIX):
         allowed = -threshold.change_threshold.absolute.value
         return (
-            f"class {key.name[len(_GUARD_PREFIX) :]!r}: its IoU is {-value:.4f} below the latest blessed "
-            f"model's (at most {allowed:.4f} allowed per class, evaluator.max_class_iou_drop)"
+            f"class {key.name[len(_GUARD_PREFIX) :]!r}: its IoU is {-value:.4f} below the baseline's "
+            f"(at most {allowed:.4f} allowed per class, evaluator.max_class_iou_drop)"
         )
     if key.is_diff:
         allowed = -threshold.change_threshold.absolute.value
         return (
-            f"{name} is {-value:.4f} below the latest blessed model's "
+            f"{name} is {-value:.4f} below the baseline's "
             f"(at most {allowed:.4f} allowed, {_CONFIG_KEY[True]})"
         )
     bound = threshold.value_threshold.lower_bound.value

@@ -129,7 +129,7 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from components.segmentation_example_gen import beam_ingest, sources
+    from components.segmentation_example_gen import beam_ingest, sources, spans
 
     # The output is replaced whole, so that running ingest (or `make demo`) again leaves only the
     # new run: no old shards beside the new ones. Only an output ingest wrote itself is deleted;
@@ -150,18 +150,28 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
     try:
         # beam_ingest.run checks the lists before it deletes the old output (a bad list leaves it
         # as it was), then replaces it.
+        # The span the pipeline would read (the newest, or data.span), as its driver resolves it.
+        span = spans.resolve(
+            {
+                "voc": cfg.data.voc_root or None,
+                "sbd": cfg.data.sbd_root or None,
+                "root": cfg.data.root or None,
+            },
+            cfg.data.span,
+        )
+        logging.info("ingest: span %s, version %s: %s", span.span, span.version, span.roots)
         summary = beam_ingest.run(
             lambda: beam.Pipeline(options=PipelineOptions(beam_args)),
-            voc_root=cfg.data.voc_root or None,
-            sbd_root=cfg.data.sbd_root or None,
+            voc_root=span.roots["voc"],
+            sbd_root=span.roots["sbd"],
             examples_uri=examples,
             rejected_dir=args.output,
             max_rejected_fraction=cfg.ingest.max_rejected_fraction,
             num_shards=cfg.ingest.num_shards,
             dataset=cfg.dataset,
-            data_root=cfg.data.root or None,
+            data_root=span.roots["root"],
         )
-    except sources.ListFileError as e:
+    except (sources.ListFileError, spans.SpanError) as e:
         print(f"deeplab-tfx ingest: {e}", file=logs.errors())
         return 2
     except beam_ingest.TooManyRejectedError as e:

@@ -14,10 +14,12 @@ import os
 from tfx import v1 as tfx
 
 from components.segmentation_example_gen import vertex_driver
+from components.segmentation_example_gen.component import SegmentationExampleGen
 from core import config as config_lib
 from pipeline.pipeline import SPAN_PARAMETER, create_pipeline
 
-INGESTION_TASK = "SegmentationExampleGen"
+# The ingestion task's name in the job: the component's id, its class name.
+INGESTION_TASK = SegmentationExampleGen.__name__
 
 
 def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
@@ -36,6 +38,7 @@ def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
         write_out=False,
     )
     add_ingestion_driver(job)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     return job

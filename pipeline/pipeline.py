@@ -13,15 +13,16 @@ and the report read it back, and the Trainer into the model, where serving reads
 carries what it is.
 
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
-                                   └─► Resolver (previous span's statistics) ──────────────────────────┘
-          └──────────────────────────────► Transform ◄──────────────────────────────────┘
+                                   └─► Resolver (the last passed span's statistics) ─────────────────┘
+    SegmentationExampleGen ─► Resolver (the newest data.num_spans spans) ─► Transform ◄── DataGate
                                                └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
     Trainer ─► Resolver (newest blessed model older than the candidate) ─► Evaluator (its baseline)
     SegmentationExampleGen ─► Resolver (newest blessed model of other data) ─► Trainer (base_model,
                                                                      with trainer.warm_start)
 
-Both Resolvers answer relative to this run's artifacts, so that a run on unchanged data is a cache
-hit end to end (``pipeline/resolvers.py``, which also says what Vertex compiles instead).
+The Resolvers answer relative to this run's artifacts, so that a run on unchanged data is a cache
+hit end to end (``pipeline/resolvers.py``, which also says what Vertex compiles instead: there
+the window is this run's span alone and drift is not checked).
 """
 
 import dataclasses
@@ -76,18 +77,36 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
-    # Drift: this span's statistics against the previous span's (none on a first span).
-    previous_span = resolvers.previous_span_statistics(statistics_gen.outputs["statistics"], kfp_resolvers)
+    # Drift: this span's statistics against the previous span's (none on a first span; not on
+    # Vertex, which cannot compile that Resolver: resolvers.previous_span_statistics).
+    previous_span = (
+        None if kfp_resolvers else resolvers.previous_span_statistics(statistics_gen.outputs["statistics"])
+    )
+    drift_inputs = (
+        {}
+        if previous_span is None
+        else {
+            "statistics": statistics_gen.outputs["statistics"],
+            "previous_statistics": previous_span.outputs["statistics"],
+        }
+    )
     data_gate = DataGate(
         anomalies=example_validator.outputs["anomalies"],
-        statistics=statistics_gen.outputs["statistics"],
-        previous_statistics=previous_span.outputs["statistics"],
-        allow_anomalies=config.validation.allow_anomalies,
         max_drift=config.validation.max_drift,
+        allow_anomalies=config.validation.allow_anomalies,
         allow_drift=config.validation.allow_drift,
+        **drift_inputs,
     )
+    # What Transform, the Trainer and the Evaluator read: the newest data.num_spans spans the gate
+    # let in (this run's alone in the compiled Vertex job: resolvers.span_window).
+    window = (
+        None
+        if kfp_resolvers
+        else resolvers.span_window(example_gen.outputs["examples"], config.data.num_spans)
+    )
+    training_examples = window.outputs[resolvers.EXAMPLES_KEY] if window else example_gen.outputs["examples"]
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=training_examples,
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=dotted(preprocessing.preprocessing_fn),
         custom_config={
@@ -120,7 +139,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
     )
     trainer = trainer_class(
         run_fn=dotted(run_fn.run_fn),
-        examples=example_gen.outputs["examples"],
+        examples=training_examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
@@ -136,6 +155,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         schema_gen.outputs["schema"],
         trainer.outputs["model"],
         baseline,
+        eval_examples=training_examples,
     )
     report = RunReportGen(
         examples=example_gen.outputs["examples"],
@@ -150,7 +170,8 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         samples=config.report.samples,
     )
     return [
-        example_gen, statistics_gen, schema_gen, example_validator, previous_span, data_gate, transform,
+        example_gen, statistics_gen, schema_gen, example_validator,
+        *([previous_span] if previous_span else []), data_gate, *([window] if window else []), transform,
         *([warm_start] if warm_start else []), trainer, baseline, evaluator, pusher, report,
     ]  # fmt: skip
 
@@ -190,15 +211,18 @@ def vertex_training_args(config: PipelineConfig) -> dict:
     }
 
 
-def validation_and_push(config: PipelineConfig, examples, schema, model, baseline: tfx.dsl.Resolver) -> list:
+def validation_and_push(
+    config: PipelineConfig, examples, schema, model, baseline: tfx.dsl.Resolver, eval_examples=None
+) -> list:
     """Evaluator and ServingPusher for the Model channel ``model``, against ``baseline``
     (``resolvers.baseline_model``): on the first run, when it gives none, TFX's Evaluator judges by
-    the value thresholds alone.
+    the value thresholds alone. The Evaluator scores the eval split of ``eval_examples`` (the
+    window of spans; default ``examples``), the pusher takes warm-up images from ``examples``.
 
     Separate so that tests can judge given models (through an Importer) with the same wiring.
     """
     evaluator = tfx.components.Evaluator(
-        examples=examples,
+        examples=examples if eval_examples is None else eval_examples,
         model=model,
         baseline_model=baseline.outputs["model"],
         schema=schema,

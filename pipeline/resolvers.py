@@ -22,9 +22,11 @@ cached execution) most recently, which holds while runs of one pipeline do not o
 ``max_active_runs=1``, set by ``pipeline/airflow_dag.py``).
 
 Kubeflow V2 / Vertex AI compiles only TFX's two built-in strategies into its job; the compiled job
-uses ``LatestBlessedModelStrategy`` (``create_pipeline(..., kfp_resolvers=True)``), so there a run on
-unchanged data is cached through ingestion and Transform, and the Evaluator judges the cached
-model against itself (no change: nothing new is pushed).
+uses ``LatestBlessedModelStrategy`` (``create_pipeline(..., kfp_resolvers=True)``) and has no drift
+baseline. There a run on unchanged data is cached through ingestion and Transform; without warm
+start the Trainer is cached too and the Evaluator judges the cached model against itself, which
+the pusher does not push again; with warm start (``vertex.yaml``) the Trainer retrains from the
+last blessed model, and the new model may be blessed and pushed.
 """
 
 from typing import Dict, List, Optional, Set
@@ -34,16 +36,23 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import types
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
+from tfx.types import standard_component_specs
 
-STATISTICS_KEY = "statistics"
+# The channels' keys: TFX's own names where the same channel is a TFX component's input (also the
+# event keys these strategies read in ML Metadata), ours for "this run's" artifact.
+STATISTICS_KEY = standard_component_specs.STATISTICS_KEY
+MODEL_KEY = standard_component_specs.MODEL_KEY
+BLESSING_KEY = standard_component_specs.MODEL_BLESSING_KEY
+EXAMPLES_KEY = standard_component_specs.EXAMPLES_KEY
 CURRENT_KEY = "current"
-MODEL_KEY = "model"
-BLESSING_KEY = "model_blessing"
 CANDIDATE_KEY = "candidate"
-EXAMPLES_KEY = "examples"
-BASELINE_RESOLVER_ID = "latest_blessed_model_resolver"
+BASELINE_RESOLVER_ID = "baseline_model_resolver"
 WARM_START_RESOLVER_ID = "warm_start_model_resolver"
 PREVIOUS_SPAN_RESOLVER_ID = "previous_span_statistics_resolver"
+SPAN_WINDOW_RESOLVER_ID = "span_window_resolver"
+# The data gate's execution type (its module path) ends with its name, on every launcher.
+GATE_TYPE_SUFFIX = "DataGate"
+TRANSFORM_TYPE_SUFFIX = "Transform"
 
 
 def this_runs(store: mlmd.MetadataStore, artifacts: List[types.Artifact]) -> Optional[types.Artifact]:
@@ -103,41 +112,119 @@ class BaselineStrategy(tfx.dsl.experimental.ResolverStrategy):
 
 
 class WarmStartStrategy(tfx.dsl.experimental.ResolverStrategy):
-    """The newest blessed model not trained on this run's Examples (``examples``)."""
+    """The newest blessed model not trained on this run's Examples (``examples``; a model trained
+    on a window that holds them counts as trained on them)."""
 
     def resolve_artifacts(self, store, input_dict):
         examples = this_runs(store, input_dict[EXAMPLES_KEY])
-        current = {examples.id} if examples else set()
-        other = [(m, b) for m, b in blessed_models(input_dict) if training_examples(store, m) != current]
+        other = [
+            (m, b)
+            for m, b in blessed_models(input_dict)
+            if examples is None or examples.id not in training_examples(store, m)
+        ]
         return _answer(input_dict, other[0] if other else None)
 
 
+def passed_the_gate(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> List[types.Artifact]:
+    """Those of ``statistics`` that a DataGate execution took as its input and passed (its
+    execution complete, or a cache hit of one that was): a span the gate stopped is no baseline,
+    or the next span that drifted the same way would pass."""
+    if not statistics:
+        return []
+    events = store.get_events_by_artifact_ids([s.id for s in statistics])
+    consumers = {}
+    for event in events:
+        if event.type == metadata_store_pb2.Event.INPUT and _key(event) == STATISTICS_KEY:
+            consumers.setdefault(event.execution_id, set()).add(event.artifact_id)
+    passed = set()
+    for execution in store.get_executions_by_id(list(consumers)):
+        kind = store.get_execution_types_by_id([execution.type_id])[0].name
+        done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+        if kind.endswith(GATE_TYPE_SUFFIX) and execution.last_known_state in done:
+            passed |= consumers[execution.id]
+    return [s for s in statistics if s.id in passed]
+
+
+def transformed(store: mlmd.MetadataStore, examples: List[types.Artifact]) -> List[types.Artifact]:
+    """Those of ``examples`` that a Transform execution took (complete, or a cache hit of one
+    that was): Transform runs only once the data gate has passed, so these are spans it let in."""
+    if not examples:
+        return []
+    consumers = {}
+    for event in store.get_events_by_artifact_ids([e.id for e in examples]):
+        if event.type == metadata_store_pb2.Event.INPUT and _key(event) == EXAMPLES_KEY:
+            consumers.setdefault(event.execution_id, set()).add(event.artifact_id)
+    let_in = set()
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    for execution in store.get_executions_by_id(list(consumers)):
+        kind = store.get_execution_types_by_id([execution.type_id])[0].name
+        if kind.endswith(TRANSFORM_TYPE_SUFFIX) and execution.last_known_state in done:
+            let_in |= consumers[execution.id]
+    return [e for e in examples if e.id in let_in]
+
+
+class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
+    """This run's Examples (``current``) and those of the ``num_spans - 1`` newest older spans the
+    gate let in (0: all), the newest delivery of each: what Transform, the Trainer and the
+    Evaluator read, as TFX's rolling-range resolvers do. Relative to this run's span, so unchanged
+    data gives the window of last time (a cache hit)."""
+
+    def __init__(self, num_spans: int = 0):
+        self._num_spans = num_spans
+
+    def resolve_artifacts(self, store, input_dict):
+        current = this_runs(store, input_dict[CURRENT_KEY])
+        if current is None:
+            return {EXAMPLES_KEY: [], CURRENT_KEY: []}
+        older = transformed(store, [e for e in input_dict[EXAMPLES_KEY] if e.span < current.span])
+        newest = {}
+        for examples in sorted(older, key=lambda e: (e.span, e.version or 0, e.id)):
+            newest[examples.span] = examples
+        spans = sorted(newest, reverse=True)
+        if self._num_spans:
+            spans = spans[: self._num_spans - 1]
+        window = [newest[span] for span in sorted(spans)] + [current]
+        # ``current`` is not read downstream; given twice, TFX's legacy launcher (Airflow) would
+        # record one artifact as two outputs of this execution, which ML Metadata refuses.
+        return {EXAMPLES_KEY: window, CURRENT_KEY: []}
+
+
+def span_window(examples, num_spans: int) -> tfx.dsl.Resolver:
+    """The Examples of the newest ``num_spans`` spans up to this run's channel ``examples``.
+    Not in the compiled Vertex job, whose compiler knows only TFX's built-in strategies: there
+    the pipeline reads this run's span alone."""
+    every = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples)
+    return tfx.dsl.Resolver(
+        strategy_class=SpanWindowStrategy,
+        config={"num_spans": num_spans},
+        **{EXAMPLES_KEY: every, CURRENT_KEY: examples},
+    ).with_id(SPAN_WINDOW_RESOLVER_ID)
+
+
 class PreviousSpanStrategy(tfx.dsl.experimental.ResolverStrategy):
-    """The statistics of the newest span older than this run's (``current``), the newest
-    delivery of it: what the data gate compares this span with. None for a first span.
-    Relative to this run's span, so a run on unchanged data compares with what it did before
-    (a cache hit), and a new span with the span before it."""
+    """The statistics of the newest span older than this run's (``current``) that passed the
+    data gate, the newest delivery of it: what the gate compares this span with. None for a
+    first span. Relative to this run's span, so a run on unchanged data compares with what it did
+    before (a cache hit), and a new span with the last span the gate let through."""
 
     def resolve_artifacts(self, store, input_dict):
         out = {key: [] for key in input_dict}
         current = this_runs(store, input_dict[CURRENT_KEY])
         if current is None:
             return out
-        older = [s for s in input_dict[STATISTICS_KEY] if s.span < current.span]
+        older = passed_the_gate(store, [s for s in input_dict[STATISTICS_KEY] if s.span < current.span])
         if older:
             out[STATISTICS_KEY] = [max(older, key=lambda s: (s.span, s.id))]
         return out
 
 
-def previous_span_statistics(statistics, kfp: bool) -> tfx.dsl.Resolver:
+def previous_span_statistics(statistics) -> tfx.dsl.Resolver:
     """The data gate's drift baseline for this run's ExampleStatistics channel ``statistics``.
-    Compiled for Vertex, TFX's LatestArtifactStrategy: the statistics of the run before (which on
-    a run without new data are this span's own, so nothing drifts)."""
+
+    Not in the compiled Vertex job (``create_components``): TFX's built-in strategies cannot say
+    "the previous span that passed": LatestArtifactStrategy would give the newest statistics of any
+    pipeline, this span's own after a stopped run, and a drifted span would pass on its retry."""
     every = tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics)
-    if kfp:
-        return tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy, **{STATISTICS_KEY: every}
-        ).with_id(PREVIOUS_SPAN_RESOLVER_ID)
     return tfx.dsl.Resolver(
         strategy_class=PreviousSpanStrategy, **{STATISTICS_KEY: every, CURRENT_KEY: statistics}
     ).with_id(PREVIOUS_SPAN_RESOLVER_ID)

@@ -19,9 +19,10 @@ COMPONENTS = [
     "ExampleValidator",
     "previous_span_statistics_resolver",
     "DataGate",
+    resolvers.SPAN_WINDOW_RESOLVER_ID,
     "Transform",
     "Trainer",
-    "latest_blessed_model_resolver",
+    resolvers.BASELINE_RESOLVER_ID,
     "Evaluator",
     "ServingPusher",
     "RunReportGen",
@@ -180,11 +181,13 @@ def test_every_named_config_builds_the_pipeline(name):
     assert DatasetSpec.from_json(example_gen["dataset_spec"]) == cfg.dataset
     assert DatasetSpec.from_json(nodes["DatasetSchemaGen"].exec_properties["dataset_spec"]) == cfg.dataset
     transform = nodes["Transform"]
-    assert transform.upstream_nodes == {
-        nodes["SegmentationExampleGen"],
-        nodes["DatasetSchemaGen"],
-        nodes["DataGate"],
-    }
+    # Transform, the Trainer and the Evaluator read the window of spans (data.num_spans).
+    window = nodes[resolvers.SPAN_WINDOW_RESOLVER_ID]
+    assert window.upstream_nodes == {nodes["SegmentationExampleGen"]}
+    assert window.exec_properties["source_uri"] == {
+        "num_spans": cfg.data.num_spans
+    }  # TFX keeps the config there
+    assert transform.upstream_nodes == {window, nodes["DatasetSchemaGen"], nodes["DataGate"]}
     assert transform.exec_properties["preprocessing_fn"] == "transform.preprocessing.preprocessing_fn"
     assert json.loads(transform.exec_properties["custom_config"]) == {
         "image_size": cfg.transform.image_size,
@@ -193,12 +196,7 @@ def test_every_named_config_builds_the_pipeline(name):
     }
     trainer = nodes["Trainer"]
     warm = {nodes[n] for n in warm_start}
-    assert trainer.upstream_nodes == {
-        nodes["SegmentationExampleGen"],
-        nodes["Transform"],
-        nodes["DatasetSchemaGen"],
-        *warm,
-    }
+    assert trainer.upstream_nodes == {window, nodes["Transform"], nodes["DatasetSchemaGen"], *warm}
     assert cfg.trainer.warm_start == (name in ("voc", "vertex"))
     assert trainer.exec_properties["run_fn"] == "trainer.run_fn.run_fn"
     trainer_config = json.loads(trainer.exec_properties["custom_config"])
@@ -206,7 +204,12 @@ def test_every_named_config_builds_the_pipeline(name):
     assert config_lib.from_dict(config_lib.TrainerConfig, trainer_config["trainer"]) == cfg.trainer
     assert json.loads(trainer.exec_properties["train_args"])["num_steps"] == cfg.trainer.train_steps
     evaluator = nodes["Evaluator"]
-    upstream = ("SegmentationExampleGen", "DatasetSchemaGen", "Trainer", resolvers.BASELINE_RESOLVER_ID)
+    upstream = (
+        resolvers.SPAN_WINDOW_RESOLVER_ID,
+        "DatasetSchemaGen",
+        "Trainer",
+        resolvers.BASELINE_RESOLVER_ID,
+    )
     assert evaluator.upstream_nodes == {nodes[n] for n in upstream}
     # The baseline is chosen relative to this run's candidate; the base model to its Examples.
     assert nodes[resolvers.BASELINE_RESOLVER_ID].upstream_nodes == {nodes["Trainer"]}

@@ -24,7 +24,7 @@ from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 
 from components.data_gate.component import DataGateDecision
-from components.segmentation_example_gen import sources, spans
+from components.segmentation_example_gen import sources
 from core import artifacts, features, paths
 from core import config as config_lib
 from core.dataset_spec import VOC_SPEC
@@ -40,8 +40,8 @@ from transform import preprocessing
 pytestmark = pytest.mark.slow
 NODES = [
     "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator",
-    resolvers.PREVIOUS_SPAN_RESOLVER_ID, "DataGate", "Transform", "Trainer",
-    resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
+    resolvers.PREVIOUS_SPAN_RESOLVER_ID, "DataGate", resolvers.SPAN_WINDOW_RESOLVER_ID, "Transform",
+    "Trainer", resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
 ]  # fmt: skip
 # Every node but the Resolvers, which resolve again on every run: a run on unchanged data is a
 # cache hit for each of these.
@@ -89,7 +89,7 @@ def latest_output_uri(cfg, type_name):
 def run_overrides(dataset_dir, tmp_path_factory):
     """The ``--set`` overrides of the tiny config that every run of this module uses."""
     root = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(dataset_dir, root / "data" / spans.fill(SPAN_DIR, 1, None))
+    shutil.copytree(dataset_dir, root / "data" / SPAN_DIR.replace("{SPAN}", "1"))
     pattern = str(root / "data" / SPAN_DIR)
     return [
         f"data.voc_root={pattern}",
@@ -111,7 +111,7 @@ def run_config(run_overrides):
 
 def span_roots(cfg, span: int) -> tuple:
     """The VOC and SBD roots of ``span``."""
-    return spans.fill(cfg.data.voc_root, span, None), spans.fill(cfg.data.sbd_root, span, None)
+    return cfg.data.voc_root.replace("{SPAN}", str(span)), cfg.data.sbd_root.replace("{SPAN}", str(span))
 
 
 def _cli_run(overrides):
@@ -191,7 +191,8 @@ def test_first_run_executes_every_component_once(run_config, first_run):
     decision = json.load(open(os.path.join(uri[DataGateDecision.TYPE_NAME], "decision.json")))
     # A first span: nothing to compare with (drift None), and no anomalies.
     assert decision == {
-        "passed": True, "allow_anomalies": False, "anomalies": {}, "allow_drift": False, "drift": None
+        "passed": True, "allow_anomalies": False, "anomalies": {}, "allow_drift": False, "drift": None,
+        "drift_note": "span 1 is the first span the gate passed: no earlier span to compare with",
     }  # fmt: skip
     # Transform's analyzers counted the train split's pixels, class by class.
     expected = np.zeros(256, np.int64)
@@ -362,12 +363,16 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
         os.remove(span_2)
 
     assert [mlmd.state(e) for e in runs["SegmentationExampleGen"]][-1] == "COMPLETE"
-    # ML Metadata shows the span each execution consumed: the Trainers', run by run.
+    # ML Metadata shows the spans each execution consumed: the Trainers', run by run.
     trained_on = [
         [mlmd.int_property(a, "span") for a in mlmd.inputs(db, e, "examples")]
         for e in runs["Trainer"]
     ]  # fmt: skip
-    assert trained_on[0] == [1] and trained_on[-1] == [2]
+    # The window (data.num_spans: 0, all): span 2's run trains on spans 1 and 2, and its Evaluator
+    # scores both spans' eval splits.
+    assert trained_on[0] == [1] and sorted(trained_on[-1]) == [1, 2]
+    evaluated_on = [mlmd.int_property(a, "span") for a in mlmd.inputs(db, runs["Evaluator"][-1], "examples")]
+    assert sorted(evaluated_on) == [1, 2]
     first_model = first_run["outputs"]["Model"]
     trainer, evaluator = runs["Trainer"][-1], runs["Evaluator"][-1]
     assert [a.id for a in mlmd.inputs(db, trainer, "base_model")] == [first_model.id]
@@ -415,21 +420,30 @@ def test_a_span_that_drifted_stops_at_the_gate_naming_the_feature(
     """Span 3 arrives with images twice the size of span 1's: the gate compares its statistics
     with the previous span's (TFDV's Jensen-Shannon comparator, as DistributionValidator runs it)
     and stops the run, naming the features that moved and by how much. Up to the gate, in a copy
-    of the first run's ML Metadata; span 3 is taken away after. That a span within the threshold
-    passes, and that a first span has nothing to compare with, is in the other runs' decisions."""
+    of the first run's ML Metadata; spans 3 and 4 are taken away after. Span 4 then holds span 1's
+    images: the gate compares it with span 1, the last span it passed, and lets it through."""
     root = tmp_path / "run"
     root.mkdir()
     shutil.copy(run_config.metadata_path, root / "metadata.sqlite")
     overrides = [*run_overrides, f"pipeline_root={root}", "beam.direct_running_mode=in_memory"]
     cfg = config_lib.load_config("tiny", overrides).resolved(paths.PROJECT_ROOT, os.getcwd())
     before = states_by_node(cfg)
+    span_1, _ = span_roots(run_config, 1)
     span_3, _ = span_roots(run_config, 3)
+    span_4, _ = span_roots(run_config, 4)
     synthetic_voc.make_dataset(span_3, num_images=12, seed=3, max_side=2 * MAX_SIDE, workers=1)
     try:
         assert local_runner.run(cfg, to_nodes=["DataGate"]) == 1
+        err = capsys.readouterr().err
+        stopped = states_by_node(cfg)
+        # Span 4 arrives with span 1's images: compared with the last span the gate passed (1),
+        # not with the stopped span 3, it passes.
+        os.symlink(span_1, span_4)
+        assert local_runner.run(cfg, to_nodes=["DataGate"]) == 0
     finally:
         shutil.rmtree(span_3)
-    err = capsys.readouterr().err
+        if os.path.islink(span_4):
+            os.remove(span_4)
     assert "deeplab-tfx run: FAILED in component DataGate" in err
     assert (
         "the span drifted from the previous one (Jensen-Shannon divergence above validation.max_drift)" in err
@@ -437,8 +451,12 @@ def test_a_span_that_drifted_stops_at_the_gate_naming_the_feature(
     moved = re.findall(r"split (\w+): feature '([^']+)': .*Jensen-Shannon divergence .* is ([\d.]+)", err)
     assert {feature for _, feature, _ in moved} >= {features.HEIGHT_KEY, features.WIDTH_KEY}, err
     assert all(float(divergence) > cfg.validation.max_drift for *_, divergence in moved), moved
-    states = states_by_node(cfg)
-    assert states["DataGate"][-1] == "FAILED" and states["Transform"] == before["Transform"]
+    assert stopped["DataGate"][-1] == "FAILED" and stopped["Transform"] == before["Transform"]
+    decision = json.load(
+        open(os.path.join(latest_output_uri(cfg, DataGateDecision.TYPE_NAME), "decision.json"))
+    )
+    assert decision["passed"] is True and decision["drift"] == {}
+    assert decision["drift_note"] == "no feature moved beyond validation.max_drift since the previous span"
 
 
 def test_gate_stops_the_run_on_anomalies_unless_allowed(run_config, run_overrides, first_run, tmp_path):

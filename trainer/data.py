@@ -8,7 +8,7 @@ their remainder, as TPUs require.
 """
 
 import random
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -71,10 +71,36 @@ def count_records(file_pattern) -> int:
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
+def record_ids(file_pattern) -> list:
+    """The ids (``image/filename``) of the records of ``file_pattern``, sorted."""
+    files = _files(file_pattern)
+    if not files:
+        return []
+    spec = {features.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string)}
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
+    ids = dataset.map(
+        lambda r: tf.io.parse_single_example(r, spec)[features.FILENAME_KEY], num_parallel_calls=AUTOTUNE
+    )
+    return sorted({bytes(i) for i in ids.as_numpy_iterator()})
+
+
 def _files(file_pattern) -> list:
     """The files of a glob pattern or a list of them, sorted: the same order on every worker."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else file_pattern
     return sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+
+
+def id_not_in(ids: Sequence[bytes]):
+    """A filter of serialized records: true where the record's ``image/filename`` is not in ``ids``."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.ones([len(ids)], tf.int64)), 0
+    )
+    spec = {features.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string)}
+
+    def keep(serialized):
+        return tf.equal(table.lookup(tf.io.parse_single_example(serialized, spec)[features.FILENAME_KEY]), 0)
+
+    return keep
 
 
 def make_dataset(
@@ -91,6 +117,7 @@ def make_dataset(
     num_shards: int = 1,
     shard_index: int = 0,
     num_batches: Optional[int] = None,
+    exclude_ids: Sequence[bytes] = (),
 ) -> tf.data.Dataset:
     """``(image [B, S, S, 3] float32, label [B, S, S] int64)`` batches from raw gzipped TFRecords.
 
@@ -115,6 +142,9 @@ def make_dataset(
     iteration of the dataset (one ``fit``: training repeats forever) the next epoch draws anew.
     Without one, a seed is drawn from Python's ``random`` (seeded by
     ``keras.utils.set_random_seed`` in training).
+
+    ``exclude_ids``: records whose ``image/filename`` is one of these are left out (training on a
+    window of spans: an id that is eval in any span never trains).
 
     Not across a restart: the stream starts again with the process. A training resumed from a
     backup at step S gets, at its step S + k, the batch of the killed run's step k, same images
@@ -141,6 +171,8 @@ def make_dataset(
     )
     if num_shards > 1 and not by_file:
         dataset = dataset.shard(num_shards, shard_index)
+    if exclude_ids:
+        dataset = dataset.filter(id_not_in(exclude_ids))
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     spec = tft_output.raw_feature_spec()

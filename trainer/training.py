@@ -145,6 +145,7 @@ def _datasets(config, job, tft_output, strategy, global_batch) -> tuple:
     if not eval_records:
         raise ValueError(f"no eval examples in {list(job.eval_files)}")
     eval_steps = math.ceil(eval_records / global_batch)
+    held_out = eval_ids_of_other_spans(job)
 
     def make(files, training, context: tf.distribute.InputContext):
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
@@ -162,11 +163,25 @@ def _datasets(config, job, tft_output, strategy, global_batch) -> tuple:
             shard_index=context.input_pipeline_id,
             # A step takes one batch per local replica from this pipeline.
             num_batches=None if training else eval_steps * local_replicas,
+            exclude_ids=held_out if training else (),
         )
 
     train_ds = strategy.distribute_datasets_from_function(lambda c: make(job.train_files, True, c))
     eval_ds = strategy.distribute_datasets_from_function(lambda c: make(job.eval_files, False, c))
     return train_ds, eval_ds, min(job.eval_steps or eval_steps, eval_steps)
+
+
+def eval_ids_of_other_spans(job: TrainingJob) -> list:
+    """The eval ids to keep out of training when the job reads several Examples artifacts (a
+    window of spans): an id that is eval in any span never trains, though another span's lists
+    put it in train. Within one artifact ingestion already keeps the splits apart: none."""
+    if len({artifacts.examples_dir(f) for f in job.train_files}) < 2:
+        return []
+    ids = data_lib.record_ids(list(job.eval_files))
+    _log.info(
+        "training on %d Examples artifacts: %d eval ids kept out of training", len(job.train_files), len(ids)
+    )
+    return ids
 
 
 def backup_dir(config: TrainerConfig, model_run_dir: str) -> str:

@@ -1,10 +1,11 @@
 """Warm start: a scheduled run begins from the weights of the newest model an earlier run blessed.
 
-The pipeline's Resolver (``latest_blessed_model_resolver``, the Evaluator's baseline) gives that
-model to TFX's Trainer as ``base_model`` when ``trainer.warm_start`` is on, and ``run_fn``
-hands its path here. Its weights are taken when it predicts this run's classes (names, in
-order: its ``assets.extra/dataset_spec.json``), has this model's layers (backbone, input
-scaling) and every weight has this model's shape (widths); the input size does not enter.
+The pipeline's Resolver (``warm_start_model_resolver``: the newest blessed model trained on other
+data than this run's, ``pipeline/resolvers.py``) gives that model to TFX's Trainer as
+``base_model`` when ``trainer.warm_start`` is on, and ``run_fn`` hands its path here. Its weights
+are taken when it predicts this run's classes (names, in order: its
+``assets.extra/dataset_spec.json``), has this model's layers (backbone, input scaling) and every
+weight has this model's shape (widths); the input size does not enter.
 Otherwise training starts from scratch and says why, since a changed architecture or class
 list is a normal reason to retrain, and so is a model this code can no longer rebuild (a layer's
 config changed since). A base model that cannot be read (missing, no permission) fails the run:

@@ -78,18 +78,22 @@ def explain(found: dict) -> str:
 def DataGate(  # noqa: N802 - TFX component names are classes.
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     decision: OutputArtifact[DataGateDecision],
+    max_drift: Parameter[float],
     statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     allow_anomalies: Parameter[bool] = False,
-    max_drift: Parameter[float] = 1.0,
     allow_drift: Parameter[bool] = False,
 ):
     """Passes clean data; stops the run on anomalies unless ``allow_anomalies``, and on a span
     whose ``statistics`` drifted by more than ``max_drift`` from ``previous_statistics`` (the
-    previous span's; none on a first span) unless ``allow_drift``."""
+    previous span's; none on a first span) unless ``allow_drift``. Without ``statistics`` (the
+    compiled Vertex job) drift is not checked, and the decision says so."""
     found = read_anomalies(anomalies)
     drifted = (
         drift_lib.compare(statistics, previous_statistics, max_drift) if statistics is not None else None
+    )
+    note = drift_lib.summary(
+        drifted, checked=statistics is not None, span=statistics.span if statistics else 0
     )
     passed = (not found or allow_anomalies) and (not drifted or allow_drift)
     with tf.io.gfile.GFile(os.path.join(decision.uri, DECISION_FILE), "w") as f:
@@ -99,8 +103,9 @@ def DataGate(  # noqa: N802 - TFX component names are classes.
                 "allow_anomalies": allow_anomalies,
                 "anomalies": found,
                 "allow_drift": allow_drift,
-                # None: no earlier span to compare with; {}: nothing drifted.
+                # None: nothing to compare with ("drift_note" says why); {}: nothing drifted.
                 "drift": drifted,
+                "drift_note": note,
             },
             f,
             indent=1,
@@ -109,8 +114,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes.
     decision.set_int_custom_property(artifacts.PASSED, int(passed))
     decision.set_int_custom_property(artifacts.NUM_ANOMALIES, sum(len(r) for r in found.values()))
     decision.set_int_custom_property(artifacts.NUM_DRIFTED, sum(len(r) for r in (drifted or {}).values()))
-    if statistics is not None:
-        logging.info("DataGate: drift: %s", drift_lib.summary(drifted))
+    logging.info("DataGate: drift: %s", note)
     problems = []
     if found and not allow_anomalies:
         problems.append(

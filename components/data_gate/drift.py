@@ -77,10 +77,14 @@ def compare(
     return found
 
 
-def summary(found: Optional[dict]) -> str:
-    """One line for the log."""
+def summary(found: Optional[dict], checked: bool, span: int) -> str:
+    """One line for the log and the decision: what was compared, and what moved."""
+    if not checked:
+        return "not checked: this orchestrator's job has no previous-span baseline (Vertex)"
     if found is None:
-        return "a first span: no earlier span to compare with"
+        if span == 0:
+            return "not compared: a data root without span specs is one span, span 0, with no earlier one"
+        return f"span {span} is the first span the gate passed: no earlier span to compare with"
     if not found:
         return "no feature moved beyond validation.max_drift since the previous span"
     return json.dumps(found)

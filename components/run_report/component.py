@@ -154,6 +154,7 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
             # Against the blessed baseline, class by class (None on a run without one).
             "baseline_class_iou": scores["baseline_class_iou"],
             "min_class_pixels": scores["min_class_pixels"],
+            "guard_failed": scores["guard_failed"],
         },
         "split_counts": split_counts,
         "class_pixels": class_pixels,

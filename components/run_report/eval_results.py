@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_model_analysis as tfma
 
 from core import metrics
-from evaluation import eval_config
+from evaluation import eval_config, tfma_metrics
 
 # TFMA's JSON name of the MultiClassConfusionMatrixAtThresholds plot (``tfma.view`` uses it too).
 _MULTI_CLASS_PLOT = "multiClassConfusionMatrixAtThresholds"
@@ -73,7 +73,7 @@ def class_guard(evaluation_uri: str, result, candidate: Optional[str]) -> dict:
     per-class change."""
     min_pixels = eval_config.min_class_pixels(result.config)
     if not candidate:
-        return {"min_class_pixels": min_pixels, "baseline_class_iou": None}
+        return {"min_class_pixels": min_pixels, "baseline_class_iou": None, "guard_failed": []}
     names = eval_config.class_names(result.config)
     baseline = tfma.load_eval_result(evaluation_uri, model_name=tfma.BASELINE_KEY)
     overall = dict(baseline.slicing_metrics).get(())
@@ -81,7 +81,21 @@ def class_guard(evaluation_uri: str, result, candidate: Optional[str]) -> dict:
     return {
         "min_class_pixels": min_pixels,
         "baseline_class_iou": scores[metrics.CLASS_IOU] if scores else None,
+        "guard_failed": guard_failures(evaluation_uri),
     }
+
+
+def guard_failures(evaluation_uri: str) -> list:
+    """The classes whose guard failed in the Evaluator's validation, by name."""
+    prefix = tfma_metrics.guard_name("")
+    failed = set()
+    for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
+        failed |= {
+            f.metric_key.name[len(prefix) :]
+            for f in per_slice.failures
+            if f.metric_key.name.startswith(prefix)
+        }
+    return sorted(failed)
 
 
 def load(evaluation_uri: str) -> dict:

@@ -56,9 +56,9 @@ def _slice_rows(slices: list, class_names: list) -> str:
     return "\n".join(rows)
 
 
-def _change_cells(evaluation: dict, overall: dict, c: int) -> str:
+def _change_cells(evaluation: dict, overall: dict, c: int, name: str) -> str:
     """Against the blessed baseline (when there was one): its IoU of class ``c``, the change, and
-    whether the per-class guard held it or exempted it (too few labelled pixels)."""
+    whether the per-class guard held it, failed it or exempted it (too few labelled pixels)."""
     baseline = evaluation.get("baseline_class_iou")
     if baseline is None:
         return ""
@@ -69,6 +69,8 @@ def _change_cells(evaluation: dict, overall: dict, c: int) -> str:
     guard = "held" if floor is not None else "n/a"
     if floor is not None and labelled is not None and labelled < floor:
         guard = f"exempt ({labelled} px &lt; {floor})"
+    if name in evaluation.get("guard_failed", []):
+        guard = "FAILED"
     shown = "n/a" if change is None else f"{change:+.4f}"
     return f"<td class='num'>{_fmt(before)}</td><td class='num change'>{shown}</td><td>{guard}</td>"
 
@@ -95,7 +97,7 @@ def render(report: dict) -> str:
         )
     class_rows = "\n".join(
         f"<tr data-class='{html.escape(name)}'><td>{c}</td><td>{html.escape(name)}</td>"
-        f"<td class='num'>{_fmt(v)}</td>{_change_cells(report['evaluation'], overall, c)}</tr>"
+        f"<td class='num'>{_fmt(v)}</td>{_change_cells(report['evaluation'], overall, c, name)}</tr>"
         for c, (name, v) in enumerate(zip(class_names, overall[metrics.CLASS_IOU], strict=True))
     )
     baseline = report["evaluation"].get("baseline_class_iou") is not None

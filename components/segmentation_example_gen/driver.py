@@ -74,11 +74,24 @@ def resolve_inputs(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def roots_of(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
-    """The concrete roots of the span the driver resolved (the roots as given without specs)."""
-    span = int(exec_properties.get(spec.SPAN_KEY) or 0)
+    """The concrete roots of the span the driver resolved (the roots as given without specs).
+
+    Raises ``spans.SpanError`` when a root has span specs but no span reached the executor: the
+    driver did not run (a runner that skips drivers), and guessing span 0 would read the wrong
+    folder."""
+    roots = {key: exec_properties.get(key) or None for key in ROOT_KEYS}
+    if spec.SPAN_KEY not in exec_properties or exec_properties[spec.SPAN_KEY] is None:
+        patterned = sorted(root for root in roots.values() if spans.has_specs(root))
+        if patterned:
+            raise spans.SpanError(
+                f"SegmentationExampleGen: {patterned} hold span specs, but no span was resolved before "
+                "the executor ran (the component's driver did not run on this orchestrator)"
+            )
+        return roots
+    span = int(exec_properties[spec.SPAN_KEY])
     version = exec_properties.get(spec.VERSION_KEY)
     version = None if version is None else int(version)
-    return {key: spans.fill(exec_properties.get(key) or None, span, version) for key in ROOT_KEYS}
+    return {key: spans.locate(root, span, version) for key, root in roots.items()}
 
 
 def dataset_of(exec_properties: dict) -> DatasetSpec:

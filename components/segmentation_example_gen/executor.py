@@ -45,7 +45,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             data_root=roots[spec.DATA_ROOT_KEY],
         )
         # TFX's own Examples properties, which span-aware resolvers and ExampleGens read.
-        examples.span = int(exec_properties.get(spec.SPAN_KEY) or 0)
+        examples.span = int(exec_properties.get(spec.SPAN_KEY) or 0)  # no specs: span 0
         if exec_properties.get(spec.VERSION_KEY) is not None:
             examples.version = int(exec_properties[spec.VERSION_KEY])
 

@@ -10,13 +10,17 @@ spec is span 0, version none, as before spans existed.
 
 Every root of one run (VOC's and SBD's) resolves to the same span and version; a root without specs
 is the same for every span. ``resolve`` picks the newest span (or the one a run asks for: a
-backfill) and that span's newest version. Listing is by ``tf.io.gfile.glob``, so object stores work.
+backfill) and that span's newest version. Listing is by ``tf.io.gfile.glob``, so object stores work
+(on GCS a glob lists every object under the pattern's parent folder: keep spans' parent folder
+for spans). A span counts as soon as its folder exists: upload a span's files before its folder's
+name matches the pattern (upload under a temporary name, then rename), or the run may read a
+half-uploaded span.
 """
 
 import dataclasses
 import datetime
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
@@ -26,7 +30,8 @@ DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
 # The span a run asks for when it asks for none: the newest one there is.
 NEWEST = -1
 UNIX_EPOCH = datetime.date(1970, 1, 1)
-_TOKEN = re.compile(r"\{(SPAN|VERSION|YYYY|MM|DD)\}")
+# ``{SPAN}`` or ``{SPAN:4}`` (TFX's width: zero-padded to 4 digits), the same for ``{VERSION}``.
+_TOKEN = re.compile(r"\{(SPAN|VERSION|YYYY|MM|DD)(?::(\d+))?\}")
 _DIGITS = {"SPAN": r"\d+", "VERSION": r"\d+", "YYYY": r"\d{4}", "MM": r"\d{2}", "DD": r"\d{2}"}
 
 
@@ -48,9 +53,13 @@ def has_specs(root: Optional[str]) -> bool:
     return bool(root) and bool(_TOKEN.search(root))
 
 
+def _names(root: str) -> list:
+    return [name for name, _ in _TOKEN.findall(root)]
+
+
 def check_pattern(root: str) -> None:
     """Raises ``SpanError`` naming the root when its specs break TFX's rules."""
-    tokens = _TOKEN.findall(root)
+    tokens = _names(root)
     if not tokens:
         return
     duplicated = sorted({t for t in tokens if tokens.count(t) > 1})
@@ -76,7 +85,9 @@ def span_to_date(span: int) -> datetime.date:
 def _regex(root: str) -> re.Pattern:
     out, last = "", 0
     for match in _TOKEN.finditer(root):
-        out += re.escape(root[last : match.start()]) + f"(?P<{match.group(1)}>{_DIGITS[match.group(1)]})"
+        name, width = match.groups()
+        digits = rf"\d{{{width}}}" if width else _DIGITS[name]
+        out += re.escape(root[last : match.start()]) + f"(?P<{name}>{digits})"
         last = match.end()
     return re.compile(out + re.escape(root[last:]) + "/?$")
 
@@ -93,31 +104,35 @@ def _parse(match: re.Match) -> Tuple[int, Optional[int]]:
     return span, int(groups["VERSION"]) if "VERSION" in groups else None
 
 
-def available(root: str) -> List[Tuple[int, Optional[int]]]:
-    """Every ``(span, version)`` on storage under the pattern ``root``, oldest first."""
+def available(root: str) -> Dict[Tuple[int, Optional[int]], str]:
+    """``{(span, version): folder}`` of every folder on storage that the pattern ``root`` matches.
+    Raises ``SpanError`` when two folders are the same span and version (``span-1`` and
+    ``span-01``): which one a run read would depend on listing order."""
     check_pattern(root)
     regex = _regex(root.rstrip("/"))
-    found = set()
-    for path in tf.io.gfile.glob(_TOKEN.sub("*", root.rstrip("/"))):
-        match = regex.match(path.rstrip("/"))
-        if match and tf.io.gfile.isdir(path):
-            found.add(_parse(match))
-    return sorted(found, key=lambda sv: (sv[0], -1 if sv[1] is None else sv[1]))
+    found = {}
+    for path in sorted(tf.io.gfile.glob(_TOKEN.sub("*", root.rstrip("/")))):
+        path = path.rstrip("/")
+        match = regex.match(path)
+        if not match or not tf.io.gfile.isdir(path):
+            continue
+        key = _parse(match)
+        if key in found:
+            raise SpanError(f"{found[key]} and {path} are both span {key[0]}, version {key[1]}")
+        found[key] = path
+    return found
 
 
-def fill(root: Optional[str], span: int, version: Optional[int]) -> Optional[str]:
-    """``root`` with its specs replaced by ``span`` (or its date) and ``version``."""
+def locate(root: Optional[str], span: int, version: Optional[int]) -> Optional[str]:
+    """The folder of ``span`` (and ``version``) under the pattern ``root``, as it is named on
+    storage (zero padding included); ``root`` itself when it has no specs. Raises ``SpanError``
+    naming the pattern when that span is not there."""
     if not has_specs(root):
         return root
-    date = span_to_date(span)
-    values = {
-        "SPAN": str(span),
-        "VERSION": "" if version is None else str(version),
-        "YYYY": f"{date.year:04d}",
-        "MM": f"{date.month:02d}",
-        "DD": f"{date.day:02d}",
-    }
-    return _TOKEN.sub(lambda m: values[m.group(1)], root)
+    found = available(root).get((span, version))
+    if found is None:
+        raise SpanError(f"span {span}, version {version} is not under {root!r} (or no longer)")
+    return found
 
 
 def resolve(roots: Dict[str, Optional[str]], requested_span: int = NEWEST) -> Span:
@@ -136,10 +151,12 @@ def resolve(roots: Dict[str, Optional[str]], requested_span: int = NEWEST) -> Sp
         return Span(0, None, dict(roots))
     for root in patterned.values():
         check_pattern(root)
-    shapes = {key: sorted(set(_TOKEN.findall(root)) - {"MM", "DD"}) for key, root in patterned.items()}
+    shapes = {key: sorted(set(_names(root)) - {"MM", "DD"}) for key, root in patterned.items()}
     if len({tuple(s) for s in shapes.values()}) > 1:
         raise SpanError(f"the data roots' span patterns differ in their specs: {shapes}")
-    per_root = {key: set(available(root)) for key, root in patterned.items()}
+    # Listed once per distinct pattern: VOC's and SBD's roots are often the same folder.
+    listed = {root: available(root) for root in set(patterned.values())}
+    per_root = {key: set(listed[root]) for key, root in patterned.items()}
     common = set.intersection(*per_root.values())
     if not common:
         where = "; ".join(f"{k}={patterned[k]!r}: {sorted(v) or 'nothing'}" for k, v in per_root.items())
@@ -155,4 +172,8 @@ def resolve(roots: Dict[str, Optional[str]], requested_span: int = NEWEST) -> Sp
         )
     versions = [v for s, v in common if s == span]
     version = None if None in versions else max(versions)
-    return Span(span, version, {key: fill(root, span, version) for key, root in roots.items()})
+    return Span(
+        span,
+        version,
+        {key: listed[root][(span, version)] if root in listed else root for key, root in roots.items()},
+    )
