@@ -168,6 +168,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         publish_dir=config.report_dir(),
         title=config.pipeline_name,
         samples=config.report.samples,
+        gate_decision=data_gate.outputs["decision"],
     )
     return [
         example_gen, statistics_gen, schema_gen, example_validator,

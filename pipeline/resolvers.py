@@ -38,6 +38,8 @@ from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.types import standard_component_specs
 
+from core import artifacts
+
 # The channels' keys: TFX's own names where the same channel is a TFX component's input (also the
 # event keys these strategies read in ML Metadata), ours for "this run's" artifact.
 STATISTICS_KEY = standard_component_specs.STATISTICS_KEY
@@ -53,6 +55,7 @@ SPAN_WINDOW_RESOLVER_ID = "span_window_resolver"
 # The data gate's execution type (its module path) ends with its name, on every launcher.
 GATE_TYPE_SUFFIX = "DataGate"
 TRANSFORM_TYPE_SUFFIX = "Transform"
+RESOLVER_TYPE_SUFFIX = "Resolver"
 
 
 def this_runs(store: mlmd.MetadataStore, artifacts: List[types.Artifact]) -> Optional[types.Artifact]:
@@ -64,7 +67,18 @@ def this_runs(store: mlmd.MetadataStore, artifacts: List[types.Artifact]) -> Opt
         e for e in store.get_events_by_artifact_ids(list(by_id))
         if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
     ]  # fmt: skip
-    newest = max(outputs, key=lambda e: (e.execution_id, e.artifact_id))
+    # Not what a Resolver handed on: the legacy launcher records that as the Resolver's output
+    # too, and the window Resolver re-outputs older spans' Examples.
+    executions = {e.id: e for e in store.get_executions_by_id({e.execution_id for e in outputs})}
+    type_names = {
+        t.id: t.name for t in store.get_execution_types_by_id({e.type_id for e in executions.values()})
+    }
+    produced = [
+        e
+        for e in outputs
+        if not type_names[executions[e.execution_id].type_id].endswith(RESOLVER_TYPE_SUFFIX)
+    ]
+    newest = max(produced or outputs, key=lambda e: (e.execution_id, e.artifact_id))
     return by_id[newest.artifact_id]
 
 
@@ -176,7 +190,14 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
         current = this_runs(store, input_dict[CURRENT_KEY])
         if current is None:
             return {EXAMPLES_KEY: [], CURRENT_KEY: []}
-        older = transformed(store, [e for e in input_dict[EXAMPLES_KEY] if e.span < current.span])
+        # Older spans of the same dataset (a changed dataset spec starts the window afresh).
+        dataset = current.get_string_custom_property(artifacts.DATASET_PROPERTY)
+        same = [
+            e
+            for e in input_dict[EXAMPLES_KEY]
+            if e.get_string_custom_property(artifacts.DATASET_PROPERTY) == dataset
+        ]
+        older = transformed(store, [e for e in same if e.span < current.span])
         newest = {}
         for examples in sorted(older, key=lambda e: (e.span, e.version or 0, e.id)):
             newest[examples.span] = examples

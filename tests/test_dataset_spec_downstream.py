@@ -270,14 +270,35 @@ def test_the_eval_config_has_the_spec_classes_and_names():
     ours = [
         m for spec in config.metrics_specs for m in spec.metrics if m.module == eval_config.METRICS_MODULE
     ]
-    assert [m.class_name for m in ours] == [cls.__name__ for cls in tfma_metrics.METRIC_CLASSES]
-    for metric in ours:
+    guards = [m for m in ours if m.class_name == tfma_metrics.SegmentationClassIoUGuard.__name__]
+    scores = [m for m in ours if m not in guards]
+    assert [m.class_name for m in scores] == [cls.__name__ for cls in tfma_metrics.METRIC_CLASSES]
+    for metric in scores:
         assert json.loads(metric.config) == {"num_classes": 2, "class_names": ["background", "pet"]}
+    # One per-class guard per class of the spec, named for it.
+    floor = EvaluatorConfig.min_class_pixels
+    assert [json.loads(g.config) for g in guards] == [
+        {"name": f"class_iou_guard/{name}", "num_classes": 2, "class_names": ["background", "pet"],
+         "class_id": c, "min_pixels": floor}
+        for c, name in enumerate(["background", "pet"])
+    ]  # fmt: skip
     assert eval_config.class_names(config) == ("background", "pet")
     # The metrics TFMA builds from that config score exactly 2 classes.
     truth = np.array([[0, 0, 1], [1, 1, 255]], np.uint8)
     predicted = np.array([[0, 1, 1], [1, 1, 0]], np.uint8)
     out = run_metrics([metric_specs.metric_instance(m) for m in ours], [_extracts(truth, predicted)])
+    # Two and three labelled pixels: both classes are under the guard's floor, exempt (0.0).
+    guarded = {k.name: v for k, v in out.items() if k.name.startswith("class_iou_guard/")}
+    assert guarded == {"class_iou_guard/background": 0.0, "class_iou_guard/pet": 0.0}
+    low = eval_config.make_eval_config(EvaluatorConfig(min_class_pixels=1), pets)
+    low_guards = [m for s in low.metrics_specs for m in s.metrics if m.class_name == guards[0].class_name]
+    out_low = run_metrics(
+        [metric_specs.metric_instance(m) for m in low_guards], [_extracts(truth, predicted)]
+    )
+    assert {k.name: v for k, v in out_low.items() if k.name.startswith("class_iou_guard/")} == {
+        "class_iou_guard/background": 0.5,
+        "class_iou_guard/pet": 0.75,
+    }
     class_iou = {k.sub_key.class_id: v for k, v in out.items() if k.name == metrics.CLASS_IOU and k.sub_key}
     assert class_iou == {0: 0.5, 1: 0.75}
     [plot] = [v for k, v in out.items() if isinstance(k, metric_types.PlotKey)]
@@ -288,7 +309,7 @@ def test_the_eval_config_has_the_spec_classes_and_names():
     # A label the spec does not have is an error, not a dropped pixel.
     with pytest.raises(ValueError, match=r"class ids must be in \[0, 2\) or 255"):
         run_metrics(
-            [metric_specs.metric_instance(ours[0])], [_extracts(np.full((2, 2), 2, np.uint8), truth[:, :2])]
+            [metric_specs.metric_instance(scores[0])], [_extracts(np.full((2, 2), 2, np.uint8), truth[:, :2])]
         )
 
 

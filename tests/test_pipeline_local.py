@@ -239,6 +239,12 @@ def test_report_renders_and_shows_the_evaluators_numbers(run_config, first_run, 
     # report.json carries the unrounded numbers, equal to TFMA's; the run published it.
     report = json.load(open(os.path.join(report_dir, "report.json")))
     assert first_run["published_report"] == report
+    # The gate's findings: a first span, nothing to compare with.
+    assert (
+        report["data_gate"]["drift_note"]
+        == "span 1 is the first span the gate passed: no earlier span to compare with"
+    )
+    assert re.search(r"id=\"drift-note\">Drift: span 1 is the first span the gate passed", dom)
     assert report["evaluation"]["overall"]["mean_iou"] == overall[""]["mean_iou"]["doubleValue"]
     assert report["decision"] == {
         "blessed": True, "reasons": [], "pushed_version": 1,
@@ -401,8 +407,13 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
     # The report shows each class's IoU against the baseline's, and which classes the per-class
     # guard exempted (too few labelled pixels in the eval split).
     with open(os.path.join(cfg.report_dir(), "report.json")) as f:
-        evaluation = json.load(f)["evaluation"]
+        report = json.load(f)
+    evaluation = report["evaluation"]
     page = open(os.path.join(cfg.report_dir(), "index.html")).read()
+    # ... and what the gate found since the previous span.
+    note = "no feature moved beyond validation.max_drift since the previous span"
+    assert report["data_gate"] == {"anomalies": {}, "drift": {}, "drift_note": note}
+    assert f"<p id='drift-note'>Drift: {note}</p>" in page
     labelled = np.asarray(evaluation["overall"]["confusion_matrix"]).sum(axis=1)
     floor = evaluation["min_class_pixels"]
     assert floor == cfg.evaluator.min_class_pixels
@@ -440,6 +451,11 @@ def test_a_span_that_drifted_stops_at_the_gate_naming_the_feature(
         # not with the stopped span 3, it passes.
         os.symlink(span_1, span_4)
         assert local_runner.run(cfg, to_nodes=["DataGate"]) == 0
+        # The window Transform (and the Trainer) read for span 4: spans 1 and 4, not the stopped 3.
+        assert local_runner.run(cfg, to_nodes=["Transform"]) == 0
+        db = mlmd.store(cfg.metadata_path)
+        transform = mlmd.executions(db)["Transform"][-1]
+        assert sorted(mlmd.int_property(a, "span") for a in mlmd.inputs(db, transform, "examples")) == [1, 4]
     finally:
         shutil.rmtree(span_3)
         if os.path.islink(span_4):

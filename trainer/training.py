@@ -50,11 +50,20 @@ class TrainingJob:
     @classmethod
     def of_files(cls, **fields) -> "TrainingJob":
         """A job whose classes, unless ``fields`` give ``dataset``, are the spec of the Examples
-        artifact its train files are in (``dataset_spec.of_examples``): the Trainer's way, where
-        the data says what it is."""
+        artifacts its train files are in (``dataset_spec.of_examples``): the Trainer's way, where
+        the data says what it is. Several artifacts (a window of spans) must agree."""
         if "dataset" not in fields:
-            examples_uri = artifacts.examples_dir(list(fields["train_files"])[0])
-            fields["dataset"] = dataset_spec.of_examples(examples_uri)
+            uris = sorted({artifacts.examples_dir(f) for f in fields["train_files"]})
+            specs = {uri: dataset_spec.of_examples(uri) for uri in uris}
+            first = specs[uris[0]]
+            for uri, spec in specs.items():
+                if spec != first:
+                    raise ValueError(
+                        f"the Examples {uris[0]} ({first.name}: {len(first.class_names)} classes) and {uri} "
+                        f"({spec.name}: {len(spec.class_names)} classes) describe different datasets; one "
+                        "model cannot train on both"
+                    )
+            fields["dataset"] = first
         return cls(**fields)
 
     @classmethod

@@ -21,6 +21,7 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from components.data_gate import drift as drift_lib
 from core import artifacts
+from core.config import ValidationConfig
 
 DECISION_FILE = "decision.json"
 # ExampleValidator writes one Anomalies proto per split under this name.
@@ -78,10 +79,10 @@ def explain(found: dict) -> str:
 def DataGate(  # noqa: N802 - TFX component names are classes.
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     decision: OutputArtifact[DataGateDecision],
-    max_drift: Parameter[float],
     statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     allow_anomalies: Parameter[bool] = False,
+    max_drift: Parameter[float] = ValidationConfig.max_drift,
     allow_drift: Parameter[bool] = False,
 ):
     """Passes clean data; stops the run on anomalies unless ``allow_anomalies``, and on a span

@@ -27,6 +27,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
+from components.data_gate.component import DECISION_FILE, DataGateDecision
 from components.run_report import eval_results, figures, page
 from core import artifacts, dataset_spec, features, metrics, signatures, storage
 from core.config import ReportConfig
@@ -95,7 +96,7 @@ def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_mod
 
 
 def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, model_run, evaluation,
-          blessing, pushed_model, samples: int) -> dict:  # fmt: skip
+          blessing, pushed_model, samples: int, gate_decision=None) -> dict:  # fmt: skip
     """Writes the report into ``out_dir``; returns what ``report.json`` holds."""
     tf.io.gfile.makedirs(out_dir)
     spec = dataset_spec.of_examples(examples.uri)
@@ -157,6 +158,8 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
             "guard_failed": scores["guard_failed"],
         },
         "split_counts": split_counts,
+        # The data gate's decision (anomalies, drift since the previous span), when it was given.
+        "data_gate": read_decision(gate_decision.uri) if gate_decision is not None else None,
         "class_pixels": class_pixels,
         "history": history,
         "figures": figs,
@@ -202,6 +205,12 @@ def publish(report_dir: str, publish_dir: str) -> None:
             tf.io.gfile.remove(os.path.join(publish_dir, name))
 
 
+def read_decision(gate_uri: str) -> dict:
+    """What the report shows of the data gate's ``decision.json``."""
+    decision = json.loads(storage.read_file(os.path.join(gate_uri, DECISION_FILE), binary=False))
+    return {key: decision.get(key) for key in ("anomalies", "drift", "drift_note")}
+
+
 @component
 def RunReportGen(  # noqa: N802 - TFX component names are classes.
     examples: InputArtifact[standard_artifacts.Examples],
@@ -215,12 +224,13 @@ def RunReportGen(  # noqa: N802 - TFX component names are classes.
     publish_dir: Parameter[str],
     title: Parameter[str],
     samples: Parameter[int] = ReportConfig.samples,
+    gate_decision: InputArtifact[DataGateDecision] = None,
 ):
     """Builds the run report (headed ``title``) and publishes it to ``publish_dir``.
 
     ``title``, not ``pipeline_name``: TFX's Airflow launcher reserves that execution property.
     """
     build(report.uri, title, examples, transform_graph, model, model_run, evaluation, blessing,
-          pushed_model, samples)  # fmt: skip
+          pushed_model, samples, gate_decision)  # fmt: skip
     if publish_dir:
         publish(report.uri, publish_dir)

@@ -75,6 +75,33 @@ def _change_cells(evaluation: dict, overall: dict, c: int, name: str) -> str:
     return f"<td class='num'>{_fmt(before)}</td><td class='num change'>{shown}</td><td>{guard}</td>"
 
 
+def _gate_section(gate) -> str:
+    """The data gate: drift since the previous span (which feature moved, by how much) and the
+    anomalies it let through; nothing for a report made without the gate's decision."""
+    if gate is None:
+        return ""
+    rows = [
+        f"<tr><td>drift</td><td>{html.escape(split)}</td><td>{html.escape(r['feature'])}</td>"
+        f"<td>{html.escape(r['description'])}</td></tr>"
+        for split, found in sorted((gate.get("drift") or {}).items())
+        for r in found
+    ] + [
+        f"<tr><td>anomaly</td><td>{html.escape(split)}</td><td>{html.escape(r['feature'])}</td>"
+        f"<td>{html.escape(r['description'])}</td></tr>"
+        for split, found in sorted((gate.get("anomalies") or {}).items())
+        for r in found
+    ]
+    table = (
+        "<table id='gate'><tr><th>kind</th><th>split</th><th>feature</th><th>finding</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        if rows
+        else ""
+    )
+    note = html.escape(gate.get("drift_note") or "")
+    return f"<h2>Data gate</h2><p id='drift-note'>Drift: {note}</p>{table}"
+
+
 def render(report: dict) -> str:
     """``report``: the dict ``component.build`` assembles (also written as ``report.json``); its
     ``class_names`` are the dataset spec's."""
@@ -134,5 +161,6 @@ Evaluated on {overall['examples']} eval images at their original resolution, voi
 </table>
 {figure(TRAINING_FIGURE, 'Training')}
 {figure(DATA_FIGURE, 'Data')}
+{_gate_section(report.get('data_gate'))}
 </body></html>
 """

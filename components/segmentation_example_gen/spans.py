@@ -19,6 +19,7 @@ half-uploaded span.
 
 import dataclasses
 import datetime
+import logging
 import re
 from typing import Dict, Optional, Tuple
 
@@ -139,8 +140,9 @@ def resolve(roots: Dict[str, Optional[str]], requested_span: int = NEWEST) -> Sp
     """The span a run reads: ``requested_span`` (a backfill), or the newest on storage, at its
     newest version; span 0 when no root has specs. ``roots``: ``{config key: root}``.
 
-    Raises ``SpanError`` naming the pattern when nothing matches, or when the roots disagree (the
-    VOC root has span 3 but the SBD root has not).
+    With several patterned roots (VOC's and SBD's), the newest span under all of them: a span
+    whose SBD part has not arrived yet waits (a warning names it). Raises ``SpanError`` naming the
+    patterns when no span is under all of them, or when the asked-for span is not.
     """
     patterned = {key: root for key, root in roots.items() if has_specs(root)}
     if not patterned:
@@ -162,6 +164,13 @@ def resolve(roots: Dict[str, Optional[str]], requested_span: int = NEWEST) -> Sp
         where = "; ".join(f"{k}={patterned[k]!r}: {sorted(v) or 'nothing'}" for k, v in per_root.items())
         raise SpanError(f"no span is under every data root's pattern ({where})")
     spans = sorted({span for span, _ in common})
+    ahead = {
+        key: max(s for s, _ in found)
+        for key, found in per_root.items()
+        if max(s for s, _ in found) > spans[-1]
+    }
+    if ahead and requested_span == NEWEST:
+        logging.warning("span %s is the newest under every data root; %s have newer ones", spans[-1], ahead)
     if requested_span == NEWEST:
         span = spans[-1]
     elif requested_span in spans:
