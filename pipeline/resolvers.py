@@ -4,7 +4,7 @@ TFX's ``LatestBlessedModelStrategy`` gives the newest blessed model. On a schedu
 new data that is the model the last run trained and blessed, so the Trainer (warm-started from it)
 and the Evaluator (judging the cached candidate against itself) see new inputs and run again; on
 Airflow the Evaluator then fails outright: TFX's legacy launcher registers one artifact as two
-inputs of one execution (``AlreadyExistsError: Given event already exists``). Both strategies here
+inputs of one execution (``AlreadyExistsError: Given event already exists``). The strategies here
 answer relative to this run's own artifacts, so that unchanged data gives the inputs of last time:
 
 - ``BaselineStrategy`` (the Evaluator's baseline): the newest blessed model *older than this run's
@@ -13,7 +13,9 @@ answer relative to this run's own artifacts, so that unchanged data gives the in
   model *not trained on this run's Examples*. A run whose ingestion was a cache hit warm-starts
   from what the cached training did; a new span starts from the model of the spans before it.
 - ``PreviousSpanStrategy`` (the data gate's drift baseline): the statistics of the newest span
-  *older than this run's*.
+  *older than this run's* that the gate passed.
+- ``SpanWindowStrategy`` (what Transform, the Trainer and the Evaluator read): this run's Examples
+  and those of the newest ``data.num_spans`` - 1 older spans the gate let in.
 
 "This run's" artifact: the portable launcher (LocalDagRunner) resolves a channel to the producer's
 output in this pipeline run, one artifact. TFX's legacy launcher (Airflow) resolves a Resolver's
@@ -22,11 +24,12 @@ cached execution) most recently, which holds while runs of one pipeline do not o
 ``max_active_runs=1``, set by ``pipeline/airflow_dag.py``).
 
 Kubeflow V2 / Vertex AI compiles only TFX's two built-in strategies into its job; the compiled job
-uses ``LatestBlessedModelStrategy`` (``create_pipeline(..., kfp_resolvers=True)``) and has no drift
-baseline. There a run on unchanged data is cached through ingestion and Transform; without warm
-start the Trainer is cached too and the Evaluator judges the cached model against itself, which
-the pusher does not push again; with warm start (``vertex.yaml``) the Trainer retrains from the
-last blessed model, and the new model may be blessed and pushed.
+uses ``LatestBlessedModelStrategy`` (``create_pipeline(..., kfp_resolvers=True)``), has no drift
+baseline and reads this run's span alone. There a run on unchanged data is cached through
+ingestion and Transform; without warm start the Trainer is cached too and the Evaluator judges the
+cached model against itself, which the pusher does not push again; with warm start
+(``vertex.yaml``) the Trainer retrains from the last blessed model, and the new model may be
+blessed and pushed.
 """
 
 from typing import Dict, List, Optional, Set
