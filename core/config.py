@@ -91,11 +91,14 @@ class ValidationConfig(Checked):
     allow_anomalies: bool = False
     # Drift since the previous span: the gate stops a span whose sources, formats, image sizes
     # or classes present moved by more than this Jensen-Shannon divergence (0: the same
-    # distribution, 1: disjoint) from the previous span's, unless allow_drift is set.
+    # distribution, 1: disjoint) from the previous span's (1 turns the check off).
     max_drift: float = 0.3
-    allow_drift: bool = False
+    # A drifted span the gate lets through once the change is understood: this span number
+    # (-1: none). A span, not a switch: left in the config it lets no later span drift, and the
+    # scheduled runs after it keep the gate's parameters, so unchanged data stays a cache hit.
+    accept_drift_of_span: int = -1
 
-    RULES = {"max_drift": between(0, 1)}
+    RULES = {"max_drift": between(0, 1), "accept_drift_of_span": at_least(-1)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,13 +9,15 @@ Metadata is the platform's, so no connection config is set here.
 """
 
 import json
+import logging
 import os
 
-from tfx import v1 as tfx
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from components.segmentation_example_gen import vertex_driver
+from components.segmentation_example_gen import spans, vertex_driver
 from components.segmentation_example_gen.component import SegmentationExampleGen
 from core import config as config_lib
+from core.checks import ConfigError
 from pipeline.pipeline import SPAN_PARAMETER, create_pipeline
 
 # The ingestion task's name in the job: the component's id, its class name.
@@ -26,8 +28,9 @@ def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
     """Writes the PipelineJob JSON to ``output``; returns it as a dict."""
     # Project files inside the image; run paths are URIs there, and stay as they are.
     config = config.resolved(config.kubeflow.project_root, None)
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
+    check_schedule(config)
+    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
         output_dir=os.path.dirname(os.path.abspath(output)),
         output_filename=os.path.basename(output),
     )
@@ -42,6 +45,24 @@ def compile_pipeline(config: config_lib.PipelineConfig, output: str) -> dict:
     with open(output, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     return job
+
+
+def check_schedule(config: config_lib.PipelineConfig) -> None:
+    """Refuses a window of spans, which the compiled job cannot read, and says what warm start
+    does there: the job has TFX's built-in Resolvers only (``pipeline/resolvers.py``)."""
+    data = config.data
+    if any(spans.has_specs(root) for root in (data.voc_root, data.sbd_root, data.root)):
+        if data.num_spans != 1:
+            raise ConfigError(
+                f"data.num_spans={data.num_spans}: the compiled Vertex job reads this run's span alone "
+                "(Kubeflow V2 compiles only TFX's built-in Resolver strategies); set data.num_spans=1, "
+                "or run the window on LocalDagRunner or Airflow"
+            )
+        if config.trainer.warm_start:
+            logging.warning(
+                "trainer.warm_start on Vertex: a scheduled run on unchanged data is cached up to the "
+                "Trainer, which retrains from the newest blessed model (README, Scheduled runs)"
+            )
 
 
 def add_ingestion_driver(job: dict) -> None:

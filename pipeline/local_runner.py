@@ -15,7 +15,8 @@ from typing import Sequence
 
 import tensorflow as tf
 from ml_metadata import metadata_store as mlmd
-from tfx import v1 as tfx
+from tfx.orchestration import metadata as tfx_metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import RunOptions
 
 from components.run_report.component import INDEX, REPORT_JSON, RunReport
@@ -28,14 +29,14 @@ from pipeline.pipeline import create_pipeline
 def metadata_connection(config: config_lib.PipelineConfig):
     """ML Metadata's connection: MySQL when ``mysql.host`` is set (shared, production), else SQLite."""
     if config.mysql.host:
-        return tfx.orchestration.metadata.mysql_metadata_connection_config(
+        return tfx_metadata.mysql_metadata_connection_config(
             host=config.mysql.host,
             port=config.mysql.port,
             database=config.mysql.database,
             username=config.mysql.username,
             password=os.environ.get("DEEPLAB_TFX_MYSQL_PASSWORD", ""),
         )
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    return tfx_metadata.sqlite_metadata_connection_config(config.metadata_path)
 
 
 def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
@@ -62,7 +63,7 @@ def run(config: config_lib.PipelineConfig, to_nodes: Sequence[str] = ()) -> int:
     start = time.time()
     with progress.following(metadata, config.pipeline_name) as follower:
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline, run_options=run_options)
+            LocalDagRunner().run(pipeline, run_options=run_options)
         except Exception as e:  # noqa: BLE001 - the trace for debugging, then one plain line.
             logging.exception("pipeline run failed")
             where = f" in component {follower.running}" if follower.running else ""

@@ -29,7 +29,11 @@ import dataclasses
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+from tfx.components import Evaluator, ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.orchestration.data_types import RuntimeParameter
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import trainer_pb2, transform_pb2
 
 from components.data_gate.component import DataGate
 from components.dataset_schema.component import DatasetSchemaGen
@@ -66,15 +70,13 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         num_shards=config.ingest.num_shards,
         requested_span=span_request(config, kfp_resolvers),
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     if config.validation.schema_path:
         # A curated schema is the contract; inferring one would accept whatever arrived.
         schema_gen = DatasetSchemaGen(schema_file=config.validation.schema_path, dataset_spec=dataset)
     else:
-        schema_gen = tfx.components.SchemaGen(
-            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
-        )
-    example_validator = tfx.components.ExampleValidator(
+        schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     # Drift: this span's statistics against the previous span's (none on a first span; not on
@@ -94,7 +96,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         anomalies=example_validator.outputs["anomalies"],
         max_drift=config.validation.max_drift,
         allow_anomalies=config.validation.allow_anomalies,
-        allow_drift=config.validation.allow_drift,
+        accept_drift_of_span=config.validation.accept_drift_of_span,
         **drift_inputs,
     )
     # What Transform, the Trainer and the Evaluator read: the newest data.num_spans spans the gate
@@ -105,7 +107,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         else resolvers.span_window(example_gen.outputs["examples"], config.data.num_spans)
     )
     training_examples = window.outputs[resolvers.EXAMPLES_KEY] if window else example_gen.outputs["examples"]
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=training_examples,
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=dotted(preprocessing.preprocessing_fn),
@@ -116,13 +118,13 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         # Analyzers (class pixel counts) see the train split only. Not materialized: a
         # transformed 512 px example is ~5 MB against ~0.1 MB raw, so the trainer applies the
         # transform graph in its tf.data pipeline instead (figures in the README).
-        splits_config=tfx.proto.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
+        splits_config=transform_pb2.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
         materialize=False,
         disable_statistics=True,
     )
     # Nothing downstream of the gate may start before it has passed.
     transform.add_upstream_node(data_gate)
-    trainer_class, custom_config = tfx.components.Trainer, run_fn.custom_config(config)
+    trainer_class, custom_config = Trainer, run_fn.custom_config(config)
     if config.vertex.enabled:
         # Same run_fn, run as a Vertex AI custom job on the configured machines. Imported here:
         # the Vertex SDK takes seconds to import, and Airflow times DAG file imports.
@@ -142,9 +144,9 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         examples=training_examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
+        train_args=trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps),
         # No num_steps: evaluate on the whole eval split unless the config caps it.
-        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
+        eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config=custom_config,
         base_model=warm_start.outputs["model"] if warm_start else None,
     )
@@ -182,7 +184,7 @@ def span_request(config: PipelineConfig, runtime_parameter: bool):
     with that default, so that a backfill is a run with ``span`` set, not a recompile."""
     if not runtime_parameter:
         return config.data.span
-    return tfx.dsl.experimental.RuntimeParameter(name=SPAN_PARAMETER, ptype=int, default=config.data.span)
+    return RuntimeParameter(name=SPAN_PARAMETER, ptype=int, default=config.data.span)
 
 
 def vertex_training_args(config: PipelineConfig) -> dict:
@@ -213,7 +215,7 @@ def vertex_training_args(config: PipelineConfig) -> dict:
 
 
 def validation_and_push(
-    config: PipelineConfig, examples, schema, model, baseline: tfx.dsl.Resolver, eval_examples=None
+    config: PipelineConfig, examples, schema, model, baseline: Resolver, eval_examples=None
 ) -> list:
     """Evaluator and ServingPusher for the Model channel ``model``, against ``baseline``
     (``resolvers.baseline_model``): on the first run, when it gives none, TFX's Evaluator judges by
@@ -222,7 +224,7 @@ def validation_and_push(
 
     Separate so that tests can judge given models (through an Importer) with the same wiring.
     """
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=examples if eval_examples is None else eval_examples,
         model=model,
         baseline_model=baseline.outputs["model"],
@@ -246,10 +248,10 @@ def create_pipeline(
     config: PipelineConfig,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     kfp_resolvers: bool = False,
-) -> tfx.dsl.Pipeline:
+) -> Pipeline:
     """Builds the TFX pipeline for ``config``; the runner supplies the metadata connection, and the
     Kubeflow compiler asks for what it can compile (``create_components``)."""
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=create_components(config, kfp_resolvers),

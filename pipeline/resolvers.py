@@ -37,10 +37,13 @@ from typing import Dict, List, Optional, Set
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx import types
-from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
-from tfx.types import standard_component_specs
+from tfx.dsl.components.common.resolver import Resolver, ResolverStrategy
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.types.channel import Channel
 
+from components.segmentation_example_gen import spec
 from core import artifacts
 
 # The channels' keys: TFX's own names where the same channel is a TFX component's input (also the
@@ -96,16 +99,25 @@ def blessed_models(input_dict: Dict[str, List[types.Artifact]]) -> list:
     return [(m, blessings[m.id]) for m in models if m.id in blessings]
 
 
-def training_examples(store: mlmd.MetadataStore, model: types.Artifact) -> Set[int]:
-    """Ids of the Examples the execution that produced ``model`` trained on."""
+def contents(examples: metadata_store_pb2.Artifact) -> str:
+    """What an Examples artifact holds: its files' fingerprint (which names the span and version),
+    or its id where ingestion recorded none. A backfill of unchanged files is a new artifact with
+    the same contents, and must change no later run's choice."""
+    fingerprint = examples.custom_properties.get(spec.INPUT_FINGERPRINT_KEY)
+    return fingerprint.string_value if fingerprint and fingerprint.string_value else f"id:{examples.id}"
+
+
+def training_examples(store: mlmd.MetadataStore, model: types.Artifact) -> Set[str]:
+    """The ``contents`` of the Examples the execution that produced ``model`` trained on."""
     events = store.get_events_by_artifact_ids([model.id])
     producers = sorted(e.execution_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT)
     if not producers:
         return set()
     inputs = store.get_events_by_execution_ids(producers[:1])
-    return {
+    ids = [
         e.artifact_id for e in inputs if e.type == metadata_store_pb2.Event.INPUT and _key(e) == EXAMPLES_KEY
-    }
+    ]
+    return {contents(a) for a in store.get_artifacts_by_id(ids)} if ids else set()
 
 
 def _key(event) -> str:
@@ -119,7 +131,7 @@ def _answer(input_dict, found) -> Dict[str, List[types.Artifact]]:
     return out
 
 
-class BaselineStrategy(tfx.dsl.experimental.ResolverStrategy):
+class BaselineStrategy(ResolverStrategy):
     """The newest blessed model older than this run's candidate (``candidate``)."""
 
     def resolve_artifacts(self, store, input_dict):
@@ -128,59 +140,51 @@ class BaselineStrategy(tfx.dsl.experimental.ResolverStrategy):
         return _answer(input_dict, older[0] if older else None)
 
 
-class WarmStartStrategy(tfx.dsl.experimental.ResolverStrategy):
+class WarmStartStrategy(ResolverStrategy):
     """The newest blessed model not trained on this run's Examples (``examples``; a model trained
-    on a window that holds them counts as trained on them)."""
+    on a window that holds them, or another delivery of the same files, counts as trained on them)."""
 
     def resolve_artifacts(self, store, input_dict):
         examples = this_runs(store, input_dict[EXAMPLES_KEY])
-        other = [
-            (m, b)
-            for m, b in blessed_models(input_dict)
-            if examples is None or examples.id not in training_examples(store, m)
-        ]
+        mine = contents(examples.mlmd_artifact) if examples is not None else None
+        other = [(m, b) for m, b in blessed_models(input_dict) if mine not in training_examples(store, m)]
         return _answer(input_dict, other[0] if other else None)
 
 
-def passed_the_gate(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> List[types.Artifact]:
-    """Those of ``statistics`` that a DataGate execution took as its input and passed (its
-    execution complete, or a cache hit of one that was): a span the gate stopped is no baseline,
-    or the next span that drifted the same way would pass."""
-    if not statistics:
+def taken_by(
+    store: mlmd.MetadataStore, given: List[types.Artifact], key: str, type_suffix: str
+) -> List[types.Artifact]:
+    """Those of ``given`` that an execution of a type named ``...<type_suffix>`` took as its input
+    ``key`` and completed (or a cache hit of one that did)."""
+    if not given:
         return []
-    events = store.get_events_by_artifact_ids([s.id for s in statistics])
     consumers = {}
-    for event in events:
-        if event.type == metadata_store_pb2.Event.INPUT and _key(event) == STATISTICS_KEY:
+    for event in store.get_events_by_artifact_ids([a.id for a in given]):
+        if event.type == metadata_store_pb2.Event.INPUT and _key(event) == key:
             consumers.setdefault(event.execution_id, set()).add(event.artifact_id)
-    passed = set()
-    for execution in store.get_executions_by_id(list(consumers)):
-        kind = store.get_execution_types_by_id([execution.type_id])[0].name
-        done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-        if kind.endswith(GATE_TYPE_SUFFIX) and execution.last_known_state in done:
-            passed |= consumers[execution.id]
-    return [s for s in statistics if s.id in passed]
+    executions = store.get_executions_by_id(list(consumers))
+    names = {t.id: t.name for t in store.get_execution_types_by_id(list({e.type_id for e in executions}))}
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    taken = set()
+    for execution in executions:
+        if names[execution.type_id].endswith(type_suffix) and execution.last_known_state in done:
+            taken |= consumers[execution.id]
+    return [a for a in given if a.id in taken]
+
+
+def passed_the_gate(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> List[types.Artifact]:
+    """Those of ``statistics`` that the data gate passed: a span the gate stopped is no baseline,
+    or the next span that drifted the same way would pass."""
+    return taken_by(store, statistics, STATISTICS_KEY, GATE_TYPE_SUFFIX)
 
 
 def transformed(store: mlmd.MetadataStore, examples: List[types.Artifact]) -> List[types.Artifact]:
-    """Those of ``examples`` that a Transform execution took (complete, or a cache hit of one
-    that was): Transform runs only once the data gate has passed, so these are spans it let in."""
-    if not examples:
-        return []
-    consumers = {}
-    for event in store.get_events_by_artifact_ids([e.id for e in examples]):
-        if event.type == metadata_store_pb2.Event.INPUT and _key(event) == EXAMPLES_KEY:
-            consumers.setdefault(event.execution_id, set()).add(event.artifact_id)
-    let_in = set()
-    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-    for execution in store.get_executions_by_id(list(consumers)):
-        kind = store.get_execution_types_by_id([execution.type_id])[0].name
-        if kind.endswith(TRANSFORM_TYPE_SUFFIX) and execution.last_known_state in done:
-            let_in |= consumers[execution.id]
-    return [e for e in examples if e.id in let_in]
+    """Those of ``examples`` that Transform took: it runs only once the data gate has passed, so
+    these are spans the gate let in."""
+    return taken_by(store, examples, EXAMPLES_KEY, TRANSFORM_TYPE_SUFFIX)
 
 
-class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
+class SpanWindowStrategy(ResolverStrategy):
     """This run's Examples (``current``) and those of the ``num_spans - 1`` newest older spans the
     gate let in (0: all), the newest delivery of each: what Transform, the Trainer and the
     Evaluator read, as TFX's rolling-range resolvers do. Relative to this run's span, so unchanged
@@ -204,6 +208,15 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
         newest = {}
         for examples in sorted(older, key=lambda e: (e.span, e.version or 0, e.id)):
             newest[examples.span] = examples
+        # Of the newest delivery's files, the first artifact that held them: a backfill of
+        # unchanged files leaves the window, and so the next scheduled run's cache key, as it was.
+        for examples in sorted(older, key=lambda e: e.id, reverse=True):
+            same = newest[examples.span]
+            if (
+                contents(examples.mlmd_artifact) == contents(same.mlmd_artifact)
+                and examples.version == same.version
+            ):
+                newest[examples.span] = examples
         spans = sorted(newest, reverse=True)
         if self._num_spans:
             spans = spans[: self._num_spans - 1]
@@ -213,23 +226,45 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
         return {EXAMPLES_KEY: window, CURRENT_KEY: []}
 
 
-def span_window(examples, num_spans: int) -> tfx.dsl.Resolver:
+def span_window(examples, num_spans: int) -> Resolver:
     """The Examples of the newest ``num_spans`` spans up to this run's channel ``examples``.
     Not in the compiled Vertex job, whose compiler knows only TFX's built-in strategies: there
     the pipeline reads this run's span alone."""
-    every = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples)
-    return tfx.dsl.Resolver(
+    every = Channel(type=standard_artifacts.Examples)
+    return Resolver(
         strategy_class=SpanWindowStrategy,
         config={"num_spans": num_spans},
         **{EXAMPLES_KEY: every, CURRENT_KEY: examples},
     ).with_id(SPAN_WINDOW_RESOLVER_ID)
 
 
-class PreviousSpanStrategy(tfx.dsl.experimental.ResolverStrategy):
+def datasets_of(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> Dict[int, str]:
+    """``{statistics id: dataset}``: the dataset spec's name on the Examples that StatisticsGen
+    computed each of ``statistics`` from (statistics carry no dataset of their own)."""
+    events = store.get_events_by_artifact_ids([s.id for s in statistics])
+    made_by = {}
+    for event in events:
+        if event.type == metadata_store_pb2.Event.OUTPUT:
+            made_by.setdefault(event.execution_id, set()).add(event.artifact_id)
+    examples_of = {}  # execution id -> its Examples (a Resolver's execution has none)
+    for event in store.get_events_by_execution_ids(list(made_by)):
+        if event.type == metadata_store_pb2.Event.INPUT and _key(event) == EXAMPLES_KEY:
+            examples_of[event.execution_id] = event.artifact_id
+    examples = {a.id: a for a in store.get_artifacts_by_id(list(set(examples_of.values())))}
+    found = {}
+    for execution_id, example_id in examples_of.items():
+        dataset = examples[example_id].custom_properties[artifacts.DATASET_PROPERTY].string_value
+        for statistics_id in made_by[execution_id]:
+            found[statistics_id] = dataset
+    return found
+
+
+class PreviousSpanStrategy(ResolverStrategy):
     """The statistics of the newest span older than this run's (``current``) that passed the
-    data gate, the newest delivery of it: what the gate compares this span with. None for a
-    first span. Relative to this run's span, so a run on unchanged data compares with what it did
-    before (a cache hit), and a new span with the last span the gate let through."""
+    data gate, of this run's dataset, the newest delivery of it: what the gate compares this span
+    with. None for a first span (or the first of a changed dataset spec). Relative to this run's
+    span, so a run on unchanged data compares with what it did before (a cache hit), and a new
+    span with the last span the gate let through."""
 
     def resolve_artifacts(self, store, input_dict):
         out = {key: [] for key in input_dict}
@@ -237,50 +272,50 @@ class PreviousSpanStrategy(tfx.dsl.experimental.ResolverStrategy):
         if current is None:
             return out
         older = passed_the_gate(store, [s for s in input_dict[STATISTICS_KEY] if s.span < current.span])
+        dataset = datasets_of(store, [current, *older])
+        older = [s for s in older if dataset.get(s.id) == dataset.get(current.id)]
         if older:
             out[STATISTICS_KEY] = [max(older, key=lambda s: (s.span, s.id))]
         return out
 
 
-def previous_span_statistics(statistics) -> tfx.dsl.Resolver:
+def previous_span_statistics(statistics) -> Resolver:
     """The data gate's drift baseline for this run's ExampleStatistics channel ``statistics``.
 
     Not in the compiled Vertex job (``create_components``): TFX's built-in strategies cannot say
     "the previous span that passed": LatestArtifactStrategy would give the newest statistics of any
     pipeline, this span's own after a stopped run, and a drifted span would pass on its retry."""
-    every = tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics)
-    return tfx.dsl.Resolver(
+    every = Channel(type=standard_artifacts.ExampleStatistics)
+    return Resolver(
         strategy_class=PreviousSpanStrategy, **{STATISTICS_KEY: every, CURRENT_KEY: statistics}
     ).with_id(PREVIOUS_SPAN_RESOLVER_ID)
 
 
 def _blessed_channels() -> dict:
     return {
-        MODEL_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        BLESSING_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        MODEL_KEY: Channel(type=standard_artifacts.Model),
+        BLESSING_KEY: Channel(type=standard_artifacts.ModelBlessing),
     }
 
 
-def latest_blessed_model(resolver_id: str) -> tfx.dsl.Resolver:
+def latest_blessed_model(resolver_id: str) -> Resolver:
     """TFX's own: the newest blessed model, whatever this run's artifacts are."""
-    return tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **_blessed_channels()
-    ).with_id(resolver_id)
+    return Resolver(strategy_class=LatestBlessedModelStrategy, **_blessed_channels()).with_id(resolver_id)
 
 
-def baseline_model(candidate, kfp: bool) -> tfx.dsl.Resolver:
+def _blessed_model(resolver_id: str, strategy_class, kfp: bool, this_run: dict) -> Resolver:
+    """A blessed model chosen by ``strategy_class`` relative to ``this_run``'s channels, or on
+    Vertex (``kfp``) TFX's newest blessed model."""
+    if kfp:
+        return latest_blessed_model(resolver_id)
+    return Resolver(strategy_class=strategy_class, **_blessed_channels(), **this_run).with_id(resolver_id)
+
+
+def baseline_model(candidate, kfp: bool) -> Resolver:
     """The Evaluator's baseline for the Model channel ``candidate`` (none on the first run)."""
-    if kfp:
-        return latest_blessed_model(BASELINE_RESOLVER_ID)
-    return tfx.dsl.Resolver(
-        strategy_class=BaselineStrategy, **_blessed_channels(), **{CANDIDATE_KEY: candidate}
-    ).with_id(BASELINE_RESOLVER_ID)
+    return _blessed_model(BASELINE_RESOLVER_ID, BaselineStrategy, kfp, {CANDIDATE_KEY: candidate})
 
 
-def warm_start_model(examples, kfp: bool) -> tfx.dsl.Resolver:
+def warm_start_model(examples, kfp: bool) -> Resolver:
     """The Trainer's base model for this run's Examples channel ``examples`` (none on the first run)."""
-    if kfp:
-        return latest_blessed_model(WARM_START_RESOLVER_ID)
-    return tfx.dsl.Resolver(
-        strategy_class=WarmStartStrategy, **_blessed_channels(), **{EXAMPLES_KEY: examples}
-    ).with_id(WARM_START_RESOLVER_ID)
+    return _blessed_model(WARM_START_RESOLVER_ID, WarmStartStrategy, kfp, {EXAMPLES_KEY: examples})

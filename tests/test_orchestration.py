@@ -16,6 +16,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from components.segmentation_example_gen import vertex_driver
 from core import artifacts, features, paths
 from core import config as config_lib
+from core.checks import ConfigError
 from pipeline import cli, kubeflow_runner, local_runner, resolvers
 from pipeline.pipeline import create_pipeline
 from serving import layout
@@ -173,6 +174,8 @@ def test_airflow_runs_on_a_schedule_ingesting_each_new_span(dataset_dir, tmp_pat
     overrides = [
         f"data.voc_root={pattern}", f"data.sbd_root={pattern}", f"pipeline_root={tmp_path / 'run'}",
         "trainer.train_steps=4", "trainer.steps_per_epoch=2", "evaluator.min_mean_iou=0.0",
+        # Orchestration is under test, not the model: small images, one warm-up request, two samples.
+        "transform.image_size=64", "pusher.warmup_requests=1", "report.samples=2",
         # Blessing is tested in test_evaluation.py; here the third run's model must be pushed.
         "evaluator.max_mean_iou_drop=1.0", "evaluator.max_class_iou_drop=1.0",
         "airflow.schedule=@daily",
@@ -289,6 +292,12 @@ def test_vertex_ingestion_is_never_served_a_stale_cache(dataset_dir, tmp_path):
     os.symlink(dataset_dir, spans_dir / "span-1")
     overrides = [f"data.voc_root={spans_dir}/span-{{SPAN}}", f"data.sbd_root={spans_dir}/span-{{SPAN}}"]
     output = str(tmp_path / "job.json")
+    # The job reads this run's span alone: a window (data.num_spans, default all) is refused.
+    with pytest.raises(
+        ConfigError, match="data.num_spans=0: the compiled Vertex job reads this run's span alone"
+    ):
+        kubeflow_runner.compile_pipeline(config_lib.load_config("vertex", overrides), output)
+    overrides.append("data.num_spans=1")
     job = kubeflow_runner.compile_pipeline(config_lib.load_config("vertex", overrides), output)
     assert json.load(open(output)) == job
     # The span a run reads is a runtime parameter, the newest (-1) unless a run sets one (backfill).
@@ -315,5 +324,6 @@ def test_vertex_ingestion_is_never_served_a_stale_cache(dataset_dir, tmp_path):
     os.symlink(dataset_dir, spans_dir / "span-2")
     second = pre_cache_check(-1)
     assert second["span"] == 2 and second["input_fingerprint"] != first["input_fingerprint"]
-    # A backfill of span 1 is span 1's key again.
+    # A backfill of span 1 resolves span 1 and its fingerprint again (the task's parameters also
+    # hold the requested span: a backfill is a cache entry of its own).
     assert pre_cache_check(1) == first

@@ -9,7 +9,7 @@ Examples artifact (VOC's for artifacts made before specs travelled), so they can
 
 import dataclasses
 
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from core import config as config_lib
 from trainer import training
@@ -27,7 +27,7 @@ def custom_config(config: config_lib.PipelineConfig) -> dict:
 
 
 # TFX Trainer calls this.
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config or {}
     trainer_config = config_lib.from_dict(
         config_lib.TrainerConfig, custom.get(TRAINER_KEY, {}), where="Trainer custom_config"

@@ -83,27 +83,29 @@ def DataGate(  # noqa: N802 - TFX component names are classes.
     previous_statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None,
     allow_anomalies: Parameter[bool] = False,
     max_drift: Parameter[float] = ValidationConfig.max_drift,
-    allow_drift: Parameter[bool] = False,
+    accept_drift_of_span: Parameter[int] = ValidationConfig.accept_drift_of_span,
 ):
     """Passes clean data; stops the run on anomalies unless ``allow_anomalies``, and on a span
     whose ``statistics`` drifted by more than ``max_drift`` from ``previous_statistics`` (the
-    previous span's; none on a first span) unless ``allow_drift``. Without ``statistics`` (the
-    compiled Vertex job) drift is not checked, and the decision says so."""
+    previous span's; none on a first span) unless it is span ``accept_drift_of_span``. Without
+    ``statistics`` (the compiled Vertex job) drift is not checked, and the decision says so."""
     found = read_anomalies(anomalies)
     drifted = (
         drift_lib.compare(statistics, previous_statistics, max_drift) if statistics is not None else None
     )
-    note = drift_lib.summary(
-        drifted, checked=statistics is not None, span=statistics.span if statistics else 0
-    )
-    passed = (not found or allow_anomalies) and (not drifted or allow_drift)
+    span = statistics.span if statistics is not None else None
+    drift_accepted = bool(drifted) and span == accept_drift_of_span
+    note = drift_lib.summary(drifted, checked=statistics is not None, span=span or 0)
+    if drift_accepted:
+        note = f"accepted (validation.accept_drift_of_span={span}): {note}"
+    passed = (not found or allow_anomalies) and (not drifted or drift_accepted)
     with tf.io.gfile.GFile(os.path.join(decision.uri, DECISION_FILE), "w") as f:
         json.dump(
             {
                 artifacts.PASSED: passed,
                 "allow_anomalies": allow_anomalies,
                 "anomalies": found,
-                "allow_drift": allow_drift,
+                "accept_drift_of_span": accept_drift_of_span,
                 # None: nothing to compare with ("drift_note" says why); {}: nothing drifted.
                 "drift": drifted,
                 "drift_note": note,
@@ -122,16 +124,16 @@ def DataGate(  # noqa: N802 - TFX component names are classes.
             f"ExampleValidator found anomalies in the ingested data:\n{explain(found)}\nFix the data or "
             f"the schema ({anomalies.uri}), or set validation.allow_anomalies=true to train anyway."
         )
-    if drifted and not allow_drift:
+    if drifted and not drift_accepted:
         problems.append(
             "the span drifted from the previous one (Jensen-Shannon divergence above "
-            f"validation.max_drift):\n{explain(drifted)}\nIf the change is real, set "
-            "validation.allow_drift=true for this run."
+            f"validation.max_drift):\n{explain(drifted)}\nIf the change is real, accept it: "
+            f"validation.accept_drift_of_span={span} (it lets this span alone through)."
         )
     if problems:
         raise DataGateError("DataGate stopped the run before Transform: " + "\n".join(problems))
     if found or drifted:
-        allowed = {**found, **(drifted or {})}
-        logging.warning("DataGate: allowed by the config, the run goes on:\n%s", explain(allowed))
+        allowed = "\n".join(explain(rows) for rows in (found, drifted) if rows)
+        logging.warning("DataGate: allowed by the config, the run goes on:\n%s", allowed)
     else:
         logging.info("DataGate: no anomalies in any split; the run goes on.")

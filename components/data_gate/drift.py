@@ -5,7 +5,8 @@ This span's statistics (StatisticsGen) against the previous span's (``pipeline/r
 runs it: a schema inferred from the previous span with a drift comparator on each feature below,
 and ``tfdv.validate_statistics(..., previous_statistics=...)``. The Jensen-Shannon divergence is 0
 for the same distribution and 1 for disjoint ones; above ``validation.max_drift`` for any feature,
-the gate stops the run (unless ``validation.allow_drift``), naming the feature and the divergence.
+the gate stops the run (unless ``validation.accept_drift_of_span`` is this span), naming the feature
+and the divergence.
 
 In the gate rather than TFX's DistributionValidator component: TFX 1.16's legacy launcher (Airflow)
 names an output ``<key>:<run id>``, and DistributionValidator's ``anomalies`` then collides with
