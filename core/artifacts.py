@@ -29,8 +29,10 @@ HISTORY_EPOCHS = "epochs"
 # of the same names set them).
 SPAN = "span"
 VERSION = "version"
-# Custom properties (ML Metadata). Examples: the dataset's name and each split's count.
+# Custom properties (ML Metadata). Examples: the dataset's name, a digest of its spec (a spec
+# changed under the same name encodes masks differently) and each split's count.
 DATASET_PROPERTY = "dataset"
+DATASET_DIGEST_PROPERTY = "dataset_digest"
 NUM_EXAMPLES_PREFIX = "num_examples_"
 # RejectedRecords (the dead letter).
 NUM_REJECTED = "num_rejected"

@@ -51,18 +51,18 @@ def check_schedule(config: config_lib.PipelineConfig) -> None:
     """Refuses a window of spans, which the compiled job cannot read, and says what warm start
     does there: the job has TFX's built-in Resolvers only (``pipeline/resolvers.py``)."""
     data = config.data
-    if any(spans.has_specs(root) for root in (data.voc_root, data.sbd_root, data.root)):
-        if data.num_spans != 1:
-            raise ConfigError(
-                f"data.num_spans={data.num_spans}: the compiled Vertex job reads this run's span alone "
-                "(Kubeflow V2 compiles only TFX's built-in Resolver strategies); set data.num_spans=1, "
-                "or run the window on LocalDagRunner or Airflow"
-            )
-        if config.trainer.warm_start:
-            logging.warning(
-                "trainer.warm_start on Vertex: a scheduled run on unchanged data is cached up to the "
-                "Trainer, which retrains from the newest blessed model (README, Scheduled runs)"
-            )
+    spanned = any(spans.has_specs(root) for root in (data.voc_root, data.sbd_root, data.root))
+    if spanned and data.num_spans != 1:
+        raise ConfigError(
+            f"data.num_spans={data.num_spans}: the compiled Vertex job reads this run's span alone "
+            "(Kubeflow V2 compiles only TFX's built-in Resolver strategies); set data.num_spans=1, "
+            "or run the window on LocalDagRunner or Airflow"
+        )
+    if config.trainer.warm_start:
+        logging.warning(
+            "trainer.warm_start on Vertex: a scheduled run on unchanged data is cached up to the "
+            "Trainer, which retrains from the newest blessed model (README, Scheduled runs)"
+        )
 
 
 def add_ingestion_driver(job: dict) -> None:

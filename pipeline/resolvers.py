@@ -99,12 +99,44 @@ def blessed_models(input_dict: Dict[str, List[types.Artifact]]) -> list:
     return [(m, blessings[m.id]) for m in models if m.id in blessings]
 
 
+def dataset_of(examples: Optional[metadata_store_pb2.Artifact]) -> tuple:
+    """What Examples were encoded for: ``(spec name, spec digest)``; a spec changed under the
+    same name is another dataset. ``("", "")`` where unknown."""
+    if examples is None:
+        return ("", "")
+    found = examples.custom_properties
+    keys = (artifacts.DATASET_PROPERTY, artifacts.DATASET_DIGEST_PROPERTY)
+    return tuple(found[key].string_value if key in found else "" for key in keys)
+
+
 def contents(examples: metadata_store_pb2.Artifact) -> str:
-    """What an Examples artifact holds: its files' fingerprint (which names the span and version),
-    or its id where ingestion recorded none. A backfill of unchanged files is a new artifact with
-    the same contents, and must change no later run's choice."""
+    """What an Examples artifact holds: its files' fingerprint (which names the span and version)
+    and the dataset they were encoded for, or its id where ingestion recorded no fingerprint. A
+    backfill of unchanged files is a new artifact with the same contents, and must change no
+    later run's choice."""
     fingerprint = examples.custom_properties.get(spec.INPUT_FINGERPRINT_KEY)
-    return fingerprint.string_value if fingerprint and fingerprint.string_value else f"id:{examples.id}"
+    if not fingerprint or not fingerprint.string_value:
+        return f"id:{examples.id}"
+    return f"{fingerprint.string_value}|{dataset_of(examples)}"
+
+
+def _version(artifact: types.Artifact) -> int:
+    properties = artifact.mlmd_artifact.properties
+    return properties[artifacts.VERSION].int_value if artifacts.VERSION in properties else 0
+
+
+def newest_deliveries(given: List[types.Artifact], contents_of) -> Dict[int, types.Artifact]:
+    """``{span: artifact}``: of each span's newest delivery (version, then artifact), the first
+    artifact with its ``contents_of``. A backfill of unchanged files then leaves every choice,
+    and so the next scheduled run's cache key, as it was."""
+    newest = {}
+    for artifact in sorted(given, key=lambda a: (a.span, _version(a), a.id)):
+        newest[artifact.span] = artifact
+    first = {}
+    for artifact in sorted(given, key=lambda a: a.id):
+        if artifact.span not in first and contents_of(artifact) == contents_of(newest[artifact.span]):
+            first[artifact.span] = artifact
+    return first
 
 
 def training_examples(store: mlmd.MetadataStore, model: types.Artifact) -> Set[str]:
@@ -198,25 +230,10 @@ class SpanWindowStrategy(ResolverStrategy):
         if current is None:
             return {EXAMPLES_KEY: [], CURRENT_KEY: []}
         # Older spans of the same dataset (a changed dataset spec starts the window afresh).
-        dataset = current.get_string_custom_property(artifacts.DATASET_PROPERTY)
-        same = [
-            e
-            for e in input_dict[EXAMPLES_KEY]
-            if e.get_string_custom_property(artifacts.DATASET_PROPERTY) == dataset
-        ]
+        dataset = dataset_of(current.mlmd_artifact)
+        same = [e for e in input_dict[EXAMPLES_KEY] if dataset_of(e.mlmd_artifact) == dataset]
         older = transformed(store, [e for e in same if e.span < current.span])
-        newest = {}
-        for examples in sorted(older, key=lambda e: (e.span, e.version or 0, e.id)):
-            newest[examples.span] = examples
-        # Of the newest delivery's files, the first artifact that held them: a backfill of
-        # unchanged files leaves the window, and so the next scheduled run's cache key, as it was.
-        for examples in sorted(older, key=lambda e: e.id, reverse=True):
-            same = newest[examples.span]
-            if (
-                contents(examples.mlmd_artifact) == contents(same.mlmd_artifact)
-                and examples.version == same.version
-            ):
-                newest[examples.span] = examples
+        newest = newest_deliveries(older, lambda e: contents(e.mlmd_artifact))
         spans = sorted(newest, reverse=True)
         if self._num_spans:
             spans = spans[: self._num_spans - 1]
@@ -238,9 +255,9 @@ def span_window(examples, num_spans: int) -> Resolver:
     ).with_id(SPAN_WINDOW_RESOLVER_ID)
 
 
-def datasets_of(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> Dict[int, str]:
-    """``{statistics id: dataset}``: the dataset spec's name on the Examples that StatisticsGen
-    computed each of ``statistics`` from (statistics carry no dataset of their own)."""
+def examples_behind(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> Dict[int, object]:
+    """``{statistics id: Examples}``: the Examples (ML Metadata's artifact) StatisticsGen computed
+    each of ``statistics`` from; statistics carry neither dataset nor fingerprint of their own."""
     events = store.get_events_by_artifact_ids([s.id for s in statistics])
     made_by = {}
     for event in events:
@@ -251,20 +268,19 @@ def datasets_of(store: mlmd.MetadataStore, statistics: List[types.Artifact]) -> 
         if event.type == metadata_store_pb2.Event.INPUT and _key(event) == EXAMPLES_KEY:
             examples_of[event.execution_id] = event.artifact_id
     examples = {a.id: a for a in store.get_artifacts_by_id(list(set(examples_of.values())))}
-    found = {}
-    for execution_id, example_id in examples_of.items():
-        dataset = examples[example_id].custom_properties[artifacts.DATASET_PROPERTY].string_value
-        for statistics_id in made_by[execution_id]:
-            found[statistics_id] = dataset
-    return found
+    return {
+        statistics_id: examples[example_id]
+        for execution_id, example_id in examples_of.items()
+        for statistics_id in made_by[execution_id]
+    }
 
 
 class PreviousSpanStrategy(ResolverStrategy):
     """The statistics of the newest span older than this run's (``current``) that passed the
-    data gate, of this run's dataset, the newest delivery of it: what the gate compares this span
-    with. None for a first span (or the first of a changed dataset spec). Relative to this run's
-    span, so a run on unchanged data compares with what it did before (a cache hit), and a new
-    span with the last span the gate let through."""
+    data gate, of this run's dataset, of its newest delivery (``newest_deliveries``): what the
+    gate compares this span with. None for a first span (or the first of a changed dataset
+    spec). Relative to this run's span, so a run on unchanged data compares with what it did
+    before (a cache hit), and a new span with the last span the gate let through."""
 
     def resolve_artifacts(self, store, input_dict):
         out = {key: [] for key in input_dict}
@@ -272,10 +288,17 @@ class PreviousSpanStrategy(ResolverStrategy):
         if current is None:
             return out
         older = passed_the_gate(store, [s for s in input_dict[STATISTICS_KEY] if s.span < current.span])
-        dataset = datasets_of(store, [current, *older])
-        older = [s for s in older if dataset.get(s.id) == dataset.get(current.id)]
-        if older:
-            out[STATISTICS_KEY] = [max(older, key=lambda s: (s.span, s.id))]
+        behind = examples_behind(store, [current, *older])
+        dataset = dataset_of(behind.get(current.id))
+        older = [s for s in older if dataset_of(behind.get(s.id)) == dataset]
+
+        def contents_of(statistics) -> str:
+            examples = behind.get(statistics.id)
+            return contents(examples) if examples is not None else f"statistics:{statistics.id}"
+
+        newest = newest_deliveries(older, contents_of)
+        if newest:
+            out[STATISTICS_KEY] = [newest[max(newest)]]
         return out
 
 

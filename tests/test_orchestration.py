@@ -32,10 +32,12 @@ def tfx_upstream(cfg, kfp_resolvers=False) -> dict:
     return {c.id: sorted(u.id for u in c.upstream_nodes) for c in pipeline.components}
 
 
-def test_kubeflow_pipeline_job(tmp_path):
+def test_kubeflow_pipeline_job(tmp_path, caplog):
     cfg = config_lib.load_config("vertex")
     output = str(tmp_path / "pipeline.json")
     kubeflow_runner.compile_pipeline(cfg, output)
+    # vertex.yaml warm-starts: the compile says what that costs a run on unchanged data there.
+    assert "trainer.warm_start on Vertex: a scheduled run on unchanged data" in caplog.text
     job = json_format.Parse(open(output).read(), pipeline_spec_pb2.PipelineJob())
     spec = json_format.ParseDict(
         json_format.MessageToDict(job.pipeline_spec), pipeline_spec_pb2.PipelineSpec()

@@ -69,13 +69,17 @@ class Lineage:
                     events.append(event)
         self.store.put_events(events)
 
-    def examples(self, span, version=0, dataset="voc", files="a"):
+    def examples(self, span, version=0, dataset="voc", files="a", spec_digest="1", fingerprint=True):
         """Ingestion's Examples of ``span``: a second call with the same arguments is a backfill
-        of the same files (the same fingerprint), with ``files`` changed a delivery of others."""
+        of the same files (the same fingerprint); with ``files`` changed a delivery of others,
+        with ``spec_digest`` changed the same files encoded by an edited dataset spec."""
         made = self.artifact(standard_artifacts.Examples, span=span, version=version)
         made.set_string_custom_property(artifacts.DATASET_PROPERTY, dataset)
-        fingerprint = f"span:{span},version:{version},{dataset}:{files}"
-        made.set_string_custom_property(spec.INPUT_FINGERPRINT_KEY, fingerprint)
+        made.set_string_custom_property(artifacts.DATASET_DIGEST_PROPERTY, spec_digest)
+        if fingerprint:  # as the driver computes it: span, version and the files, not the dataset
+            made.set_string_custom_property(
+                spec.INPUT_FINGERPRINT_KEY, f"span:{span},version:{version},{files}"
+            )
         self.store.put_artifacts([made.mlmd_artifact])
         self.execution(EXAMPLE_GEN, COMPLETE, outputs={"examples": [made]})
         return made
@@ -140,20 +144,42 @@ def test_a_backfill_of_unchanged_files_leaves_the_next_scheduled_runs_window_as_
     lineage.transformed([span_1, span_2])
     backfill = lineage.examples(1)  # data.span=1 on the same files: a new artifact
     lineage.transformed([backfill])
-    assert window(lineage, [span_2], [span_1, span_2, backfill], num_spans=0) == [(1, 0), (2, 0)]
-    strategy = resolvers.SpanWindowStrategy(num_spans=0)
-    out = strategy.resolve_artifacts(
-        lineage.store, {resolvers.EXAMPLES_KEY: [span_1, span_2, backfill], resolvers.CURRENT_KEY: [span_2]}
-    )
-    assert [e.id for e in out[resolvers.EXAMPLES_KEY]] == [span_1.id, span_2.id]
-    # Changed files in span 1 (re-ingested, another fingerprint): the window takes them.
-    changed = lineage.examples(1, files="b")
+
+    def chosen(every, current=span_2) -> list:
+        out = resolvers.SpanWindowStrategy(num_spans=0).resolve_artifacts(
+            lineage.store, {resolvers.EXAMPLES_KEY: every, resolvers.CURRENT_KEY: [current]}
+        )
+        return [e.id for e in out[resolvers.EXAMPLES_KEY]]
+
+    every = [span_1, span_2, backfill]
+    assert chosen(every) == [span_1.id, span_2.id]
+    # An older version re-ingested after a newer one: the newer version stays.
+    version_1 = lineage.examples(1, version=1)
+    lineage.transformed([version_1])
+    version_0_again = lineage.examples(1)
+    lineage.transformed([version_0_again])
+    every += [version_1, version_0_again]
+    assert chosen(every) == [version_1.id, span_2.id]
+    # Changed files in span 1's newest version (re-ingested, another fingerprint): taken.
+    changed = lineage.examples(1, version=1, files="b")
     lineage.transformed([changed])
-    out = strategy.resolve_artifacts(
-        lineage.store,
-        {resolvers.EXAMPLES_KEY: [span_1, span_2, backfill, changed], resolvers.CURRENT_KEY: [span_2]},
-    )
-    assert [e.id for e in out[resolvers.EXAMPLES_KEY]] == [changed.id, span_2.id]
+    every.append(changed)
+    assert chosen(every) == [changed.id, span_2.id]
+    # Without a fingerprint (made before ingestion recorded one) each artifact is its own contents.
+    lineage = Lineage()
+    old_1, old_2 = lineage.examples(1, fingerprint=False), lineage.examples(2, fingerprint=False)
+    lineage.transformed([old_1])
+    again = lineage.examples(1, fingerprint=False)
+    lineage.transformed([again])
+    assert chosen([old_1, old_2, again], current=old_2) == [again.id, old_2.id]
+
+
+def test_a_dataset_spec_edited_under_the_same_name_starts_the_window_afresh():
+    lineage = Lineage()
+    span_1 = lineage.examples(1)
+    lineage.transformed([span_1])
+    span_2 = lineage.examples(2, spec_digest="2")  # e.g. the class values fixed
+    assert window(lineage, [span_2], [span_1, span_2], num_spans=0) == [(2, 0)]
 
 
 def test_drift_is_judged_against_the_newest_older_span_the_gate_passed_of_this_dataset():
@@ -173,6 +199,11 @@ def test_drift_is_judged_against_the_newest_older_span_the_gate_passed_of_this_d
         return [s.id for s in out[resolvers.STATISTICS_KEY]]
 
     assert previous([stats[4]]) == [redelivered.id]  # not the stopped span 3; span 2's newest delivery
+    # A backfill of span 2's version 1 on unchanged files, passed: the baseline stays as it was.
+    backfilled = lineage.statistics(lineage.examples(2, version=1))
+    lineage.execution(GATE, COMPLETE, inputs={resolvers.STATISTICS_KEY: [backfilled]})
+    every.append(backfilled)
+    assert previous([stats[4]]) == [redelivered.id]
     assert previous([stats[3]]) == [redelivered.id]  # span 3's retry: still against span 2
     assert previous([stats[2]]) == [stats[1].id]  # a re-run of span 2
     assert previous([stats[1]]) == []  # a first span: nothing to compare with

@@ -1,5 +1,6 @@
 """Executor of SegmentationExampleGen: runs the shared Beam job and records it on the artifacts."""
 
+import hashlib
 import json
 import logging
 from typing import Any, Dict, List
@@ -52,6 +53,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         examples.set_string_custom_property(artifacts.DATASET_PROPERTY, dataset.name)
+        digest = hashlib.sha256(dataset.to_json().encode()).hexdigest()[:16]
+        examples.set_string_custom_property(artifacts.DATASET_DIGEST_PROPERTY, digest)
         fingerprint = exec_properties.get(spec.INPUT_FINGERPRINT_KEY)
         if fingerprint:
             examples.set_string_custom_property(spec.INPUT_FINGERPRINT_KEY, fingerprint)
