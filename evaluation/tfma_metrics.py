@@ -211,6 +211,12 @@ def guard_name(class_name: str) -> str:
     return f"{CLASS_IOU_GUARD}/{class_name}"
 
 
+def guarded_class(metric_name: str) -> Optional[str]:
+    """The class whose guard metric (``guard_name``) ``metric_name`` is; None for any other metric."""
+    prefix = guard_name("")
+    return metric_name[len(prefix) :] if metric_name.startswith(prefix) else None
+
+
 def _computations(
     kind: str,
     name: str,

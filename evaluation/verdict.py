@@ -3,9 +3,9 @@
 import tensorflow_model_analysis as tfma
 
 from core import metrics
+from evaluation import tfma_metrics
 
 _CONFIG_KEY = {False: "evaluator.min_mean_iou", True: "evaluator.max_mean_iou_drop"}
-_GUARD_PREFIX = metrics.CLASS_IOU_GUARD + "/"
 
 
 def _describe(failure) -> str:
@@ -13,10 +13,11 @@ def _describe(failure) -> str:
     name = "mean IoU" if key.name == metrics.MEAN_IOU else key.name
     value = failure.metric_value.double_value.value
     threshold = failure.metric_threshold
-    if key.name.startswith(_GUARD_PREFIX):
+    guarded = tfma_metrics.guarded_class(key.name)
+    if guarded is not None:
         allowed = -threshold.change_threshold.absolute.value
         return (
-            f"class {key.name[len(_GUARD_PREFIX) :]!r}: its IoU is {-value:.4f} below the baseline's "
+            f"class {guarded!r}: its IoU is {-value:.4f} below the baseline's "
             f"(at most {allowed:.4f} allowed per class, evaluator.max_class_iou_drop)"
         )
     if key.is_diff:

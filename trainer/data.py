@@ -71,16 +71,19 @@ def count_records(file_pattern) -> int:
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
+def _record_id(serialized: tf.Tensor) -> tf.Tensor:
+    """A serialized record's id, its ``image/filename``."""
+    spec = {features.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string)}
+    return tf.io.parse_single_example(serialized, spec)[features.FILENAME_KEY]
+
+
 def record_ids(file_pattern) -> list:
     """The ids (``image/filename``) of the records of ``file_pattern``, sorted."""
     files = _files(file_pattern)
     if not files:
         return []
-    spec = {features.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string)}
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
-    ids = dataset.map(
-        lambda r: tf.io.parse_single_example(r, spec)[features.FILENAME_KEY], num_parallel_calls=AUTOTUNE
-    )
+    ids = dataset.map(_record_id, num_parallel_calls=AUTOTUNE)
     return sorted({bytes(i) for i in ids.as_numpy_iterator()})
 
 
@@ -95,10 +98,9 @@ def id_not_in(ids: Sequence[bytes]):
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.ones([len(ids)], tf.int64)), 0
     )
-    spec = {features.FILENAME_KEY: tf.io.FixedLenFeature([], tf.string)}
 
     def keep(serialized):
-        return tf.equal(table.lookup(tf.io.parse_single_example(serialized, spec)[features.FILENAME_KEY]), 0)
+        return tf.equal(table.lookup(_record_id(serialized)), 0)
 
     return keep
 

@@ -87,15 +87,12 @@ def class_guard(evaluation_uri: str, result, candidate: Optional[str]) -> dict:
 
 def guard_failures(evaluation_uri: str) -> list:
     """The classes whose guard failed in the Evaluator's validation, by name."""
-    prefix = tfma_metrics.guard_name("")
-    failed = set()
-    for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
-        failed |= {
-            f.metric_key.name[len(prefix) :]
-            for f in per_slice.failures
-            if f.metric_key.name.startswith(prefix)
-        }
-    return sorted(failed)
+    failed = {
+        tfma_metrics.guarded_class(f.metric_key.name)
+        for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice
+        for f in per_slice.failures
+    }
+    return sorted(failed - {None})
 
 
 def load(evaluation_uri: str) -> dict:

@@ -81,14 +81,10 @@ def _gate_section(gate) -> str:
     if gate is None:
         return ""
     rows = [
-        f"<tr><td>drift</td><td>{html.escape(split)}</td><td>{html.escape(r['feature'])}</td>"
+        f"<tr><td>{kind}</td><td>{html.escape(split)}</td><td>{html.escape(r['feature'])}</td>"
         f"<td>{html.escape(r['description'])}</td></tr>"
-        for split, found in sorted((gate.get("drift") or {}).items())
-        for r in found
-    ] + [
-        f"<tr><td>anomaly</td><td>{html.escape(split)}</td><td>{html.escape(r['feature'])}</td>"
-        f"<td>{html.escape(r['description'])}</td></tr>"
-        for split, found in sorted((gate.get("anomalies") or {}).items())
+        for kind, key in (("drift", "drift"), ("anomaly", "anomalies"))
+        for split, found in sorted((gate.get(key) or {}).items())
         for r in found
     ]
     table = (
