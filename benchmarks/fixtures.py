@@ -8,14 +8,16 @@ run rebuilds it rather than measuring half of it. Nothing here is timed.
 """
 
 import contextlib
+import hashlib
 import os
 import shutil
+from typing import Optional
 
 import numpy as np
 
 from components.segmentation_example_gen import sources
 from core import dataset_spec, features
-from datasets import synthetic_voc
+from datasets import synthetic_folders, synthetic_voc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.environ.get("DEEPLAB_BENCH_WORK", os.path.join(HERE, ".work"))
@@ -44,13 +46,29 @@ def difficulty_suffix(difficulty: str) -> str:
     return "" if difficulty == synthetic_voc.EASY else f"_{synthetic_voc.check_difficulty(difficulty)}"
 
 
-def dataset(num_images: int, max_side: int = 500, seed: int = 0, difficulty: str = synthetic_voc.EASY) -> str:
-    """A generated VOC/SBD-format dataset (VOC-sized images by default) of the generator's ``difficulty``."""
-    root = os.path.join(WORK, f"data_{num_images}_{max_side}px_seed{seed}{difficulty_suffix(difficulty)}")
+def dataset(
+    num_images: int,
+    max_side: int = 500,
+    seed: int = 0,
+    difficulty: str = synthetic_voc.EASY,
+    fmt: str = dataset_spec.VOC,
+) -> str:
+    """A generated dataset (VOC-sized images by default) of the generator's ``difficulty``, in
+    VOC/SBD format or one of ``synthetic_folders.FORMATS`` (``fmt``)."""
+    suffix = difficulty_suffix(difficulty) + ("" if fmt == dataset_spec.VOC else f"_{fmt}")
+    root = os.path.join(WORK, f"data_{num_images}_{max_side}px_seed{seed}{suffix}")
     with building(root) as build:
         if build:
-            synthetic_voc.make_dataset(root, num_images, seed=seed, max_side=max_side, difficulty=difficulty)
+            make = synthetic_voc.make_dataset if fmt == dataset_spec.VOC else synthetic_folders.MAKERS[fmt]
+            make(root, num_images, seed=seed, max_side=max_side, difficulty=difficulty)
     return root
+
+
+def spec_of(fmt: str) -> dataset_spec.DatasetSpec:
+    """The spec a generated dataset of format ``fmt`` is read with (VOC's, or the shipped one)."""
+    from core import config as config_lib  # YAML
+
+    return dataset_spec.VOC_SPEC if fmt == dataset_spec.VOC else config_lib.load_dataset_spec(fmt)
 
 
 def subset(root: str, num_ids: int, seed: int = 0) -> str:
@@ -96,23 +114,50 @@ def subset(root: str, num_ids: int, seed: int = 0) -> str:
 
 
 def analyzed(
-    num_images: int, image_size: int, max_side: int = 500, difficulty: str = synthetic_voc.EASY
+    num_images: int,
+    image_size: int,
+    max_side: int = 500,
+    difficulty: str = synthetic_voc.EASY,
+    fmt: str = dataset_spec.VOC,
 ) -> tuple:
     """``(raw Examples uri, TFTransformOutput)``: a generated dataset, ingested and analyzed."""
+    suffix = difficulty_suffix(difficulty) + ("" if fmt == dataset_spec.VOC else f"_{fmt}")
+    out = os.path.join(WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}{suffix}")
+    root = dataset(num_images, max_side, difficulty=difficulty, fmt=fmt)
+    return analyzed_root(root, spec_of(fmt), image_size, out)
+
+
+def analyzed_root(
+    root: str, spec: dataset_spec.DatasetSpec, image_size: int, sbd_root: Optional[str] = None, out: str = ""
+) -> tuple:
+    """``(raw Examples uri, TFTransformOutput)`` of any dataset root read with ``spec`` (a user's
+    VOC-format or spec-described data), ingested and analyzed once into ``out`` (by default a
+    directory named for the root and ``content_key``: an edited spec or file builds anew)."""
     from benchmarks import (
         transform_analysis as analysis,  # TF and TFT: only for the benchmarks that need them
     )
 
-    out = os.path.join(
-        WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}{difficulty_suffix(difficulty)}"
-    )
+    if not out:
+        name = os.path.basename(os.path.normpath(root))
+        out = os.path.join(WORK, f"analyzed_{name}_{content_key(root, spec, sbd_root)}_at{image_size}")
     with building(out) as build:
         if build:
-            analysis.ingest_and_analyze(dataset(num_images, max_side, difficulty=difficulty), out, image_size)
+            analysis.ingest_and_analyze(root, out, image_size, spec, sbd_root)
     import tensorflow_transform as tft
 
     examples = os.path.join(out, "examples")
     return examples, tft.TFTransformOutput(analysis.transform_dir(examples))
+
+
+def content_key(root: str, spec: dataset_spec.DatasetSpec, sbd_root: Optional[str] = None) -> str:
+    """12 hex digits of the spec and of ingestion's fingerprint of the files it would read (ids,
+    sizes, mtimes): what a cache of a user's root is named by, so that fixing the spec (a
+    ``values`` map) or a file is never answered from the cache of the old one."""
+    from benchmarks import transform_analysis as analysis
+
+    voc_root, sbd, data_root = analysis.roots(root, spec, sbd_root)
+    fingerprint = sources.fingerprint(voc_root, sbd, spec, data_root)
+    return hashlib.sha256(f"{spec.to_json()}|{fingerprint}".encode()).hexdigest()[:12]
 
 
 def served_model(config_name: str = "tiny", image_size: int = 128) -> str:

@@ -7,6 +7,7 @@ writes the graph and the raw metadata where the Transform component writes them,
 """
 
 import os
+from typing import Optional
 
 import apache_beam as beam
 import tensorflow_transform as tft
@@ -16,7 +17,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
-from components.segmentation_example_gen import beam_ingest
+from components.segmentation_example_gen import beam_ingest, sources
 from core import artifacts, dataset_spec, features, paths
 from core import config as config_lib
 from core.dataset_spec import VOC_SPEC
@@ -52,16 +53,40 @@ def analyze(examples_uri: str, out: str, custom_config: dict) -> tft.TFTransform
     return tft.TFTransformOutput(graph_dir)
 
 
-def ingest_and_analyze(dataset: str, out: str, image_size: int) -> tuple:
-    """``(raw Examples uri, TFTransformOutput)`` of a VOC/SBD-format dataset at ``image_size``.
-
-    The Examples go to ``<out>/examples``, the graph to ``transform_dir(examples_uri)``.
+def ingest_and_analyze(
+    dataset: str,
+    out: str,
+    image_size: int,
+    spec: dataset_spec.DatasetSpec = VOC_SPEC,
+    sbd_root: Optional[str] = None,
+) -> tuple:
+    """``(raw Examples uri, TFTransformOutput)`` of a dataset root at ``image_size``, read as
+    ``roots`` says. The Examples go to ``<out>/examples``, the graph to
+    ``transform_dir(examples_uri)``.
     """
     examples = os.path.join(out, "examples")
+    voc_root, sbd, data_root = roots(dataset, spec, sbd_root)
     beam_ingest.run(
-        lambda: beam.Pipeline(), dataset, dataset, examples, os.path.join(out, "rejected"), dataset=VOC_SPEC
-    )
+        lambda: beam.Pipeline(), voc_root, sbd, examples, os.path.join(out, "rejected"), dataset=spec,
+        data_root=data_root,
+    )  # fmt: skip
     return examples, analyze(examples, out, {"image_size": image_size})
+
+
+def roots(dataset: str, spec: dataset_spec.DatasetSpec, sbd_root: Optional[str] = None) -> tuple:
+    """``(voc_root, sbd_root, data_root)`` as ingestion takes them for the root ``dataset``: a
+    folders spec reads it as its ``data.root``; VOC's as VOC 2012, with SBD from ``sbd_root``,
+    else from under the root where it is there (the generator writes both; a user's root may
+    hold VOC alone)."""
+    if spec.layout != dataset_spec.VOC:
+        return None, None, dataset
+    if sbd_root is None:
+        try:
+            sources.resolve_sbd_root(dataset)
+            sbd_root = dataset
+        except sources.ListFileError:
+            pass
+    return dataset, sbd_root, None
 
 
 def transform_dir(examples_uri: str) -> str:

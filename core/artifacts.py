@@ -34,6 +34,13 @@ VERSION = "version"
 DATASET_PROPERTY = "dataset"
 DATASET_DIGEST_PROPERTY = "dataset_digest"
 NUM_EXAMPLES_PREFIX = "num_examples_"
+# ... and what ingestion learned of the data, as JSON: each split's pixels per class and ignored
+# pixels ({split: {"classes": {name: n}, "ignored": n}}), the files of the dataset's folders that
+# it does not read ({folder: {"count": n, "names": [the first few]}}), and the warnings a person
+# should read before training on it ([sentence, ...]).
+PIXELS_PROPERTY = "pixels_per_class"
+UNREAD_FILES_PROPERTY = "unread_files"
+DATA_WARNINGS_PROPERTY = "data_warnings"
 # RejectedRecords (the dead letter).
 NUM_REJECTED = "num_rejected"
 REJECTED_FRACTION = "rejected_fraction"

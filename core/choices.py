@@ -7,6 +7,11 @@ component runs, without importing TensorFlow.
 RESNET50, MOBILENETV2 = "resnet50", "mobilenetv2"
 BACKBONES = (RESNET50, MOBILENETV2)
 OUTPUT_STRIDES = (8, 16, 32)
+# Keras' BatchNormalization default momentum: the default of trainer.bn_momentum and of the
+# model's layers, so that models exported before it was a setting load as they were built.
+KERAS_BN_MOMENTUM = 0.99
+SGD, ADAMW = "sgd", "adamw"
+OPTIMIZERS = (SGD, ADAMW)
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")

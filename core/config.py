@@ -33,11 +33,14 @@ from core.choices import (
     BACKBONES,
     DIRECT_RUNNING_MODES,
     IMAGENET_WEIGHTS,
+    KERAS_BN_MOMENTUM,
     MOBILENETV2,
     MOBILENETV2_IMAGENET_WIDTHS,
+    OPTIMIZERS,
     OUTPUT_STRIDES,
     PRECISIONS,
     RESNET50,
+    SGD,
     STRATEGIES,
     TTA_SIZE_MULTIPLE,
     tta_size,
@@ -76,8 +79,19 @@ class IngestConfig(Checked):
     max_rejected_fraction: float = 0.01
     # TFRecord shards per split; 0 lets the runner choose (good for Dataflow autoscaling).
     num_shards: int = 0
+    # The run fails when more than this fraction of the train split's mask pixels is ignored:
+    # the model would learn from the rest alone. Real ignore labels are thin (VOC's void band
+    # around objects, Oxford-IIIT Pet's trimap border); mostly ignored pixels mean a value map
+    # is missing (``dataset.values``). It also fails when no train pixel is of a class other
+    # than the background (nothing to learn), and warns when this fraction of the eval split is
+    # ignored. 1 turns the train checks off.
+    max_ignored_fraction: float = 0.5
 
-    RULES = {"max_rejected_fraction": between(0, 1), "num_shards": at_least(0)}
+    RULES = {
+        "max_rejected_fraction": between(0, 1),
+        "num_shards": at_least(0),
+        "max_ignored_fraction": between(0, 1),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +148,18 @@ class TrainerConfig(Checked):
     decoder_filters: int = 256
     low_level_filters: int = 48
     dropout: float = 0.1
+    # Batch-norm moving-average momentum, backbone and heads: the eval-mode statistics average
+    # over about 1 / (1 - momentum) steps.
+    bn_momentum: float = KERAS_BN_MOMENTUM
     # Optimisation. The global batch is batch_size_per_replica x replicas.
     batch_size_per_replica: int = 8
     train_steps: int = 30000
     # Evaluation, best-mIoU checkpoint and history happen once per epoch of this many steps.
     steps_per_epoch: int = 1000
     eval_steps: int = 0  # 0: the whole eval split every epoch
+    # sgd: SGD with momentum (DeepLab's recipe, for fine-tuning pretrained backbones); adamw:
+    # Adam with decoupled weight decay (momentum is then Adam's beta_1).
+    optimizer: str = SGD
     learning_rate: float = 0.007
     warmup_steps: int = 0
     end_learning_rate: float = 0.0
@@ -195,6 +215,9 @@ class TrainerConfig(Checked):
     # input resized by each scale and, with tta_flip, mirrored, averaged. () and false: off.
     tta_scales: tuple = ()
     tta_flip: bool = False
+    # Eval images shown per evaluation in TensorBoard (image | true mask | predicted mask,
+    # trainer/summaries.py), 0: none. 3 at 128 px cost 0.07-0.12 s per evaluation on 2 CPU cores.
+    summary_images: int = 3
 
     RULES = {
         "backbone": one_of(*BACKBONES),
@@ -204,10 +227,12 @@ class TrainerConfig(Checked):
         "decoder_filters": at_least(1),
         "low_level_filters": at_least(1),
         "dropout": between(0, 1, high_open=True),
+        "bn_momentum": between(0, 1, high_open=True),
         "batch_size_per_replica": at_least(1),
         "train_steps": at_least(1),
         "steps_per_epoch": at_least(1),
         "eval_steps": at_least(0),
+        "optimizer": one_of(*OPTIMIZERS),
         "learning_rate": above(0),
         "warmup_steps": at_least(0),
         "end_learning_rate": at_least(0),
@@ -228,6 +253,7 @@ class TrainerConfig(Checked):
         "warm_start_train_steps": at_least(0),
         # Beyond 2x a 512 px model serves 1024 px views: 4x the compute of each for little gain.
         "tta_scales": each(between(0.25, 2.0)),
+        "summary_images": at_least(0),
     }
 
     def check_together(self) -> None:

@@ -21,6 +21,11 @@ Values become classes by identity (value ``c`` is class ``c``), unless ``values`
 (Oxford-IIIT Pet trimaps: ``{1: pet, 2: background, 3: ignore}``); ``ignore_label`` is ignored
 either way (unless ``values`` maps it to a class). A value that maps to nothing is a data error
 (the record goes to the dead letter), never background.
+
+A spec names its background class (``background_class``): the class of whatever is no object,
+in nearly every image, so it gets no ``class/present`` slice and overlays leave it unpainted. By
+default the first class (VOC's, CIHP's and Oxford-IIIT Pet's ``background``); ``""`` (or null)
+for a dataset without one, such as Cityscapes' 19 train ids, where every class is an object.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ IGNORE = "ignore"
 MAX_CLASSES = features.IGNORE_LABEL
 # VOC's colour for void (the "don't care" band around objects).
 VOC_VOID_COLOUR = (224, 224, 192)
+# ``background_class`` left unset: the first class, whichever it is when the spec is made
+# (``dataclasses.replace`` of the class names included). Not a name a class can have (``NAME``); a
+# spec that names its first class is stored with this, so that it is the same spec (equal, the
+# same JSON and digest) as one that names none.
+FIRST_CLASS = "<first class>"
 
 VOC_CLASS_NAMES = (
     "background",
@@ -136,6 +146,10 @@ class DatasetSpec(Checked):
     train_list: str = ""
     eval_list: str = ""
     eval_fraction: float = 0.1
+    # The background class's name (no ``class/present`` slice, not painted over in overlays); unset
+    # (``FIRST_CLASS``): the first class; "" or null: none (Cityscapes' train ids). Read it through
+    # ``background_id``, which resolves the unset value.
+    background_class: str = FIRST_CLASS
 
     RULES = {
         "name": NAME,
@@ -153,6 +167,10 @@ class DatasetSpec(Checked):
         object.__setattr__(self, "colours", tuple(tuple(c) if _colour(c) else c for c in self.colours))
         object.__setattr__(self, "ignore_colour", tuple(self.ignore_colour))
         object.__setattr__(self, "values", _pairs(self.values))
+        background = "" if self.background_class is None else self.background_class
+        if names and background == names[0]:
+            background = FIRST_CLASS
+        object.__setattr__(self, "background_class", background)
         super().__post_init__()
 
     def check_together(self) -> None:
@@ -170,6 +188,11 @@ class DatasetSpec(Checked):
             raise ConfigError(f"class_names={bad!r} cannot work: each must be {NAME.says}")
         if len(set(names)) != len(names) or IGNORE in names:
             raise ConfigError(f"class_names must be distinct and not {IGNORE!r}: {list(names)}")
+        if self.background_class not in (FIRST_CLASS, "") and self.background_class not in names:
+            raise ConfigError(
+                f"background_class={self.background_class!r} names no class (classes: {list(names)}); "
+                "name one of them, or give '' (null) for a dataset without a background"
+            )
         if self.colours and (len(self.colours) != len(names) or not all(map(_colour, self.colours))):
             raise ConfigError(
                 f"colours must be one [r, g, b] of 0-255 per class ({len(names)} classes), "
@@ -202,12 +225,30 @@ class DatasetSpec(Checked):
             )
         if self.layout == VOC and names != VOC_CLASS_NAMES:
             raise ConfigError("layout='voc' reads the VOC and SBD archives, whose classes are VOC's 21")
+        if self.layout == VOC and self.background_id != 0:
+            raise ConfigError(
+                f"background_class={self.background_class!r} cannot work with layout='voc': VOC's "
+                f"background is class 0, {VOC_CLASS_NAMES[0]!r}, and its curated schema holds "
+                "class/present 1 to 20; leave background_class unset"
+            )
 
     # Derived, used by every stage.
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def background_id(self) -> Optional[int]:
+        """The background class's id (0 where ``background_class`` is unset), None for a dataset
+        without one."""
+        if self.background_class == FIRST_CLASS:
+            return 0
+        return self.class_names.index(self.background_class) if self.background_class else None
+
+    def foreground_ids(self) -> tuple:
+        """Every class id but the background's: the values ``class/present`` may hold."""
+        return tuple(c for c in range(self.num_classes) if c != self.background_id)
 
     def class_colours(self) -> np.ndarray:
         """``[num_classes, 3]`` uint8: the spec's colours, or VOC's colour map."""
@@ -245,7 +286,13 @@ class DatasetSpec(Checked):
     # JSON: the form the spec travels in (Examples artifact, model, component parameters).
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The spec as JSON; ``background_class`` only where it is not the first class, so that a
+        spec written before the key existed (in Examples, models, caches: its digest) is the same
+        text as the spec it reads back as."""
+        fields = dataclasses.asdict(self)
+        if self.background_class == FIRST_CLASS:
+            del fields["background_class"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str = "dataset spec") -> DatasetSpec:

@@ -48,15 +48,6 @@ def _as_bytes(ids: np.ndarray, name: str) -> np.ndarray:
     return ids.astype(np.uint8)
 
 
-def class_iou(matrix: np.ndarray) -> np.ndarray:
-    """IoU of each class: TP / (TP + FP + FN); NaN for a class absent from labels and predictions."""
-    matrix = np.asarray(matrix, np.float64)
-    true_positives = np.diag(matrix)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positives
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, true_positives / union, np.nan)
-
-
 def scores(matrix: np.ndarray) -> dict:
     """``class_iou`` (per class), ``mean_iou``, ``pixel_accuracy``, ``frequency_weighted_iou``.
 
@@ -66,7 +57,7 @@ def scores(matrix: np.ndarray) -> dict:
     """
     matrix = np.asarray(matrix, np.float64)
     total = matrix.sum()
-    ious = class_iou(matrix)
+    ious = metrics.class_iou(matrix)
     present = ~np.isnan(ious)
     frequency = matrix.sum(axis=1) / total if total else np.zeros(len(matrix))
     return {

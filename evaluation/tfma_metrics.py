@@ -49,6 +49,7 @@ from core.metrics import (
     FREQUENCY_WEIGHTED_IOU,
     MEAN_IOU,
     PIXEL_ACCURACY,
+    class_iou,
 )
 from core.signatures import CLASS_IDS, HEIGHT, SERVING_EXAMPLES, WIDTH
 from evaluation import iou
@@ -204,7 +205,7 @@ def guarded_iou(matrix: np.ndarray, class_id: int, min_pixels: int) -> float:
     exempt class reads 0.0 for both and its change is 0: a guard on a few pixels is noise."""
     if matrix[class_id].sum() < min_pixels:
         return 0.0
-    return float(iou.class_iou(matrix)[class_id])
+    return float(class_iou(matrix)[class_id])
 
 
 def guard_name(class_name: str) -> str:

@@ -170,11 +170,12 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
             num_shards=cfg.ingest.num_shards,
             dataset=cfg.dataset,
             data_root=span.roots["root"],
+            max_ignored_fraction=cfg.ingest.max_ignored_fraction,
         )
     except (sources.ListFileError, spans.SpanError) as e:
         print(f"deeplab-tfx ingest: {e}", file=logs.errors())
         return 2
-    except beam_ingest.TooManyRejectedError as e:
+    except (beam_ingest.TooManyRejectedError, beam_ingest.MostlyIgnoredError) as e:
         print(f"deeplab-tfx ingest: {e}", file=logs.errors())
         return 1
     print(
@@ -182,6 +183,7 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
             {
                 "splits": summary.splits,
                 "rejected": len(summary.rejected),
+                "warnings": summary.warnings,
                 "seconds": summary.seconds,
                 "summary": os.path.join(args.output, beam_ingest.SUMMARY_FILE),
             }

@@ -69,6 +69,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         max_rejected_fraction=config.ingest.max_rejected_fraction,
         num_shards=config.ingest.num_shards,
         requested_span=span_request(config, kfp_resolvers),
+        max_ignored_fraction=config.ingest.max_ignored_fraction,
     )
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     if config.validation.schema_path:

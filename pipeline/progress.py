@@ -3,11 +3,13 @@
 LocalDagRunner logs "Component X is running." and "... is finished." and nothing a person
 can follow between them. This handler turns those two lines into one line each with the time,
 the duration, whether the result came from cache, and each output's URI with the numbers worth
-seeing (split counts, the blessing, the pushed version). It also knows which component was
+seeing (split counts, the blessing, the pushed version), and ingestion's data warnings beneath
+the Examples. It also knows which component was
 running when a run fails, so the runner can name it.
 """
 
 import contextlib
+import json
 import logging
 import re
 import sys
@@ -95,7 +97,18 @@ class ComponentProgress(logging.Handler):
             if kind == "Examples" and artifacts.SPAN in props:
                 self.spans.append(props[artifacts.SPAN].int_value)
             lines.append(f"{kind}: {artifact.uri}" + (f" ({', '.join(shown)})" if shown else ""))
+            lines += warning_lines(props)
         return state, lines
+
+
+def warning_lines(props: dict) -> list:
+    """``warning: ...`` per data warning an artifact carries (``artifacts.DATA_WARNINGS_PROPERTY``,
+    set by ingestion on the Examples): they name what the data cannot teach and the fix, so a
+    person reads them in the run's output, not only in the log and the report."""
+    value = props.get(artifacts.DATA_WARNINGS_PROPERTY)
+    if value is None or not value.string_value:
+        return []
+    return [f"warning: {warning}" for warning in json.loads(value.string_value)]
 
 
 @contextlib.contextmanager

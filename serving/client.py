@@ -204,7 +204,8 @@ def write_results(
     storage.write_file(mask_path, palette.encode_palette_png(mask, colours))
     image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
     overlay = io.BytesIO()
-    Image.fromarray(palette.overlay(image, mask, colours)).save(overlay, format="JPEG", quality=90)
+    painted = palette.overlay(image, mask, colours, background=spec.background_id)
+    Image.fromarray(painted).save(overlay, format="JPEG", quality=90)
     overlay_path = os.path.join(out_dir, f"{stem}_overlay.jpg")
     storage.write_file(overlay_path, overlay.getvalue())
     return mask_path, overlay_path

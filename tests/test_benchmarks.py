@@ -1,11 +1,12 @@
 """The README's benchmark table is the JSON's, and the scaling fit says what it should."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
-from benchmarks import demo_figures, learning, scaling, suite_time, summary
+from benchmarks import baselines, demo_figures, learning, scaling, suite_time, summary
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -133,21 +134,102 @@ def test_learning_compares_recipes_at_equal_steps_and_equal_cpu_seconds():
     }
 
 
-def test_learning_rows_show_both_comparisons_and_ours_last_step():
+def test_learning_rows_give_each_dataset_its_baselines_and_our_best_within_each_budget():
     figures = _learning_figures()
-    result = {
-        "dataset": {"difficulty": "hard", "train_images": 510, "eval_images": 90, "image_size": 128},
-        "batch": 8,
-        "figures": figures,
-        "at_equal_steps": learning.at_equal_steps(figures),
+    section = {
+        "dataset": {"train_images": 510, "eval_images": 90, "image_size": 128},
+        "baselines": {"majority_class": 0.04, "colour_lookup": 0.2},
+        "target": learning.target(0.2),
         "at_equal_cpu_seconds": learning.at_equal_cpu(figures, [5, 60]),
     }
-    rows = summary._learning(result)
+    rows = summary._learning({"batch": 8, "datasets": {"hard/voc": section}})
     assert [row[1:] for row in rows] == [
-        ("mean IoU at step 10", "ours 0.100", "TF tutorial U-Net 0.200", "ours -0.100", "highest"),
-        ("mean IoU at step 25", "ours 0.300", "TF tutorial U-Net 0.250", "ours +0.050", ""),
-        ("best mean IoU within 5 CPU-s", "ours n/a", "TF tutorial U-Net n/a", "", ""),
-        ("best mean IoU within 60 CPU-s", "ours 0.300", "TF tutorial U-Net 0.200", "ours +0.100", ""),
-        ("ours at its last step (100)", "0.600 in 70 CPU-s (50 s wall)", "", "", ">= 0.8 within 10 min"),
-    ]
-    assert rows[0][0] == "learning, hard mode (510 train / 90 eval), 128 px batch 8, random init"
+        ("best mean IoU within 5 CPU-s", "ours n/a", "colour lookup 0.200, majority class 0.040, "
+         "TF tutorial U-Net n/a", "", "bar >= 0.600"),
+        ("best mean IoU within 60 CPU-s", "ours 0.300", "TF tutorial U-Net 0.200",
+         "ours +0.100 vs lookup", ""),
+    ]  # fmt: skip
+    assert rows[0][0] == "learning, hard/voc (510 train / 90 eval), 128 px batch 8, random init"
+
+
+def test_learning_target_halves_the_lookups_error_or_asks_090_above_080():
+    assert learning.target(0.2) == 0.6
+    assert learning.target(0.8) == 0.9
+    assert learning.target(0.81) == 0.9
+
+
+def test_colour_lookup_predicts_each_bins_majority_class_and_the_majority_elsewhere():
+    lookup = baselines.ColourLookup(num_classes=3, levels=16)
+    image = np.array([[[0, 0, 0], [0, 0, 0], [5, 5, 5], [255, 0, 0]]], np.float32)  # one row
+    labels = np.array([[1, 1, 2, 255]], np.uint8)  # bin (0,0,0): 1, 1, 2; red: void, not counted
+    lookup.add(image, labels)
+    table = lookup.table()
+    assert table[0] == 1  # the bin of black holds two 1s and one 2
+    np.testing.assert_array_equal(
+        lookup.predict(np.array([[[15, 15, 15], [16, 0, 0], [255, 0, 0]]], np.uint8), table),
+        [[1, 1, 1]],  # 15 bins with 0; (16,0,0) and red were never seen: the majority class, 1
+    )
+    assert baselines.majority_class([labels, np.array([[2, 2, 2]], np.uint8)], 3) == 2
+
+
+def _records(directory, train, evals, size=4, num_classes=3):
+    """A learning records directory: ``train`` (image, label) pairs at ``size`` px; ``evals``
+    (original image, mask) pairs, their resized image a blank ``size`` px one."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(os.path.join(directory, learning.TRAIN_FILE)) as writer:
+        for image, label in train:
+            record = {learning.IMAGE: learning._bytes(image.astype(np.float32)),
+                      learning.LABEL: learning._bytes(label.astype(np.uint8))}  # fmt: skip
+            writer.write(tf.train.Example(features=tf.train.Features(feature=record)).SerializeToString())
+    with tf.io.TFRecordWriter(os.path.join(directory, learning.EVAL_FILE)) as writer:
+        for original, mask in evals:
+            record = {
+                learning.IMAGE: learning._bytes(np.zeros([size, size, 3], np.float32)),
+                learning.MASK: learning._bytes(mask.astype(np.uint8)),
+                learning.ORIGINAL: learning._bytes(original.astype(np.uint8)),
+                learning.HEIGHT: learning._int(mask.shape[0]), learning.WIDTH: learning._int(mask.shape[1]),
+                learning.RESIZED_HEIGHT: learning._int(size), learning.RESIZED_WIDTH: learning._int(size),
+            }  # fmt: skip
+            writer.write(tf.train.Example(features=tf.train.Features(feature=record)).SerializeToString())
+    with open(os.path.join(directory, learning.META_FILE), "w") as f:
+        json.dump({"image_size": size, "num_classes": num_classes}, f)
+
+
+def test_baselines_are_fitted_on_train_records_and_scored_on_original_eval_pixels(tmp_path):
+    red, green = np.array([200, 0, 0]), np.array([0, 200, 0])
+    # Train: red is class 1, green class 2, background (black) class 0 on half of each image.
+    image = np.zeros([4, 4, 3])
+    image[:, :2] = red
+    label = np.zeros([4, 4])
+    label[:, :2] = 1
+    image2, label2 = np.zeros([4, 4, 3]), np.zeros([4, 4])
+    image2[:1] = green
+    label2[:1] = 2
+    # Eval at another size: 8x8, left half red (class 1), a green row (class 2), a void pixel.
+    original = np.zeros([8, 8, 3])
+    original[:, :4] = red
+    original[7, 4:] = green
+    mask = np.zeros([8, 8])
+    mask[:, :4] = 1
+    mask[7, 4:] = 2
+    mask[0, 7] = 255
+    _records(str(tmp_path), [(image, label), (image2, label2)], [(original, mask)])
+    scores = learning.score_baselines(str(tmp_path))
+    # The lookup is exact; the majority class (0: 20 of 32 train pixels) gets class 0's IoU of
+    # 27 / 63 and nothing else (mean over the three classes present in labels or predictions).
+    assert scores == {"majority_class": round((27 / 63) / 3, 4), "colour_lookup": 1.0}
+    # The true masks through stride 4 of a 4 px model (1x1 logits): the majority of the image.
+    assert learning.resolution_estimate(str(tmp_path)) == round((32 / 63) / 3, 4)
+
+
+def test_dataset_modes_are_difficulty_and_format():
+    source = learning.DataSource.parse("easy/oxford_pet", num_images=40)
+    assert (source.difficulty, source.fmt, source.num_images, source.name) == (
+        "easy",
+        "oxford_pet",
+        40,
+        "easy/oxford_pet",
+    )
+    with pytest.raises(ValueError, match="'hard/coco' is not <difficulty>/<format>"):
+        learning.DataSource.parse("hard/coco")

@@ -93,6 +93,7 @@ def test_bad_overrides_name_the_key(override, message):
             r"ingest.max_rejected_fraction=nan cannot work: .* in \[0, 1\]",
         ),
         ("ingest.max_rejected_fraction=1.5", r"ingest.max_rejected_fraction=1.5 cannot work"),
+        ("ingest.max_ignored_fraction=-0.1", r"ingest.max_ignored_fraction=-0.1 cannot work: .* in \[0, 1\]"),
         ("trainer.output_stride=4", "trainer.output_stride=4 cannot work: it must be one of 8, 16, 32"),
         ("trainer.steps_per_epoch=0", r"trainer.steps_per_epoch=0 cannot work: it must be a number >= 1"),
         ("trainer.learning_rate=.inf", "trainer.learning_rate=inf cannot work"),
@@ -217,6 +218,8 @@ def test_every_named_config_builds_the_pipeline(name):
         assert nodes[resolvers.WARM_START_RESOLVER_ID].upstream_nodes == {nodes["SegmentationExampleGen"]}
     # Ingestion reads the newest span unless the config names one (a backfill).
     assert example_gen["requested_span"] == cfg.data.span == -1
+    # ... and fails when the train split's masks are mostly ignored.
+    assert example_gen["max_ignored_fraction"] == cfg.ingest.max_ignored_fraction == 0.5
     eval_config = json.loads(evaluator.exec_properties["eval_config"])
     [spec] = eval_config["metrics_specs"]
     [mean_iou] = [m for m in spec["metrics"] if m["class_name"] == "SegmentationMeanIoU"]

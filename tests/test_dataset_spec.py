@@ -1,5 +1,8 @@
 """The dataset spec: how it loads, what it refuses, what it derives, and the schema made from it."""
 
+import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -75,6 +78,7 @@ def test_a_spec_survives_json_unchanged_and_hashes(spec):
         ({"eval_fraction": 1.0}, r"eval_fraction=1.0 cannot work: it must be a number in \[0, 1\)"),
         ({"layout": "voc"}, "layout='voc' reads the VOC and SBD archives"),
         ({"name": "voc"}, "a folders dataset needs a name of its own"),
+        ({"background_class": "d"}, r"background_class='d' names no class \(classes: \['a', 'b', 'c'\]\)"),
     ],
 )
 def test_a_spec_that_cannot_work_is_refused_naming_the_key(fields, says):
@@ -87,6 +91,76 @@ def test_a_bad_spec_in_a_config_names_the_dataset_section():
         config_lib.load_config("tiny", ["dataset=cihp", "dataset.mask_encoding=jpeg"])
     with pytest.raises(ConfigError, match=r"tiny.yaml: dataset: values: 3 -> 'border' names no class"):
         config_lib.load_config("tiny", ["dataset=oxford_pet", "dataset.values={3: border}"])
+
+
+@pytest.mark.parametrize(
+    "spec, digest",
+    [
+        (dataset_spec.VOC_SPEC, "9abd046984c49cd4"),
+        (config_lib.load_dataset_spec("cihp"), "31d15f0365ecd4e3"),
+        (config_lib.load_dataset_spec("oxford_pet"), "87c42f708be236fb"),
+    ],
+    ids=["voc", "cihp", "oxford_pet"],
+)
+def test_the_shipped_specs_are_the_text_they_were_before_the_background_key(spec, digest):
+    # A spec's digest, on every Examples artifact, keys the window of spans and the cache: the
+    # unset background (the first class) is not written.
+    assert "background_class" not in json.loads(spec.to_json())
+    assert hashlib.sha256(spec.to_json().encode()).hexdigest()[:16] == digest
+
+
+def test_the_background_is_the_first_class_unless_the_spec_names_another_or_none():
+    voc = dataset_spec.VOC_SPEC
+    assert (voc.background_class, voc.background_id, voc.foreground_ids()) == (
+        dataset_spec.FIRST_CLASS,
+        0,
+        tuple(range(1, 21)),
+    )
+    # Naming the first class is leaving the key unset: the same spec, the same JSON.
+    assert _spec(background_class="a") == _spec() and _spec().background_class == dataset_spec.FIRST_CLASS
+    assert _spec(background_class="a").to_json() == _spec().to_json()
+    # Unset, it is the first class of whatever class names the spec is made with.
+    renamed = dataclasses.replace(_spec(), class_names=("bg", "x"))
+    assert (renamed.background_id, renamed.foreground_ids()) == (0, (1,))
+    named = _spec(background_class="c")
+    assert (named.background_id, named.foreground_ids()) == (2, (0, 1))
+    assert json.loads(named.to_json())["background_class"] == "c"
+    assert DatasetSpec.from_json(named.to_json()) == named
+    for none in ("", None):  # Cityscapes' train ids: every class is an object
+        spec = _spec(background_class=none)
+        assert (spec.background_class, spec.background_id, spec.foreground_ids()) == ("", None, (0, 1, 2))
+        assert DatasetSpec.from_json(spec.to_json()) == spec
+    # In a config, YAML's null is none too.
+    cihp = config_lib.load_config("tiny", ["dataset=cihp", "dataset.background_class=null"]).dataset
+    assert (cihp.background_class, cihp.background_id) == ("", None)
+    pets = config_lib.load_config("tiny", ["dataset=oxford_pet", "dataset.background_class=pet"]).dataset
+    assert (pets.background_id, pets.foreground_ids()) == (1, (0,))
+    # A named background stays that class when the names are replaced, and must still name one.
+    assert dataclasses.replace(named, class_names=("c", "a", "b")).background_id == 0
+    with pytest.raises(ConfigError, match=r"^background_class='c' names no class \(classes: \['a', 'b'\]\)"):
+        dataclasses.replace(named, class_names=("a", "b"))
+
+
+@pytest.mark.parametrize("background", [None, "", "aeroplane"])
+def test_the_voc_layout_keeps_vocs_background(background):
+    """The curated schema of VOC's layout holds class/present 1 to 20: another background (or
+    none) would fail validation late, on an anomaly that does not name the key."""
+    says = (
+        f"background_class={background or ''!r} cannot work with layout='voc': VOC's background is "
+        "class 0, 'background', and its curated schema holds class/present 1 to 20; leave "
+        "background_class unset"
+    )
+    with pytest.raises(ConfigError) as e:
+        DatasetSpec(background_class=background)
+    assert str(e.value) == says
+    # In a config, the message names the section's keys.
+    with pytest.raises(ConfigError) as e:
+        config_lib.load_config("tiny", [f"dataset.background_class={background or 'null'}"])
+    tiny = os.path.join(paths.CONFIG_DIR, "tiny.yaml")
+    assert str(e.value) == f"{tiny}: " + says.replace(
+        "background_class=", "dataset.background_class="
+    ).replace("layout=", "dataset.layout=")
+    assert DatasetSpec(background_class="background") == dataset_spec.VOC_SPEC
 
 
 def test_value_map_and_ignore_label():
@@ -134,6 +208,11 @@ def test_the_schema_is_the_curated_one_for_voc_and_follows_other_specs():
     pet = schema_for(curated, config_lib.load_dataset_spec("oxford_pet"))
     present = next(f for f in pet.feature if f.name == features.CLASSES_PRESENT_KEY)
     assert (present.int_domain.min, present.int_domain.max, present.value_count.max) == (1, 1, 1)
+    # The ids class/present may hold are every class but the background, wherever it is or if none.
+    for background, expected in (("", (0, 2, 3)), ("c", (0, 1, 2)), ("a", (1, 2, 2))):
+        schema = schema_for(curated, _spec(background_class=background))
+        present = next(f for f in schema.feature if f.name == features.CLASSES_PRESENT_KEY)
+        assert (present.int_domain.min, present.int_domain.max, present.value_count.max) == expected
     domains = {d.name: list(d.value) for d in pet.string_domain}
     assert domains[features.SOURCE_KEY] == ["oxford_pet"]
     assert domains[features.IMAGE_FORMAT_KEY] == ["jpeg", "png"]

@@ -6,6 +6,7 @@ MobileNetV2 of width 0.35 trained for 2 steps. The Transform graph is analyzed i
 handful of examples that hold only the image and the mask, the two features Transform reads.
 """
 
+import dataclasses
 import io
 import json
 import logging
@@ -341,7 +342,7 @@ def test_report_figures_and_page_use_the_spec_colours_and_names():
     image = np.full((2, 3, 3), 100, np.uint8)
     truth = np.array([[0, 1, 255], [1, 1, 0]], np.uint8)
     predicted = np.array([[1, 1, 0], [0, 1, 255]], np.uint8)
-    shown, truth_rgb, predicted_rgb, over = figures.sample_panels(image, truth, predicted, colours)
+    shown, truth_rgb, predicted_rgb, over = figures.sample_panels(image, truth, predicted, pets)
     np.testing.assert_array_equal(truth_rgb, colours[truth])
     np.testing.assert_array_equal(predicted_rgb[0, 0], [255, 170, 0])  # the spec's "pet"
     np.testing.assert_array_equal(predicted_rgb[1, 2], colours[255])
@@ -368,3 +369,28 @@ def test_report_figures_and_page_use_the_spec_colours_and_names():
     })  # fmt: skip
     assert "<tr data-class='pet'><td>1</td><td>pet</td><td class='num'>0.6000</td></tr>" in html
     assert "<td>1 (pet)</td>" in html and 'id="dataset">oxford_pet</b> (2 classes)' in html
+    # With the pet as the spec's background, the overlay paints what was background instead.
+    as_background = dataclasses.replace(pets, background_class="pet")
+    over = figures.sample_panels(image, truth, predicted, as_background)[3]
+    np.testing.assert_array_equal(over[0, 0], image[0, 0])
+    np.testing.assert_array_equal(over[0, 2], [50, 50, 50])  # "background", black at half
+
+
+def test_the_report_reads_what_ingestion_recorded_on_the_examples():
+    from components.run_report import component as report_component
+    from components.segmentation_example_gen import beam_ingest, executor
+
+    examples = tfx.types.standard_artifacts.Examples()
+    assert report_component.ingestion_of(examples) is None  # Examples made before ingestion counted
+    census = {"train": {"classes": {"a": 1, "b": 0}, "ignored": 3}}
+    unread = {"/d/img": {"count": 1, "names": ["x.tif"]}}
+    summary = beam_ingest.IngestSummary(
+        splits={}, rejected=[], seconds=0.0, listed=0, rejected_fraction=0.0, max_rejected_fraction=0.0,
+        counters={}, max_ignored_fraction=0.5, pixels=census, unread_files=unread, warnings=["class 'b' ..."],
+    )  # fmt: skip
+    executor.record_findings(examples, summary)
+    assert report_component.ingestion_of(examples) == {
+        page.INGESTION_PIXELS: census,
+        page.INGESTION_UNREAD: unread,
+        page.INGESTION_WARNINGS: ["class 'b' ..."],
+    }

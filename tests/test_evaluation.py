@@ -578,7 +578,7 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     # 4. The trained model with its best class collapsed into background, the mean IoU's change
     # threshold off: the per-class guard still refuses it, naming the class.
     labelled = matrix.sum(axis=1)
-    trained_iou = iou.class_iou(matrix)
+    trained_iou = metrics.class_iou(matrix)
     floor = cfg.evaluator.min_class_pixels
     guarded = [c for c in range(1, len(labelled)) if labelled[c] >= floor]
     lost = max(guarded, key=lambda c: trained_iou[c])

@@ -1,8 +1,10 @@
 """Folder datasets (CIHP, Oxford-IIIT Pet, any spec): planning, mask decoding, the Beam ingest."""
 
+import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from components.segmentation_example_gen import beam_ingest, records, sources
+from components.segmentation_example_gen import beam_ingest, pixels, records, sources
 from core import artifacts, dataset_spec, features
 from core import config as config_lib
 from core.dataset_spec import DatasetSpec
@@ -354,6 +356,23 @@ def _check_records(examples, spec, root, expected_splits, mask_ids):
             assert feature(example, features.CLASSES_PRESENT_KEY) == present
 
 
+def _pixels_of(spec, root, splits, mask_ids):
+    """Each split's pixels per class and ignored, summed here from the source masks."""
+    found = {}
+    for split, ids in splits.items():
+        counts = sum(
+            np.bincount(
+                mask_ids(_grey(os.path.join(root, spec.masks_dir, f"{i}.png"))).ravel(), minlength=256
+            )
+            for i in ids
+        )
+        found[split] = {
+            pixels.CLASSES: {name: int(counts[c]) for c, name in enumerate(spec.class_names)},
+            pixels.IGNORED: int(counts[255]),
+        }
+    return found
+
+
 def test_cihp_ingest_is_exact_and_dead_letters_a_bad_value(cihp_dir, tmp_path):
     root = str(tmp_path / "cihp")
     shutil.copytree(cihp_dir, root)
@@ -387,6 +406,8 @@ def test_cihp_ingest_is_exact_and_dead_letters_a_bad_value(cihp_dir, tmp_path):
     ]
     splits[features.TRAIN_SPLIT].remove(bad)
     _check_records(examples, CIHP, root, splits, lambda grey: grey)
+    # Pixels per class of the written records only (the rejected mask is not counted).
+    assert summary.pixels == _pixels_of(CIHP, root, splits, lambda grey: grey)
 
 
 def test_oxford_pet_ingest_is_exact(pet_dir, tmp_path):
@@ -401,9 +422,110 @@ def test_oxford_pet_ingest_is_exact(pet_dir, tmp_path):
     summary, examples = _ingest(PET, pet_dir, str(tmp_path / "out"), mode="multi_processing")
     assert summary.splits == {"train": 9, "eval": 3} and summary.rejected == []
     _check_records(examples, PET, pet_dir, splits, np.vectorize(TRIMAP_IDS.get))
+    # Summed over worker processes: the trimaps' pets, backgrounds and (ignored) borders.
+    assert summary.pixels == _pixels_of(PET, pet_dir, splits, np.vectorize(TRIMAP_IDS.get))
+    assert 0 < pixels.ignored_fraction(summary.pixels["train"]) < 0.5 and summary.warnings == []
+    assert summary.unread_files == {}
     # The next run into the same place starts without it: no stale spec may describe other records.
     beam_ingest.remove_previous_outputs(examples, str(tmp_path / "out" / "rejected"))
     assert os.listdir(examples) == []
+
+
+def _lesions(root):
+    """Six scans whose binary masks are saved as 0/255, three in each split, and their spec
+    without ``values``: 255 is the ignore label, so they read as background and ignore only."""
+    spec = _spec(name="lesions", class_names=("background", "lesion"))
+    ids = [f"scan{n}" for n in range(6)]
+    _write_folders(root, ids)
+    mask = np.zeros((4, 4))
+    mask[:3, :] = 255  # 12 of 16 pixels "lesion"
+    for image_id in ids:
+        _write(os.path.join(root, "ann", f"{image_id}.png"), _png(mask, "L"))
+    splits = {s: [i for i in ids if (s == features.EVAL_SPLIT) == _in_eval(i, 0.3)] for s in features.SPLITS}
+    assert {s: len(v) for s, v in splits.items()} == {"train": 3, "eval": 3}
+    return spec
+
+
+def test_binary_masks_read_without_values_fail_the_run_naming_the_fix(tmp_path):
+    """A 0/255 mask read with 255 as the ignore label: background and ignore only. The run
+    fails after the report, naming the cause and the value map; a stray file is named too."""
+    root = str(tmp_path / "lesions")
+    spec = _lesions(root)
+    _write(os.path.join(root, "img", "scan6.tif"), b"II*\x00")
+    out = tmp_path / "out"
+    with pytest.raises(beam_ingest.MostlyIgnoredError) as e:
+        _ingest(spec, root, str(out))
+    fix = "`values: {0: background, 255: lesion}` in the dataset spec"
+    assert str(e.value) == (
+        "SegmentationExampleGen: 75.0% of the train split's mask pixels (36 of 48) are ignored, above "
+        "ingest.max_ignored_fraction=0.5: the model would learn from the other 25.0% alone. Binary masks "
+        "saved as 0/255 read so, as 255 is the ignore label of dataset lesions: if 255 marks a class, map "
+        f"it: {fix}. If the pixels are meant to be ignored, raise ingest.max_ignored_fraction (1 turns the "
+        f"check off). Pixels per class: {out / 'rejected' / 'report.md'}"
+    )
+    summary = json.loads((out / "rejected" / "summary.json").read_text())
+    assert summary["pixels"] == {
+        "train": {"classes": {"background": 12, "lesion": 0}, "ignored": 36},
+        "eval": {"classes": {"background": 12, "lesion": 0}, "ignored": 36},
+    }
+    images = os.path.join(root, "img")
+    assert summary["unread_files"] == {images: {"count": 1, "names": ["scan6.tif"]}}
+    assert [w.split(":")[0] for w in summary["warnings"]] == [
+        f"1 file in {images} is not read",
+        "class 'lesion' (id 1) of dataset lesions has no labelled pixel in the train split",
+        "75.0% of the eval split's mask pixels (36 of 48) are ignored, above ingest.max_ignored_fraction=0.5",
+    ]
+    assert summary["warnings"][0].endswith("or move it out of the folder.")
+    assert summary["warnings"][1].endswith(f"255 is read as ignored: {fix}.")
+    report = (out / "rejected" / "report.md").read_text()
+    # The ignored row has no id: ignored pixels may come from several values, 255 or not.
+    assert (
+        "| 1 | lesion | 0 (0.00%) | 0 (0.00%) |" in report
+        and "|  | (ignored) | 36 (75.00%) | 36 (75.00%) |" in report
+    )
+    assert f"- warning: {summary['warnings'][1]}" in report
+    # Nothing says the records are good: no spec beside them, and the pixel sums are folded in.
+    assert sorted(os.listdir(out / "examples")) == ["Split-eval", "Split-train"]
+    assert sorted(os.listdir(out / "rejected")) == ["rejected.jsonl", "report.md", "summary.json"]
+    # The fix named: with the value map, the same mask is a lesion where it holds 255.
+    item = sources.plan_folders(spec, root)[0]
+    fixed = dataclasses.replace(spec, values={0: "background", 255: "lesion"})
+    _, counts = records.build_record(item, fixed)
+    assert counts[[0, 1, 255]].tolist() == [4, 12, 0]
+
+
+def test_a_run_failing_on_its_rejections_says_nothing_of_what_the_rest_cannot_teach(tmp_path, caplog):
+    """Too much rejected is the failure: the data the run would keep is not judged, so no class
+    is said to be missing (it may be in the rejected records) and no other error is raised."""
+    root = str(tmp_path / "lesions")
+    spec = _lesions(root)
+    _write(os.path.join(root, "ann", "scan0.png"), b"not a png")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING), pytest.raises(beam_ingest.TooManyRejectedError) as e:
+        _ingest(spec, root, str(out))
+    assert type(e.value) is beam_ingest.TooManyRejectedError
+    assert str(e.value).startswith("SegmentationExampleGen rejected 1 of 6 ids (16.67%)")
+    summary = json.loads((out / "rejected" / "summary.json").read_text())
+    # scan0 was in train: its two other scans are counted, and nothing is said of them.
+    assert summary["pixels"]["train"] == {"classes": {"background": 8, "lesion": 0}, "ignored": 24}
+    assert summary["warnings"] == []
+    assert "- warning:" not in (out / "rejected" / "report.md").read_text()
+    logged = [r.getMessage() for r in caplog.records if r.name == beam_ingest.__name__]
+    assert len(logged) == 1 and logged[0].startswith("rejected scan0 (lesions): "), logged
+
+
+def test_the_present_classes_are_every_class_but_the_specs_background(tmp_path):
+    root = str(tmp_path)
+    _write_folders(root, ["a", "b", "c"])
+    _write(os.path.join(root, "ann", "a.png"), _png(np.array([[0, 1], [2, 255]]), "L"))
+    _write(os.path.join(root, "img", "a.png"), _png(np.zeros((2, 2, 3)), "RGB"))
+    os.remove(os.path.join(root, "img", "a.jpg"))
+    for background, present in (("background", [1, 2]), ("body", [0, 1]), ("", [0, 1, 2])):
+        spec = _spec(background_class=background, eval_fraction=0.5)
+        item = next(i for i in sources.plan_folders(spec, root) if i.image_id == "a")
+        example, counts = records.build_record(item, spec)
+        assert feature(example, features.CLASSES_PRESENT_KEY) == present, background
+        assert counts[[0, 1, 2, 255]].tolist() == [1, 1, 1, 1] and counts.sum() == 4
 
 
 # The command

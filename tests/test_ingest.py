@@ -11,7 +11,7 @@ import scipy.io
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from components.segmentation_example_gen import beam_ingest, records, sources
+from components.segmentation_example_gen import beam_ingest, pixels, records, sources
 from core import artifacts, dataset_spec, features
 from core.dataset_spec import VOC_SPEC
 from tests.conftest import feature, png_indices, read_examples, read_list, sbd_path, voc_path
@@ -77,7 +77,8 @@ def test_split_membership_and_counts_are_exact(dataset_dir, ingested):
 
 
 def test_every_mask_round_trips_pixel_exact(dataset_dir, ingested):
-    out, _ = ingested
+    out, summary = ingested
+    sums = {split: np.zeros(256, np.int64) for split in features.SPLITS}
     _, _, source = expected_splits(dataset_dir)
     seen_void = seen_voc_overlap = 0
     sbd_ids = set(read_list(sbd_path(dataset_dir, "train.txt")) + read_list(sbd_path(dataset_dir, "val.txt")))
@@ -99,6 +100,7 @@ def test_every_mask_round_trips_pixel_exact(dataset_dir, ingested):
                 expected = mat["GTcls"]["Segmentation"][0, 0]
                 jpeg_path = sbd_path(dataset_dir, "img", f"{image_id}.jpg")
             np.testing.assert_array_equal(ids, expected, err_msg=image_id)
+            sums[split] += np.bincount(np.asarray(expected, np.uint8).ravel(), minlength=256)
             with open(jpeg_path, "rb") as f:
                 assert feature(example, features.IMAGE_KEY) == [f.read()]
             h, w = expected.shape
@@ -110,6 +112,15 @@ def test_every_mask_round_trips_pixel_exact(dataset_dir, ingested):
             )
     assert seen_void > 0, "255 must be kept"
     assert seen_voc_overlap > 0, "ids in both sources must come from VOC"
+    # The job's pixels per class are the source masks', split by split, void apart.
+    assert summary.pixels == {
+        split: {
+            pixels.CLASSES: {name: int(sums[split][c]) for c, name in enumerate(VOC_SPEC.class_names)},
+            pixels.IGNORED: int(sums[split][features.IGNORE_LABEL]),
+        }
+        for split in features.SPLITS
+    }
+    assert 0 < pixels.ignored_fraction(summary.pixels["train"]) < 0.5
 
 
 def test_voc_examples_carry_the_voc_spec(ingested, tmp_path):
@@ -126,7 +137,20 @@ def test_report_files(ingested):
     with open(os.path.join(out, "rejected", "summary.json")) as f:
         assert json.load(f) == summary.to_json()
     assert os.path.getsize(os.path.join(out, "rejected", "rejected.jsonl")) == 0
-    assert "No record was rejected." in open(os.path.join(out, "rejected", "report.md")).read()
+    report = open(os.path.join(out, "rejected", "report.md")).read()
+    assert "No record was rejected." in report
+    # Pixels per class, each with its share of the labelled pixels of its split.
+    train = summary.pixels["train"]
+    person = train[pixels.CLASSES]["person"]
+    row = f"| 15 | person | {person} ({100 * person / pixels.labelled(train):.2f}%) |"
+    assert row in report, report
+    # The job's pixel sums are in summary.json, their file gone; VOC's folders are not listed.
+    assert sorted(os.listdir(os.path.join(out, "rejected"))) == [
+        "rejected.jsonl",
+        "report.md",
+        "summary.json",
+    ]
+    assert summary.unread_files == {}
 
 
 def _damage(root):

@@ -128,9 +128,25 @@ def test_atrous_conv_equals_tf_dilated_conv_forward_and_backward(size):
 
 
 def test_aspp_config_round_trip():
-    layer = model.ASPP(filters=16, rates=(3, 6, 9), dropout=0.2, name="aspp")
+    layer = model.ASPP(filters=16, rates=(3, 6, 9), dropout=0.2, bn_momentum=0.9, name="aspp")
     clone = model.ASPP.from_config(layer.get_config())
-    assert (clone.filters, clone.rates, clone.dropout) == (16, (3, 6, 9), 0.2)
+    assert (clone.filters, clone.rates, clone.dropout, clone.bn_momentum) == (16, (3, 6, 9), 0.2, 0.9)
+    # An ASPP saved before bn_momentum was a setting has Keras' default, as it was built with.
+    older = {k: v for k, v in layer.get_config().items() if k != "bn_momentum"}
+    assert model.ASPP.from_config(older).bn_momentum == 0.99
+
+
+def test_bn_momentum_reaches_every_batch_norm_layer():
+    net = model.build_deeplabv3plus(
+        64, 3, backbone_weights=None, backbone="mobilenetv2", width=0.35, aspp_filters=8,
+        decoder_filters=8, low_level_filters=4, bn_momentum=0.9,
+    )  # fmt: skip
+
+    # Every layer reachable from the model: the backbone's, ASPP's branches', the decoder's.
+    found = [m for m in net.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    # MobileNetV2 up to block 16 (the high-level features): 51; ASPP: 6; the decoder: 3.
+    assert len(found) == 51 + 6 + 3
+    assert {bn.momentum for bn in found} == {0.9}
 
 
 def test_resnet50_deeplabv3plus_parameter_count():

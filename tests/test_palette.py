@@ -5,6 +5,7 @@ import struct
 import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from core import features
@@ -22,6 +23,31 @@ KNOWN = {
     20: (0, 64, 128),
     255: (224, 224, 192),
 }
+
+
+def test_overlays_leave_the_specs_background_and_the_ignored_unpainted():
+    image = np.full((1, 4, 3), 100, np.uint8)
+    ids = np.array([[0, 1, 2, features.IGNORE_LABEL]], np.uint8)
+    colours = VOC_SPEC.palette()  # 0 black, 1 (128, 0, 0), 2 (0, 128, 0)
+    # VOC's background (class 0) and void stay the image; the objects are half their colour.
+    over = palette.overlay(image, ids, colours, background=VOC_SPEC.background_id)
+    assert over[0].tolist() == [[100, 100, 100], [114, 50, 50], [50, 114, 50], [100, 100, 100]]
+    # A background of another id, and none: class 0 is then an object like the others.
+    assert palette.overlay(image, ids, colours, background=2)[0].tolist() == [
+        [50, 50, 50], [114, 50, 50], [100, 100, 100], [100, 100, 100],
+    ]  # fmt: skip
+    assert palette.overlay(image, ids, colours, background=None)[0, 0].tolist() == [50, 50, 50]
+
+
+def test_an_overlay_call_written_before_the_background_keeps_its_alpha_or_fails():
+    image = np.full((1, 2, 3), 100, np.uint8)
+    ids = np.array([[0, 1]], np.uint8)
+    colours = VOC_SPEC.palette()
+    # The fourth positional argument is still alpha; the background must be named.
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'background'"):
+        palette.overlay(image, ids, colours, 0.3)
+    over = palette.overlay(image, ids, colours, 0.3, background=0)
+    assert over[0].tolist() == [[100, 100, 100], [108, 70, 70]]
 
 
 def test_colormap_matches_the_devkit_colours():

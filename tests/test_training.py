@@ -41,15 +41,20 @@ def test_warmup_then_poly_decay():
     assert float(clone(60)) == pytest.approx(float(schedule(60)))
 
 
-def test_weight_decay_spares_batch_norm_and_biases():
-    config = TrainerConfig(learning_rate=0.5, momentum=0.0, weight_decay=0.1)
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_spares_batch_norm_and_biases(name):
+    config = TrainerConfig(optimizer=name, learning_rate=0.5, momentum=0.0, weight_decay=0.1)
     optimizer = optimization.make_optimizer(config, total_steps=100)
+    assert type(optimizer).__name__ == {"sgd": "SGD", "adamw": "AdamW"}[name]
+    if name == "adamw":
+        assert optimizer.beta_1 == config.momentum  # the config's momentum is Adam's beta 1
     kernel = tf.Variable(tf.ones((2, 2)), name="conv/kernel")
     gamma = tf.Variable(tf.ones(2), name="bn/gamma")
     bias = tf.Variable(tf.ones(2), name="conv/bias")
     variables = [kernel, gamma, bias]
     optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
-    # Decoupled decay: w -= lr * wd * w for kernels only; zero gradients move nothing else.
+    # Decoupled decay: w -= lr * wd * w for kernels only; zero gradients move nothing else (Adam's
+    # step is m / (sqrt(v) + eps) = 0 / eps).
     np.testing.assert_allclose(kernel.numpy(), 1 - 0.5 * 0.1, rtol=1e-6)
     np.testing.assert_array_equal(gamma.numpy(), 1.0)
     np.testing.assert_array_equal(bias.numpy(), 1.0)

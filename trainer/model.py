@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from core import features, storage
-from core.choices import BACKBONES, IMAGENET_WEIGHTS, OUTPUT_STRIDES, RESNET50
+from core.choices import BACKBONES, IMAGENET_WEIGHTS, KERAS_BN_MOMENTUM, OUTPUT_STRIDES, RESNET50
 from core.config import TrainerConfig
 
 # Layers
@@ -44,11 +44,15 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-def _conv_bn_relu(x, filters, kernel_size, name, dilation_rate=1, sync_batch_norm=False):
+def _conv_bn_relu(
+    x, filters, kernel_size, name, dilation_rate=1, sync_batch_norm=False, bn_momentum=KERAS_BN_MOMENTUM
+):
     x = keras.layers.Conv2D(
         filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(synchronized=sync_batch_norm, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(
+        momentum=bn_momentum, synchronized=sync_batch_norm, name=f"{name}_bn"
+    )(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -123,6 +127,7 @@ class ASPP(keras.layers.Layer):
         rates: Sequence[int] = (6, 12, 18),
         dropout: float = 0.1,
         sync_batch_norm: bool = False,
+        bn_momentum: float = KERAS_BN_MOMENTUM,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -130,6 +135,7 @@ class ASPP(keras.layers.Layer):
         self.rates = tuple(rates)
         self.dropout = dropout
         self.sync_batch_norm = sync_batch_norm
+        self.bn_momentum = bn_momentum
 
     def build(self, input_shape):
         def branch(kernel_size, rate, name):
@@ -138,7 +144,9 @@ class ASPP(keras.layers.Layer):
                     AtrousConv2D(
                         self.filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False
                     ),
-                    keras.layers.BatchNormalization(synchronized=self.sync_batch_norm),
+                    keras.layers.BatchNormalization(
+                        momentum=self.bn_momentum, synchronized=self.sync_batch_norm
+                    ),
                     keras.layers.ReLU(),
                 ],
                 name=name,
@@ -177,6 +185,7 @@ class ASPP(keras.layers.Layer):
             "rates": list(self.rates),
             "dropout": self.dropout,
             "sync_batch_norm": self.sync_batch_norm,
+            "bn_momentum": self.bn_momentum,
         }
 
 
@@ -249,7 +258,7 @@ def build_backbone(
     output_stride: int,
     width: float = 1.0,
     weights: Optional[str] = None,
-    bn_momentum: float = 0.99,
+    bn_momentum: float = KERAS_BN_MOMENTUM,
     sync_batch_norm: bool = False,
     freeze_batch_norm: bool = False,
 ) -> keras.Model:
@@ -333,6 +342,7 @@ def build_deeplabv3plus(
     dropout: float = TrainerConfig.dropout,
     sync_batch_norm: bool = False,
     freeze_backbone_batch_norm: bool = TrainerConfig.freeze_backbone_batch_norm,
+    bn_momentum: float = TrainerConfig.bn_momentum,
     scale_inputs: bool = True,
 ) -> keras.Model:
     """DeepLabV3+: 0-255 RGB ``[S, S, 3]`` -> logits ``[S, S, num_classes]`` (float32).
@@ -355,18 +365,22 @@ def build_deeplabv3plus(
         output_stride,
         width,
         backbone_weights,
+        bn_momentum=bn_momentum,
         sync_batch_norm=sync_batch_norm,
         freeze_batch_norm=freeze_backbone_batch_norm,
     )(x)
 
     rates = [r * 16 // output_stride for r in aspp_rates]
-    x = ASPP(aspp_filters, rates, dropout, sync_batch_norm=sync_batch_norm, name="aspp")(high)
+    x = ASPP(
+        aspp_filters, rates, dropout, sync_batch_norm=sync_batch_norm, bn_momentum=bn_momentum, name="aspp"
+    )(high)
     low_size = keras.backend.int_shape(low)[1:3]
     x = keras.layers.Resizing(*low_size, interpolation="bilinear", name="aspp_upsample")(x)
-    low = _conv_bn_relu(low, low_level_filters, 1, "decoder_low_level", sync_batch_norm=sync_batch_norm)
+    norm = {"sync_batch_norm": sync_batch_norm, "bn_momentum": bn_momentum}
+    low = _conv_bn_relu(low, low_level_filters, 1, "decoder_low_level", **norm)
     x = keras.layers.Concatenate(name="decoder_concat")([x, low])
-    x = _conv_bn_relu(x, decoder_filters, 3, "decoder_conv1", sync_batch_norm=sync_batch_norm)
-    x = _conv_bn_relu(x, decoder_filters, 3, "decoder_conv2", sync_batch_norm=sync_batch_norm)
+    x = _conv_bn_relu(x, decoder_filters, 3, "decoder_conv1", **norm)
+    x = _conv_bn_relu(x, decoder_filters, 3, "decoder_conv2", **norm)
     x = keras.layers.Conv2D(num_classes, 1, name="logits_conv")(x)
     x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="logits_upsample")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)

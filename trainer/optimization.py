@@ -1,8 +1,9 @@
-"""The DeepLab optimisation recipe: SGD with momentum, linear warmup then poly decay, weight decay."""
+"""The optimisation recipe: SGD with momentum or AdamW, linear warmup then poly decay, weight decay."""
 
 import tensorflow as tf
 import tf_keras as keras
 
+from core.choices import ADAMW
 from core.config import TrainerConfig
 
 
@@ -43,14 +44,19 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(config: TrainerConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """SGD + momentum on the schedule above; decoupled weight decay on kernels only."""
+    """SGD + momentum, or AdamW, on the schedule above; decoupled weight decay on kernels only."""
     schedule = WarmupPolyDecay(
         config.learning_rate, total_steps, config.warmup_steps, config.poly_power, config.end_learning_rate
     )
     # jit_compile off: XLA-compiling the update buys nothing on CPU and costs seconds at start.
-    optimizer = keras.optimizers.SGD(
-        schedule, momentum=config.momentum, weight_decay=config.weight_decay or None, jit_compile=False
-    )
+    if config.optimizer == ADAMW:
+        optimizer = keras.optimizers.AdamW(
+            schedule, weight_decay=config.weight_decay, beta_1=config.momentum, jit_compile=False
+        )
+    else:
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=config.momentum, weight_decay=config.weight_decay or None, jit_compile=False
+        )
     if config.weight_decay:
         # Decaying batch-norm scales and biases only fights the normalisation (Goyal et al., 2017).
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])

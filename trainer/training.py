@@ -21,6 +21,7 @@ from core.config import TrainerConfig
 from core.metrics import MEAN_IOU, VAL_MEAN_IOU
 from trainer import autograph, callbacks, distribute, export, losses, model, optimization, tta, warm_start
 from trainer import data as data_lib
+from trainer.summaries import EvaluationSummaries
 from transform import preprocessing
 
 _log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def build_model(
         dropout=config.dropout,
         sync_batch_norm=config.sync_batch_norm and replicas > 1,
         freeze_backbone_batch_norm=config.freeze_backbone_batch_norm,
+        bn_momentum=config.bn_momentum,
         scale_inputs=not images_normalized,
     )
 
@@ -301,6 +303,15 @@ def train(
             callbacks.RaiseOnNaN(),
             best,
             keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
+            EvaluationSummaries.of_eval_files(
+                run_dir,
+                job.dataset,
+                job.eval_files,
+                tft_output,
+                job.images_normalized,
+                count=config.summary_images,
+                enabled=chief,
+            ),
             callbacks.HistoryWriter(os.path.join(run_dir, artifacts.HISTORY_FILE), enabled=chief),
             *extra_callbacks,
         ]

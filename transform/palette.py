@@ -13,6 +13,7 @@ indices are the class ids, so Transform reads indices, not colours (``GREY_RAMP_
 
 import struct
 import zlib
+from typing import Optional
 
 import numpy as np
 
@@ -114,12 +115,18 @@ def colorize(ids: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return _palette(palette)[ids.astype(np.uint8)]
 
 
-def overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blends the class colours of ``palette`` into ``image`` ``[H, W, 3]``; class 0 (background
-    or "other" in the datasets we know) and ignored pixels stay as they are, so the objects
-    stand out."""
+def overlay(
+    image: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5, *, background: Optional[int]
+) -> np.ndarray:
+    """Blends the class colours of ``palette`` into ``image`` ``[H, W, 3]``; the ``background``
+    class (``DatasetSpec.background_id``; None: the dataset has none, every class is painted) and
+    ignored pixels stay as they are, so the objects stand out. ``background`` is keyword-only and
+    required: a call written before it existed (``overlay(image, ids, palette, 0.3)``) keeps its
+    ``alpha`` and fails, rather than taking 0.3 for a class id."""
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(ids, palette).astype(np.float32)
-    keep = (ids == 0) | (ids == features.IGNORE_LABEL)
+    keep = ids == features.IGNORE_LABEL
+    if background is not None:
+        keep |= ids == background
     return np.where(keep[..., None], image, blended.astype(np.uint8))
 
 

@@ -1,7 +1,8 @@
 """DatasetSchemaGen: the curated schema, with the parts that depend on the dataset filled in.
 
 ImportSchemaGen imports a schema file as it is, but part of our contract depends on the
-dataset: the class ids ``image/segmentation/class/present`` may hold (1 to N - 1), the values of
+dataset: the class ids ``image/segmentation/class/present`` may hold (every class but the
+background: 1 to N - 1 where the background is class 0, 0 to N - 1 without one), the values of
 ``image/source`` and the image formats the records may carry. This component reads the curated
 file (``validation.schema_path``) and, for a ``folders`` dataset, sets those from the dataset
 spec, so that ExampleValidator checks each dataset against its own classes. For VOC's layout the
@@ -47,9 +48,11 @@ def schema_for(curated: schema_pb2.Schema, spec: DatasetSpec) -> schema_pb2.Sche
     if spec.layout == VOC:
         return schema
     present = _feature(schema, features.CLASSES_PRESENT_KEY)
-    present.int_domain.min = 1
-    present.int_domain.max = spec.num_classes - 1
-    present.value_count.max = spec.num_classes - 1
+    ids = spec.foreground_ids()
+    # A range: a background between other ids (neither first nor last) is not excluded by it.
+    present.int_domain.min = min(ids)
+    present.int_domain.max = max(ids)
+    present.value_count.max = len(ids)
     _set_string_domain(schema, features.SOURCE_KEY, spec.sources())
     _set_string_domain(schema, features.IMAGE_FORMAT_KEY, features.IMAGE_FORMATS)
     return schema

@@ -2,8 +2,9 @@
 
 Writes ``index.html``, its PNGs and ``report.json`` (the same numbers, for scripts) into its
 output artifact, then publishes a copy to ``<pipeline_root>/report/`` (``publish_dir``), the
-place users look. It reads what the run produced: split counts (ExampleGen), class pixel counts
-(Transform), training history (Trainer's ModelRun), scores and slices (Evaluator, through
+place users look. It reads what the run produced: split counts, pixels per class and ignored of
+each split, unread files and data warnings (ExampleGen), class pixel counts (Transform),
+training history (Trainer's ModelRun), scores and slices (Evaluator, through
 ``tfma.load_eval_result``), the blessing and its reasons, and the pushed version. Sample
 predictions come from the model's own ``serving_examples`` signature, as TFMA's did. Class
 names and colours are the dataset spec's that travels with the Examples
@@ -130,7 +131,7 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
     )
     picked = eval_samples(examples.uri, artifacts.serving_model_dir(model.uri), samples)
     if picked:
-        draw(page.SAMPLES_FIGURE, figures.samples_grid, picked, spec.palette())
+        draw(page.SAMPLES_FIGURE, figures.samples_grid, picked, spec)
     history_path = os.path.join(model_run.uri, artifacts.HISTORY_FILE)
     history = []
     if tf.io.gfile.exists(history_path):
@@ -161,6 +162,8 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
         # The data gate's decision (anomalies, drift since the previous span), when it was given.
         "data_gate": read_decision(gate_decision.uri) if gate_decision is not None else None,
         "class_pixels": class_pixels,
+        # What ingestion counted and warned of (None for Examples made before it did).
+        "ingestion": ingestion_of(examples),
         "history": history,
         "figures": figs,
     }
@@ -203,6 +206,22 @@ def publish(report_dir: str, publish_dir: str) -> None:
     for name in tf.io.gfile.listdir(publish_dir):
         if name.endswith(FIGURE_SUFFIX) and name not in keep:
             tf.io.gfile.remove(os.path.join(publish_dir, name))
+
+
+def ingestion_of(examples: types.Artifact):
+    """What ingestion recorded on the Examples (``artifacts.PIXELS_PROPERTY`` and the two beside
+    it), under ``page.INGESTION_PIXELS``, ``INGESTION_UNREAD`` and ``INGESTION_WARNINGS``; None
+    for Examples without them."""
+    pixels = examples.get_string_custom_property(artifacts.PIXELS_PROPERTY)
+    if not pixels:
+        return None
+    unread = examples.get_string_custom_property(artifacts.UNREAD_FILES_PROPERTY)
+    warnings = examples.get_string_custom_property(artifacts.DATA_WARNINGS_PROPERTY)
+    return {
+        page.INGESTION_PIXELS: json.loads(pixels),
+        page.INGESTION_UNREAD: json.loads(unread or "{}"),
+        page.INGESTION_WARNINGS: json.loads(warnings or "[]"),
+    }
 
 
 def read_decision(gate_uri: str) -> dict:

@@ -84,7 +84,8 @@ def training_curves(epochs: list) -> bytes:
 
 
 def data_summary(split_counts: dict, class_pixels: dict) -> bytes:
-    """Examples per split, and the train split's pixels per class (log scale: background dominates)."""
+    """Examples per split, and the train split's pixels per class (log scale: a background class,
+    where the dataset has one, outnumbers the others by orders of magnitude)."""
     fig = Figure(figsize=(12, 3.8))
     split_ax, class_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 4]})
     split_ax.bar(list(split_counts), list(split_counts.values()), color="#4c72b0")
@@ -99,25 +100,26 @@ def data_summary(split_counts: dict, class_pixels: dict) -> bytes:
     return _png(fig)
 
 
-def sample_panels(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, colours: np.ndarray) -> tuple:
-    """image, ground truth, prediction, prediction over the image: masks in ``colours`` (a spec's
-    ``palette()``)."""
+def sample_panels(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, spec: DatasetSpec) -> tuple:
+    """image, ground truth, prediction, prediction over the image: masks in ``spec``'s colours
+    (``palette()``), its background left unpainted in the overlay."""
+    colours = spec.palette()
     return (
         image,
         palette.colorize(truth, colours),
         palette.colorize(predicted, colours),
-        palette.overlay(image, predicted, colours),
+        palette.overlay(image, predicted, colours, background=spec.background_id),
     )
 
 
-def samples_grid(samples: list, colours: np.ndarray) -> bytes:
+def samples_grid(samples: list, spec: DatasetSpec) -> bytes:
     """One row per eval image: image | ground truth | prediction | prediction over the image,
-    masks in ``colours`` (``DatasetSpec.palette()``)."""
+    masks in ``spec``'s colours."""
     fig = Figure(figsize=(10, 2.6 * len(samples)))
     axes = fig.subplots(len(samples), 4, squeeze=False)
     for row, (name, image_bytes, truth, predicted) in zip(axes, samples, strict=True):
         image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
-        panels = sample_panels(image, truth, predicted, colours)
+        panels = sample_panels(image, truth, predicted, spec)
         titles = ("image", "ground truth", "prediction", "overlay")
         for ax, panel, title in zip(row, panels, titles, strict=True):
             ax.imshow(panel)

@@ -6,6 +6,7 @@ import html
 
 import numpy as np
 
+from components.segmentation_example_gen import pixels, sources
 from core import artifacts, features, metrics
 
 # The report's figures, by the key report.json names each one's file under.
@@ -14,6 +15,11 @@ CONFUSION_FIGURE = metrics.CONFUSION_MATRIX
 SAMPLES_FIGURE = "samples"
 TRAINING_FIGURE = "training_curves"
 DATA_FIGURE = "data"
+# The keys of report.json's "ingestion" (``component.ingestion_of``): each split's
+# ``pixels.census``, {folder: ``sources.Unread.to_json()``} and the data warnings.
+INGESTION_PIXELS = "pixels"
+INGESTION_UNREAD = "unread_files"
+INGESTION_WARNINGS = "warnings"
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -25,6 +31,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } img { max-width: 100%; }
 .scores span { font-size: 1.4em; font-weight: bold; margin-right: 1.5em; }
+.warnings { background: #fdf3d8; border: 1px solid #c9a23a; }
 """
 
 # Counts the images that decoded, so a headless browser's DOM dump shows whether they all did.
@@ -98,6 +105,57 @@ def _gate_section(gate) -> str:
     return f"<h2>Data gate</h2><p id='drift-note'>Drift: {note}</p>{table}"
 
 
+def _percent(fraction) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def _ingestion_section(ingestion) -> str:
+    """Pixels per class of each split as ingestion counted them (at the images' original
+    resolution; the Data figure's are Transform's), the ignored pixels' share of the mask
+    pixels, the data warnings and the files no source read; nothing for Examples made before
+    ingestion counted."""
+    if ingestion is None:
+        return ""
+    census = ingestion[INGESTION_PIXELS]
+
+    def cells(row: pixels.Row) -> str:
+        return "".join(
+            f"<td class='num'>{count}</td><td class='num'>{_percent(share)}</td>"
+            for count, share in row.cells
+        )
+
+    rows = "".join(
+        f"<tr data-class='{html.escape(row.name)}'><td>{'' if row.class_id is None else row.class_id}</td>"
+        f"<td>{html.escape(row.label)}</td>{cells(row)}</tr>"
+        for row in pixels.rows(census)
+    )
+    heads = "".join(f"<th>{html.escape(split)} pixels</th><th>share</th>" for split in census)
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in ingestion[INGESTION_WARNINGS])
+    unread = "".join(
+        f"<tr><td>{html.escape(folder)}</td><td class='num'>{found[sources.UNREAD_COUNT]}</td>"
+        f"<td>{html.escape(', '.join(found[sources.UNREAD_NAMES]))}</td></tr>"
+        for folder, found in sorted(ingestion[INGESTION_UNREAD].items())
+    )
+    ignored = _percent(pixels.ignored_fraction(census[features.TRAIN_SPLIT]))
+    return (
+        "<h2>Data at ingestion</h2>"
+        + (
+            f"<div class='verdict warnings' id='data-warnings'>Warnings:<ul>{warnings}</ul></div>"
+            if warnings
+            else ""
+        )
+        + f"<p>Ignored: <b id='ignored-share'>{ignored}</b> of the train split's mask pixels. A class's "
+        "share is of the labelled pixels; counted at the images' original resolution.</p>"
+        + f"<table id='pixels'><tr><th>id</th><th>class</th>{heads}</tr>{rows}</table>"
+        + (
+            "<table id='unread-files'><tr><th>folder</th><th>files not read</th><th>first names</th></tr>"
+            f"{unread}</table>"
+            if unread
+            else ""
+        )
+    )
+
+
 def render(report: dict) -> str:
     """``report``: the dict ``component.build`` assembles (also written as ``report.json``); its
     ``class_names`` are the dataset spec's."""
@@ -157,6 +215,7 @@ Evaluated on {overall['examples']} eval images at their original resolution, voi
 </table>
 {figure(TRAINING_FIGURE, 'Training')}
 {figure(DATA_FIGURE, 'Data')}
+{_ingestion_section(report.get('ingestion'))}
 {_gate_section(report.get('data_gate'))}
 </body></html>
 """

@@ -7,6 +7,14 @@ counter per kind; any other exception is a bug or an outage and fails the job. O
 job has finished does the driver judge the result, from what every runner leaves on storage
 rather than from metrics some runners do not report: the dead-letter file, and the records
 read back from the written shards, which must be exactly the listed ids minus the rejected.
+
+The job also sums each written record's pixels per class by split (one 256-bin histogram per
+record, the one validation counted, combined per split), which the driver reads back, names by
+class (``pixels.census``) and judges (``pixels.judge``): a class the train split has no pixel
+of is a warning, a train split mostly ignored or all background fails the run. Files of a
+``folders`` dataset's folders that no source reads are named too (``sources.unread_files``).
+All of it goes into the summary, the report, the log and, through the executor, the Examples
+artifact's properties.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import traceback
 from typing import Callable, Iterable, Optional
 
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 
-from components.segmentation_example_gen import records, sources
+from components.segmentation_example_gen import pixels, records, sources
 from core import artifacts, dataset_spec, features, paths
 from core.config import IngestConfig
 from core.dataset_spec import DatasetSpec
@@ -33,7 +42,11 @@ REJECTED_TAG = "rejected"
 REJECTED_FILE = "rejected.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
-REPORT_FILES = (REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
+PIXELS_TAG = "pixels"
+# The job's per-split pixel sums, read back into summary.json and then deleted; listed below so
+# that one a failed run left behind is deleted (and ``deeplab-tfx ingest`` knows it as its own).
+PIXELS_FILE = "pixels.jsonl"
+REPORT_FILES = (REJECTED_FILE, SUMMARY_FILE, REPORT_FILE, PIXELS_FILE)
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +75,16 @@ class OutputMismatchError(RuntimeError):
     """The records read back from the shards are not the listed ids minus the rejected ones."""
 
 
+class MostlyIgnoredError(RuntimeError):
+    """More of the train split's mask pixels are ignored than ``max_ignored_fraction`` allows."""
+
+
+class BackgroundOnlyError(MostlyIgnoredError):
+    """Every labelled pixel of the train split is the background's: nothing else to learn. A
+    kind of ``MostlyIgnoredError``, whose cause it usually has (the objects' mask values read as
+    ignored) and whose knob turns it off, so that what handles the one handles both."""
+
+
 @dataclasses.dataclass
 class IngestSummary:
     """What one ingestion did; written as summary.json beside the dead-letter file."""
@@ -73,6 +96,10 @@ class IngestSummary:
     rejected_fraction: float
     max_rejected_fraction: float
     counters: dict
+    pixels: dict  # pixels.census: {split: {"classes": {name: n}, "ignored": n}}
+    max_ignored_fraction: float
+    unread_files: dict  # {folder: sources.Unread.to_json()}
+    warnings: list  # sentences for people: what the data cannot teach, files not read
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,7 +121,7 @@ class _ToExample(beam.DoFn):
 
     def process(self, item: sources.WorkItem):
         try:
-            example = records.build_example(item, self._spec)
+            example, counts = records.build_record(item, self._spec)
         except records.Rejected as e:
             yield self._reject(item, e.kind, e.reason)
             return
@@ -108,6 +135,7 @@ class _ToExample(beam.DoFn):
                 _log.info("SegmentationExampleGen worker %d: %d ids processed", os.getpid(), self._seen)
         self._written[item.split].inc()
         yield beam.pvalue.TaggedOutput(item.split, example.SerializeToString())
+        yield beam.pvalue.TaggedOutput(PIXELS_TAG, (item.split, counts))
 
     def _reject(self, item: sources.WorkItem, kind: str, reason: str):
         self._rejected[kind].inc()
@@ -125,6 +153,31 @@ class _ToExample(beam.DoFn):
                 sort_keys=True,
             ),
         )
+
+
+class SumPixels(beam.CombineFn):
+    """Sums pixel histograms (256 counts per class id, ``records.build_record``) into one, as a
+    list of ints: per split, a few KB however many records."""
+
+    def create_accumulator(self):
+        return np.zeros(256, np.int64)
+
+    def add_input(self, total, counts):
+        total += counts
+        return total
+
+    def merge_accumulators(self, totals):
+        merged = self.create_accumulator()
+        for total in totals:
+            merged += total
+        return merged
+
+    def extract_output(self, total):
+        return total.tolist()
+
+
+def _pixels_line(split: str, counts: list) -> str:
+    return json.dumps({"split": split, "pixels": counts})
 
 
 def _is_own_code(filename: str) -> bool:
@@ -174,7 +227,8 @@ def build(
     outputs = (
         pipeline
         | "ListIds" >> beam.Create(items, reshuffle=True)
-        | "ToExample" >> beam.ParDo(_ToExample(dataset)).with_outputs(REJECTED_TAG, *features.SPLITS)
+        | "ToExample"
+        >> beam.ParDo(_ToExample(dataset)).with_outputs(REJECTED_TAG, PIXELS_TAG, *features.SPLITS)
     )
     for split in features.SPLITS:
         _ = outputs[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
@@ -189,6 +243,16 @@ def build(
         file_name_suffix=ext,
         num_shards=1,
         shard_name_template="",
+    )
+    name, ext = os.path.splitext(PIXELS_FILE)
+    _ = (
+        outputs[PIXELS_TAG]
+        | "SumPixels" >> beam.CombinePerKey(SumPixels())
+        | "PixelsToJson" >> beam.MapTuple(_pixels_line)
+        | "WritePixels"
+        >> beam.io.WriteToText(
+            os.path.join(rejected_dir, name), file_name_suffix=ext, num_shards=1, shard_name_template=""
+        )
     )
 
 
@@ -264,6 +328,17 @@ def _check_written(items: list, rejected: list, on_disk: dict) -> None:
         )
 
 
+def read_pixels(rejected_dir: str) -> dict:
+    """``{split: pixels per class id 0-255}`` the job summed (``PIXELS_FILE``), which is then
+    deleted: summary.json holds the numbers, by class name. A split without a written record
+    has no line."""
+    path = os.path.join(rejected_dir, PIXELS_FILE)
+    with tf.io.gfile.GFile(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    tf.io.gfile.remove(path)
+    return {row["split"]: np.asarray(row["pixels"], np.int64) for row in rows}
+
+
 def read_rejected(rejected_dir: str) -> list:
     path = os.path.join(rejected_dir, REJECTED_FILE)
     if not tf.io.gfile.exists(path):
@@ -284,6 +359,7 @@ def run(
     *,
     dataset: DatasetSpec,
     data_root: Optional[str] = None,
+    max_ignored_fraction: float = IngestConfig.max_ignored_fraction,
 ) -> IngestSummary:
     """Lists, runs the Beam job, writes the report and judges what was written.
 
@@ -296,10 +372,15 @@ def run(
     split would be empty. The job fails with ``UnexpectedRecordError`` (or the runner's wrapper
     of it) on any exception that is no data problem. After the job, the report is written from
     the records read back from storage, then ``OutputMismatchError`` if they are not the listed
-    ids minus the rejected, ``TooManyRejectedError`` when too much was rejected, and
-    ``EmptySplitError`` when rejection emptied a split; the dead-letter file and report are
-    there in every case, so nothing is lost without a word. What an earlier run wrote to the
-    same places is deleted first.
+    ids minus the rejected, ``TooManyRejectedError`` when too much was rejected,
+    ``EmptySplitError`` when rejection emptied a split, ``MostlyIgnoredError`` when more of
+    the train split's mask pixels are ignored than ``max_ignored_fraction``, and
+    ``BackgroundOnlyError`` (a kind of it) when every labelled train pixel is the background's;
+    the dead-letter file and report are there in every case, so nothing is lost without a word.
+    Warnings (a class without a train pixel, an eval split mostly ignored, files no source
+    reads) are logged and in the summary, and fail nothing; the data is judged (``pixels.judge``)
+    only where rejection did not fail the run. What an earlier run wrote to the same places is
+    deleted first.
     """
     items = sources.plan(dataset, voc_root, sbd_root, data_root)
     planned = sources.count_by_split(items)
@@ -308,6 +389,9 @@ def run(
         len(items),
         ", ".join(f"{k} {v}" for k, v in planned.items()),
     )
+    unread = sources.unread_files(dataset, data_root)
+    for folder in unread:
+        _log.warning("SegmentationExampleGen: %s", folder.warning())
     remove_previous_outputs(examples_uri, rejected_dir)
     tf.io.gfile.makedirs(rejected_dir)
     start = time.time()
@@ -320,6 +404,12 @@ def run(
     rejected = read_rejected(rejected_dir)
     on_disk = {split: written_ids(examples_uri, split) for split in features.SPLITS}
     written = {split: len(ids) for split, ids in on_disk.items()}
+    census = pixels.census(dataset, read_pixels(rejected_dir))
+    report = os.path.join(rejected_dir, REPORT_FILE)
+    failure = _rejection_error(len(items), rejected, planned, written, max_rejected_fraction, report)
+    # What the data cannot teach is judged on data the run keeps: where too much was rejected,
+    # that is the failure, and a class missing with the rejected records is no finding of the data.
+    findings = pixels.Findings([]) if failure else pixels.judge(dataset, census, max_ignored_fraction)
     summary = IngestSummary(
         splits=written,
         rejected=rejected,
@@ -328,6 +418,10 @@ def run(
         rejected_fraction=len(rejected) / len(items),
         max_rejected_fraction=max_rejected_fraction,
         counters=_counters(result),
+        pixels=census,
+        max_ignored_fraction=max_ignored_fraction,
+        unread_files={folder.directory: folder.to_json() for folder in unread},
+        warnings=[folder.warning() for folder in unread] + findings.warnings,
     )
     write_report(summary, rejected_dir)
     _log.info(
@@ -338,23 +432,43 @@ def run(
         seconds,
         len(items) / seconds,
     )
+    _log.info(
+        "SegmentationExampleGen: train pixels per class %s, %.2f%% ignored",
+        census[features.TRAIN_SPLIT][pixels.CLASSES],
+        100 * pixels.ignored_fraction(census[features.TRAIN_SPLIT]),
+    )
     _check_written(items, rejected, on_disk)
-    if summary.rejected_fraction > max_rejected_fraction:
-        raise TooManyRejectedError(
-            f"SegmentationExampleGen rejected {len(rejected)} of {len(items)} ids "
-            f"({100 * summary.rejected_fraction:.2f}%), more than max_rejected_fraction="
+    if failure:
+        raise failure
+    for warning in findings.warnings:
+        _log.warning("SegmentationExampleGen: %s", warning)
+    if findings.error:
+        error = BackgroundOnlyError if findings.fails == pixels.BACKGROUND_ONLY else MostlyIgnoredError
+        raise error(f"SegmentationExampleGen: {findings.error} Pixels per class: {report}")
+    write_spec(dataset, examples_uri)
+    return summary
+
+
+def _rejection_error(
+    listed: int, rejected: list, planned: dict, written: dict, max_rejected_fraction: float, report: str
+) -> Optional[TooManyRejectedError]:
+    """``TooManyRejectedError`` when more of the ``listed`` ids were rejected than
+    ``max_rejected_fraction`` allows, ``EmptySplitError`` when rejection emptied a split (of
+    ``written``), None when neither: made before the report, raised after it."""
+    if len(rejected) / listed > max_rejected_fraction:
+        return TooManyRejectedError(
+            f"SegmentationExampleGen rejected {len(rejected)} of {listed} ids "
+            f"({100 * len(rejected) / listed:.2f}%), more than max_rejected_fraction="
             f"{max_rejected_fraction} allows. Most common reasons: {_top_kinds(rejected)}. "
-            f"Every rejected id and its reason: {os.path.join(rejected_dir, REPORT_FILE)}"
+            f"Every rejected id and its reason: {report}"
         )
     for split, count in written.items():
         if not count:
-            raise EmptySplitError(
+            return EmptySplitError(
                 f"split {split}: all {planned[split]} listed ids were rejected, and the pipeline cannot "
-                f"train or evaluate on nothing. Every rejected id and its reason: "
-                f"{os.path.join(rejected_dir, REPORT_FILE)}"
+                f"train or evaluate on nothing. Every rejected id and its reason: {report}"
             )
-    write_spec(dataset, examples_uri)
-    return summary
+    return None
 
 
 def write_spec(dataset: DatasetSpec, examples_uri: str) -> None:
@@ -371,6 +485,18 @@ def _top_kinds(rejected: Iterable[dict]) -> str:
     return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _pixel_table(census: dict) -> list:
+    """report.md's table of ``pixels.rows``: per split, each class's pixels and their share of
+    the labelled pixels, in class-id order, then the ignored pixels (no id: they may come from
+    several values) and their share of all."""
+    lines = ["| id | class | " + " | ".join(census) + " |", "|---|---|" + "---|" * len(census)]
+    for row in pixels.rows(census):
+        cells = (f"{n}" if share is None else f"{n} ({100 * share:.2f}%)" for n, share in row.cells)
+        class_id = "" if row.class_id is None else row.class_id
+        lines.append(f"| {class_id} | {row.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(summary: IngestSummary, rejected_dir: str) -> None:
     """summary.json for programs, report.md for people."""
     with tf.io.gfile.GFile(os.path.join(rejected_dir, SUMMARY_FILE), "w") as f:
@@ -383,6 +509,15 @@ def write_report(summary: IngestSummary, rejected_dir: str) -> None:
         f"- rejected: {len(summary.rejected)} ({100 * summary.rejected_fraction:.2f}%; "
         f"the run fails above {100 * summary.max_rejected_fraction:.2f}%)",
         f"- seconds: {summary.seconds}",
+        "",
+        *(f"- warning: {warning}" for warning in summary.warnings),
+        *([""] if summary.warnings else []),
+        f"## Pixels per class (the run fails above {100 * summary.max_ignored_fraction:.2f}% of the "
+        "train split's mask pixels ignored)",
+        "",
+        *_pixel_table(summary.pixels),
+        "",
+        "## Rejected records",
         "",
     ]
     if summary.rejected:

@@ -43,6 +43,7 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
         max_rejected_fraction: float = IngestConfig.max_rejected_fraction,
         num_shards: int = IngestConfig.num_shards,
         requested_span=spans.NEWEST,
+        max_ignored_fraction: float = IngestConfig.max_ignored_fraction,
     ):
         spec = SegmentationExampleGenSpec(
             voc_root=voc_root or "",
@@ -50,6 +51,7 @@ class SegmentationExampleGen(base_beam_component.BaseBeamComponent):
             data_root=data_root or "",
             dataset_spec=dataset_spec.to_json(),
             max_rejected_fraction=float(max_rejected_fraction),
+            max_ignored_fraction=float(max_ignored_fraction),
             num_shards=int(num_shards),
             requested_span=requested_span,
             examples=types.Channel(type=standard_artifacts.Examples),

@@ -13,6 +13,7 @@ from tfx.types import artifact_utils
 
 from components.segmentation_example_gen import beam_ingest, driver, spec
 from core import artifacts, features
+from core.config import IngestConfig
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -44,6 +45,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             num_shards=exec_properties[spec.NUM_SHARDS_KEY],
             dataset=dataset,
             data_root=roots[spec.DATA_ROOT_KEY],
+            max_ignored_fraction=_or_default(
+                exec_properties.get(spec.MAX_IGNORED_FRACTION_KEY), IngestConfig.max_ignored_fraction
+            ),
         )
         # TFX's own Examples properties, which span-aware resolvers and ExampleGens read.
         examples.span = int(exec_properties.get(spec.SPAN_KEY) or 0)  # no specs: span 0
@@ -60,9 +64,24 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             examples.set_string_custom_property(spec.INPUT_FINGERPRINT_KEY, fingerprint)
         for split, count in summary.splits.items():
             examples.set_int_custom_property(artifacts.num_examples(split), count)
+        record_findings(examples, summary)
         rejected.set_int_custom_property(artifacts.NUM_REJECTED, len(summary.rejected))
         rejected.set_string_custom_property(artifacts.REJECTED_FRACTION, f"{summary.rejected_fraction:.6f}")
         logging.info(
             "SegmentationExampleGen summary: %s",
             json.dumps({k: v for k, v in summary.to_json().items() if k != "rejected"}),
         )
+
+
+def record_findings(examples: types.Artifact, summary: beam_ingest.IngestSummary) -> None:
+    """Puts on the Examples what ingestion learned of the data (pixels per class and ignored of
+    each split, files not read, warnings), as JSON, for the run report
+    (``run_report.component.ingestion_of``) and the terminal (``pipeline/progress.py``)."""
+    examples.set_string_custom_property(artifacts.PIXELS_PROPERTY, json.dumps(summary.pixels))
+    examples.set_string_custom_property(artifacts.UNREAD_FILES_PROPERTY, json.dumps(summary.unread_files))
+    examples.set_string_custom_property(artifacts.DATA_WARNINGS_PROPERTY, json.dumps(summary.warnings))
+
+
+def _or_default(value, default):
+    """An optional parameter's value; ``default`` where the job was compiled without it."""
+    return default if value is None else value

@@ -138,6 +138,7 @@ class _Tables:
     colour_ids: np.ndarray  # [len(colour_keys)] uint8: their class ids (features.IGNORE_LABEL for ignore)
     ignore_colour: tuple
     palette: np.ndarray  # [256, 3] uint8: the stored PNG's PLTE (DatasetSpec.palette())
+    foreground: tuple  # the class ids class/present may hold (DatasetSpec.foreground_ids())
 
 
 def _ranges(values) -> str:
@@ -168,6 +169,7 @@ def _tables(spec: DatasetSpec) -> _Tables:
         colour_ids=ids[order],
         ignore_colour=tuple(int(v) for v in colours[-1]),
         palette=spec.palette(),
+        foreground=spec.foreground_ids(),
     )
 
 
@@ -399,9 +401,11 @@ def encode(item: WorkItem, files: Files, checked: Validated) -> tf.train.Example
     VOC-sized masks: ``build_example`` of a VOC id went from 2.7 to 4.3 ms (SBD masks were
     always re-encoded).
     """
-    png = palette.encode_palette_png(checked.ids, _tables(checked.spec).palette)
-    # Class 0 is never a slice (background, or "other"): the present classes are 1 to N-1.
-    present = [c for c in range(1, checked.spec.num_classes) if checked.counts[c]]
+    table = _tables(checked.spec)
+    png = palette.encode_palette_png(checked.ids, table.palette)
+    # The background class is never a slice (nearly every image has it): the present classes
+    # are the others (VOC: 1 to 20).
+    present = [c for c in table.foreground if checked.counts[c]]
     return tf.train.Example(
         features=tf.train.Features(
             feature={
@@ -419,12 +423,20 @@ def encode(item: WorkItem, files: Files, checked: Validated) -> tf.train.Example
     )
 
 
-def build_example(item: WorkItem, spec: DatasetSpec) -> tf.train.Example:
-    """Reads, validates and packs one id of the dataset ``spec`` describes. Raises ``Rejected``
-    with the reason otherwise.
+def build_record(item: WorkItem, spec: DatasetSpec) -> tuple:
+    """Reads, validates and packs one id of the dataset ``spec`` describes: ``(tf.Example,
+    pixels of its mask per class id 0-255)``, 255 the ignored. Raises ``Rejected`` with the
+    reason otherwise.
 
-    The three stages are separate functions so that benchmarks/ingest_throughput.py can say
-    where ingestion's time goes.
+    The histogram is the one validation counted anyway, so ingestion's pixels per class cost no
+    second pass over the mask. The three stages are separate functions so that
+    benchmarks/ingest_throughput.py can say where ingestion's time goes.
     """
     files = read(item)
-    return encode(item, files, validate(item, files, spec))
+    checked = validate(item, files, spec)
+    return encode(item, files, checked), checked.counts
+
+
+def build_example(item: WorkItem, spec: DatasetSpec) -> tf.train.Example:
+    """``build_record``'s tf.Example alone."""
+    return build_record(item, spec)[0]

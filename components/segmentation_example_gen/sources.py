@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 
 import tensorflow as tf
 
-from core import dataset_spec, features
+from core import dataset_spec, features, storage
 from core.dataset_spec import DatasetSpec
 
 
@@ -225,20 +225,58 @@ def plan_items(voc_root: str, sbd_root: Optional[str] = None) -> list:
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".png",)
+# Unread files a summary or warning names; the count says how many there are in all.
+SHOWN_NAMES = 5
+# The keys of ``Unread.to_json()``: how many files, and the first ``SHOWN_NAMES`` of their names.
+UNREAD_COUNT = "count"
+UNREAD_NAMES = "names"
 
 
-def _files_by_stem(directory: str, suffixes: tuple, what: str) -> dict:
-    """``{stem: path}`` of the files in ``directory`` with one of ``suffixes`` (any case).
+@dataclasses.dataclass(frozen=True)
+class Unread:
+    """The files of one folder of a ``folders`` dataset that ingestion does not read: their
+    suffix is none of those the folder's ``what`` (image or mask) is read from."""
+
+    directory: str
+    what: str
+    suffixes: tuple
+    names: tuple  # sorted
+
+    def to_json(self) -> dict:
+        return {UNREAD_COUNT: len(self.names), UNREAD_NAMES: list(self.names[:SHOWN_NAMES])}
+
+    def warning(self) -> str:
+        """What a person reads: how many, which (the first few), and what to do."""
+        shown = ", ".join(self.names[:SHOWN_NAMES])
+        more = f" and {len(self.names) - SHOWN_NAMES} more" if len(self.names) > SHOWN_NAMES else ""
+        if len(self.names) == 1:
+            article = "an" if self.what[0] in "aeiou" else "a"
+            which = f"1 file in {self.directory} is not read: its suffix"
+            fix = f"Convert it to one of those formats if it is {article} {self.what}, or move it"
+        else:
+            which = f"{len(self.names)} files in {self.directory} are not read: their suffix"
+            fix = f"Convert the {self.what}s among them to one of those formats, or move them"
+        return (
+            f"{which} is none of {', '.join(self.suffixes)}, which {self.what}s are read from "
+            f"({shown}{more}). {fix} out of the folder."
+        )
+
+
+def _files_by_stem(directory: str, suffixes: tuple, what: str) -> tuple:
+    """``({stem: path}, others)``: the files in ``directory`` with one of ``suffixes`` (any
+    case), and the sorted names of the other entries there, which nothing reads.
 
     Two files of one stem (``a.jpg`` and ``a.png``) are refused naming both: the pairing by
     stem could not say which one the mask belongs to.
     """
     if not tf.io.gfile.isdir(directory):
         raise ListFileError(f"{what} folder {directory} does not exist (or is not a directory)")
-    found = {}
-    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(directory)):
+    found, others = {}, []
+    for entry in sorted(tf.io.gfile.listdir(directory)):
+        name = entry.rstrip("/")  # object stores list a folder as "name/"
         stem, suffix = os.path.splitext(name)
         if suffix.lower() not in suffixes:
+            others.append(entry)
             continue
         if stem in found:
             raise ListFileError(
@@ -246,7 +284,50 @@ def _files_by_stem(directory: str, suffixes: tuple, what: str) -> dict:
                 f"by file stem, so keep one of them"
             )
         found[stem] = os.path.join(directory, name)
+    return found, others
+
+
+def unread_files(spec: DatasetSpec, data_root: Optional[str]) -> list:
+    """``[Unread]``, one per folder of a ``folders`` dataset that holds files ingestion does not
+    read, so that they are named rather than skipped without a word (a ``.tif`` image, a
+    ``.jpg`` mask). Hidden files (``.DS_Store``) and folders are not counted: no dataset means
+    them as data. VOC's layout reads its files by the ids of its lists and lists no folder: [].
+
+    Costs one more listing per folder (``plan_folders`` lists them too) and nothing per data
+    file. Per skipped entry (``_is_folder``): a stat on a local disk; on an object store or a
+    mount of one, a metadata call only for a name without a suffix, none for a ``.tif``.
+    """
+    if spec.layout != dataset_spec.FOLDERS or not data_root:
+        return []
+    folders = {os.path.join(data_root, spec.images_dir): ("image", IMAGE_SUFFIXES)}
+    folders.setdefault(os.path.join(data_root, spec.masks_dir), ("mask", MASK_SUFFIXES))
+    found = []
+    for directory, (what, suffixes) in folders.items():
+        _, others = _files_by_stem(directory, suffixes, what)
+        names = tuple(
+            entry for entry in others if not entry.startswith(".") and not _is_folder(directory, entry)
+        )
+        if names:
+            found.append(Unread(directory, what, suffixes, names))
     return found
+
+
+def _is_folder(directory: str, entry: str) -> bool:
+    """Whether ``entry`` of ``tf.io.gfile.listdir(directory)`` is a folder, asking storage only
+    where the listing cannot say.
+
+    Object stores list a folder as ``name/`` (``gs://``), so there a metadata call per entry, one
+    round trip each, thousands in a folder of ``.tif`` images, would say nothing new. A local
+    disk lists folders without the slash and answers ``isdir`` with a stat. Elsewhere (``ram://``,
+    which lists folders without it, a gcsfuse mount under ``/gcs/``) only an entry without a
+    suffix is asked about, as folders have none in practice: a folder named ``v1.0`` there is
+    counted as an unread file (a warning, nothing fails).
+    """
+    if entry.endswith("/"):
+        return True
+    if not storage.is_local(directory) and os.path.splitext(entry)[1]:
+        return False
+    return tf.io.gfile.isdir(os.path.join(directory, entry))
 
 
 def _folder_lists(spec: DatasetSpec, data_root: str) -> Optional[dict]:
@@ -302,13 +383,14 @@ def plan_folders(spec: DatasetSpec, data_root: str) -> list:
     ``<data_root>/<masks_dir>`` by file stem. The ids are the split lists' where the spec has
     them, else every image's stem (``dataset_spec.in_eval`` splits them). An image without a mask, or a
     listed id without an image, is planned all the same and rejected as a missing file by the
-    worker, so that the dead letter names it. Raises ``ListFileError`` for a missing folder, an
-    unreadable list, an id in both lists, two files of one stem, or an empty split.
+    worker, so that the dead letter names it; files of other suffixes are ``unread_files``.
+    Raises ``ListFileError`` for a missing folder, an unreadable list, an id in both lists, two
+    files of one stem, or an empty split.
     """
     images_dir = os.path.join(data_root, spec.images_dir)
     masks_dir = os.path.join(data_root, spec.masks_dir)
-    images = _files_by_stem(images_dir, IMAGE_SUFFIXES, "image")
-    masks = _files_by_stem(masks_dir, MASK_SUFFIXES, "mask")
+    images, _ = _files_by_stem(images_dir, IMAGE_SUFFIXES, "image")
+    masks, _ = _files_by_stem(masks_dir, MASK_SUFFIXES, "mask")
     lists = _folder_lists(spec, data_root) or _hash_split(spec, images, images_dir)
     source = spec.sources()[0]
     items = []

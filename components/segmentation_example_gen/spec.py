@@ -15,6 +15,7 @@ DATA_ROOT_KEY = "data_root"
 # ``DatasetSpec.to_json()``: classes, mask encoding and layout of the dataset.
 DATASET_SPEC_KEY = "dataset_spec"
 MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
+MAX_IGNORED_FRACTION_KEY = "max_ignored_fraction"
 NUM_SHARDS_KEY = "num_shards"
 # The span a run asks for (``spans.NEWEST``: the newest on storage; a number: a backfill).
 REQUESTED_SPAN_KEY = "requested_span"
@@ -39,6 +40,8 @@ class SegmentationExampleGenSpec(types.ComponentSpec):
         DATA_ROOT_KEY: ExecutionParameter(type=str, optional=True),
         DATASET_SPEC_KEY: ExecutionParameter(type=str, optional=True),
         MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
+        # Optional: a job compiled before the key existed runs with the config's default.
+        MAX_IGNORED_FRACTION_KEY: ExecutionParameter(type=float, optional=True),
         NUM_SHARDS_KEY: ExecutionParameter(type=int),
         REQUESTED_SPAN_KEY: ExecutionParameter(type=int, optional=True),
         INPUT_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
