@@ -19,6 +19,10 @@ import numpy as np
 
 from core import features
 
+# The baselines' names in the learning benchmark's results (benchmarks/learning.py, summary.py).
+MAJORITY, LOOKUP = "majority_class", "colour_lookup"
+NAMES = (MAJORITY, LOOKUP)
+
 
 def majority_class(label_batches: Iterable[np.ndarray], num_classes: int) -> int:
     """The most frequent class over labelled pixels (void, 255, excluded); ties: the lowest id."""

@@ -46,6 +46,12 @@ def difficulty_suffix(difficulty: str) -> str:
     return "" if difficulty == synthetic_voc.EASY else f"_{synthetic_voc.check_difficulty(difficulty)}"
 
 
+def _suffix(difficulty: str, fmt: str) -> str:
+    """What a generated dataset's directory names add for its difficulty and format (nothing for
+    easy VOC, so the caches made before either existed stay valid)."""
+    return difficulty_suffix(difficulty) + ("" if fmt == dataset_spec.VOC else f"_{fmt}")
+
+
 def dataset(
     num_images: int,
     max_side: int = 500,
@@ -55,8 +61,7 @@ def dataset(
 ) -> str:
     """A generated dataset (VOC-sized images by default) of the generator's ``difficulty``, in
     VOC/SBD format or one of ``synthetic_folders.FORMATS`` (``fmt``)."""
-    suffix = difficulty_suffix(difficulty) + ("" if fmt == dataset_spec.VOC else f"_{fmt}")
-    root = os.path.join(WORK, f"data_{num_images}_{max_side}px_seed{seed}{suffix}")
+    root = os.path.join(WORK, f"data_{num_images}_{max_side}px_seed{seed}{_suffix(difficulty, fmt)}")
     with building(root) as build:
         if build:
             make = synthetic_voc.make_dataset if fmt == dataset_spec.VOC else synthetic_folders.MAKERS[fmt]
@@ -121,10 +126,9 @@ def analyzed(
     fmt: str = dataset_spec.VOC,
 ) -> tuple:
     """``(raw Examples uri, TFTransformOutput)``: a generated dataset, ingested and analyzed."""
-    suffix = difficulty_suffix(difficulty) + ("" if fmt == dataset_spec.VOC else f"_{fmt}")
-    out = os.path.join(WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}{suffix}")
+    out = os.path.join(WORK, f"analyzed_{num_images}_{max_side}px_at{image_size}{_suffix(difficulty, fmt)}")
     root = dataset(num_images, max_side, difficulty=difficulty, fmt=fmt)
-    return analyzed_root(root, spec_of(fmt), image_size, out)
+    return analyzed_root(root, spec_of(fmt), image_size, out=out)
 
 
 def analyzed_root(

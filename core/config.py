@@ -83,7 +83,7 @@ class IngestConfig(Checked):
     # the model would learn from the rest alone. Real ignore labels are thin (VOC's void band
     # around objects, Oxford-IIIT Pet's trimap border); mostly ignored pixels mean a value map
     # is missing (``dataset.values``). It also fails when no train pixel is of a class other
-    # than the background (nothing to learn), and warns when this fraction of the eval split is
+    # than the background (nothing to learn), and warns when more than this of the eval split is
     # ignored. 1 turns the train checks off.
     max_ignored_fraction: float = 0.5
 

@@ -233,3 +233,15 @@ def test_dataset_modes_are_difficulty_and_format():
     )
     with pytest.raises(ValueError, match="'hard/coco' is not <difficulty>/<format>"):
         learning.DataSource.parse("hard/coco")
+
+
+def test_a_generated_dataset_is_analyzed_into_its_own_directory(monkeypatch):
+    from benchmarks import fixtures
+
+    calls = []
+    monkeypatch.setattr(fixtures, "dataset", lambda *args, **kwargs: "/data/root")
+    monkeypatch.setattr(fixtures, "analyzed_root", lambda *args, **kwargs: calls.append((args, kwargs)))
+    fixtures.analyzed(40, 128, 300, "hard", "cihp")
+    ((args, kwargs),) = calls
+    assert args[0] == "/data/root" and args[1].name == "cihp" and args[2] == 128
+    assert kwargs == {"out": os.path.join(fixtures.WORK, "analyzed_40_300px_at128_hard_cihp")}

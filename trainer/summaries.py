@@ -170,8 +170,9 @@ def displayed(images: np.ndarray, normalized: bool) -> np.ndarray:
 def first_examples(eval_files: Sequence[str], tft_output: tft.TFTransformOutput, count: int) -> tuple:
     """``(images [n, S, S, 3] float32, labels [n, S, S] int64)``: the first ``count`` examples
     of ``eval_files`` as the evaluation reads them (``data.make_dataset``, one pipeline), the
-    same ones on every run of the same files. ``n`` is smaller when the split has fewer: the
-    all-void fillers of the last batch are dropped; 0 when it has no records (then the fillers
+    same ones on every run of the same files. ``n`` is smaller when the split has fewer: images
+    whose mask is all void are dropped (the fillers of the last batch; an image with no labelled
+    pixel has nothing to show either); 0 when it has no records (then the fillers
     do not fill a batch, and the dataset is empty)."""
     dataset = data_lib.make_dataset(list(eval_files), tft_output, count, training=False)
     batch = next(iter(dataset), None)
