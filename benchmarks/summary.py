@@ -181,7 +181,7 @@ def _learning(r):
     rows = []
     for name, section in r["datasets"].items():
         names = {"tutorial": "TF tutorial U-Net", "keras_hub": "keras_hub DeepLabV3+"}
-        if "backbone" in section.get("figures", {}).get("keras_hub", {}):
+        if "backbone" in section["figures"].get("keras_hub", {}):
             names["keras_hub"] += f" ({section['figures']['keras_hub']['backbone']})"
         data, scores = section["dataset"], section["baselines"]
         lookup = scores[baselines.LOOKUP]

@@ -140,6 +140,7 @@ def test_learning_rows_give_each_dataset_its_baselines_and_our_best_within_each_
         "dataset": {"train_images": 510, "eval_images": 90, "image_size": 128},
         "baselines": {"majority_class": 0.04, "colour_lookup": 0.2},
         "target": learning.target(0.2),
+        "figures": figures,
         "at_equal_cpu_seconds": learning.at_equal_cpu(figures, [5, 60]),
     }
     rows = summary._learning({"batch": 8, "datasets": {"hard/voc": section}})
