@@ -3,12 +3,13 @@
 #   docker build -t gcr.io/my-project/deeplab-tfx:0.1.0 . && docker push gcr.io/my-project/deeplab-tfx:0.1.0
 FROM tensorflow/tfx:1.16.0
 WORKDIR /deeplab-tfx
-COPY constraints.txt setup.py README.md ./
+COPY constraints.txt setup.py README.md deeplab_tfx.py ./
 COPY core core
 COPY transform transform
 COPY trainer trainer
 COPY evaluation evaluation
 COPY serving serving
+COPY inference inference
 COPY components components
 COPY datasets datasets
 COPY pipeline pipeline

@@ -51,14 +51,14 @@ $(STAMP): constraints.txt setup.py
 # to $(DEMO_DIR)/figures.json, from which `python -m benchmarks.demo_figures` writes the README's.
 demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR); date +%s > $(DEMO_DIR)/.started
-	@echo "== 1/4 deeplab-tfx make-dataset: a VOC/SBD-format dataset of $(DEMO_IMAGES) images in $(DEMO_DIR)/data"
+	@echo "== 1/5 deeplab-tfx make-dataset: a VOC/SBD-format dataset of $(DEMO_IMAGES) images in $(DEMO_DIR)/data"
 	@$(VENV)/bin/deeplab-tfx make-dataset --out $(DEMO_DIR)/data --num-images $(DEMO_IMAGES) --seed 0 --max-side 500
-	@echo "== 2/4 deeplab-tfx ingest: the ingestion Beam job alone, into $(DEMO_DIR)/ingest"
+	@echo "== 2/5 deeplab-tfx ingest: the ingestion Beam job alone, into $(DEMO_DIR)/ingest"
 	@$(VENV)/bin/deeplab-tfx ingest --voc-root $(DEMO_DIR)/data --sbd-root $(DEMO_DIR)/data --output $(DEMO_DIR)/ingest
-	@echo "== 3/4 deeplab-tfx run --config tiny: the pipeline on LocalDagRunner, under $(DEMO_DIR)/pipeline"
+	@echo "== 3/5 deeplab-tfx run --config tiny: the pipeline on LocalDagRunner, under $(DEMO_DIR)/pipeline"
 	@$(VENV)/bin/deeplab-tfx run --config tiny --set data.voc_root=$(abspath $(DEMO_DIR))/data \
 	    --set data.sbd_root=$(abspath $(DEMO_DIR))/data --set pipeline_root=$(abspath $(DEMO_DIR))/pipeline
-	@echo "== 4/4 deeplab-tfx serve (127.0.0.1:$(DEMO_PORT), log in $(DEMO_DIR)/serve.log) and predict: 4 eval images over gRPC"
+	@echo "== 4/5 deeplab-tfx serve (127.0.0.1:$(DEMO_PORT), log in $(DEMO_DIR)/serve.log) and predict: 4 eval images over gRPC"
 	@set -eo pipefail; \
 	  $(VENV)/bin/deeplab-tfx --log-dir $(DEMO_DIR)/logs serve --model-base-path $(DEMO_DIR)/pipeline/serving/deeplab \
 	    --model-name deeplab --port $(DEMO_PORT) > $(DEMO_DIR)/serve.log 2>&1 & server=$$!; \
@@ -67,9 +67,12 @@ demo: $(STAMP)
 	    | sed 's|.*|$(DEMO_DIR)/data/VOCdevkit/VOC2012/JPEGImages/&.jpg|'); \
 	  $(VENV)/bin/deeplab-tfx --log-dir $(DEMO_DIR)/logs predict --server 127.0.0.1:$(DEMO_PORT) \
 	    --model-name deeplab --deadline 120 --out $(DEMO_DIR)/predictions $$images
+	@echo "== 5/5 deeplab-tfx infer: the pushed model's masks for every image of the dataset, as a Beam job, in $(DEMO_DIR)/inferred"
+	@$(VENV)/bin/deeplab-tfx infer --model $(DEMO_DIR)/pipeline/serving/deeplab \
+	    --input $(DEMO_DIR)/data/VOCdevkit/VOC2012/JPEGImages --output $(DEMO_DIR)/inferred --overlay
 	@$(PY) -m benchmarks.demo_figures collect --pipeline-root $(DEMO_DIR)/pipeline \
 	    --started $$(cat $(DEMO_DIR)/.started) --finished $$(date +%s) --out $(DEMO_DIR)/figures.json
-	@echo "== done: report $(DEMO_DIR)/pipeline/report/index.html; masks and overlays in $(DEMO_DIR)/predictions"
+	@echo "== done: report $(DEMO_DIR)/pipeline/report/index.html; masks and overlays in $(DEMO_DIR)/predictions and $(DEMO_DIR)/inferred"
 
 # Headless Chromium renders the run report in the tests (Debian's chromium, chromium-driver).
 browser:
@@ -91,7 +94,7 @@ test: $(STAMP) browser
 # regenerated from the JSON. keras_hub (the train-step reference) is not one of our pins: it goes
 # into .bench-site, which only that benchmark's worker imports; without it the floor is used.
 BENCHMARKS := ingest_throughput palette_decode transform_materialization input_pipeline train_step \
-	iou_metric serving_latency scaling learning
+	iou_metric serving_latency batch_inference scaling learning
 bench: $(STAMP)
 	@test -d .bench-site/keras_hub || $(PY) -m pip install -q --disable-pip-version-check --target .bench-site \
 	    --no-deps keras-hub==0.18.1 kagglehub==1.0.2 2>&1 | grep -v "is ignored" || true

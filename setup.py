@@ -45,11 +45,14 @@ setuptools.setup(
             "trainer*",
             "evaluation*",
             "serving*",
+            "inference*",
             "components*",
             "datasets*",
             "pipeline*",
         ]
     ),
+    # The custom artifact types under their ML Metadata names, which Vertex imports (deeplab_tfx.py).
+    py_modules=["deeplab_tfx"],
     package_data={"pipeline": ["configs/*.yaml", "schema/*.pbtxt"], "datasets": ["specs/*.yaml"]},
     install_requires=_CORE,
     extras_require=_EXTRAS,

@@ -41,6 +41,11 @@ NUM_EXAMPLES_PREFIX = "num_examples_"
 PIXELS_PROPERTY = "pixels_per_class"
 UNREAD_FILES_PROPERTY = "unread_files"
 DATA_WARNINGS_PROPERTY = "data_warnings"
+# The dead letter of a Beam job of ours (ingestion's RejectedRecords, batch inference's
+# SegmentationMasks): one JSON row per rejected input with its kind and reason; and the job's
+# summary beside it.
+REJECTED_FILE = "rejected.jsonl"
+SUMMARY_FILE = "summary.json"
 # RejectedRecords (the dead letter).
 NUM_REJECTED = "num_rejected"
 REJECTED_FRACTION = "rejected_fraction"
@@ -55,6 +60,12 @@ PUSHED = "pushed"
 PUSHED_DESTINATION = "pushed_destination"
 PUSHED_VERSION = "pushed_version"
 NOT_PUSHED_REASON = "not_pushed_reason"
+# SegmentationMasks (batch inference): masks written, the pushed version that drew them, the
+# folder of images it read, and why nothing was inferred (the model was not pushed, no images).
+NUM_MASKS = "num_masks"
+MODEL_VERSION = "model_version"
+IMAGES = "images"
+NOT_INFERRED_REASON = "not_inferred_reason"
 
 
 def split_dir(examples_uri: str, split: str) -> str:

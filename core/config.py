@@ -317,6 +317,35 @@ class PusherConfig(Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class InferenceConfig(Checked):
+    """Batch inference (``deeplab-tfx infer``, and the pipeline's SegmentationInferrer after the
+    pusher): masks for every image of a folder, written as palette PNGs at the images' sizes."""
+
+    # The pipeline's node: a folder of unlabelled images to segment with each newly pushed model,
+    # or "" for no such node. May name spans like ``data``'s roots (``/data/unlabelled/span-{SPAN}``):
+    # the node reads the span this run ingested.
+    images: str = ""
+    # Also write each image with its mask painted over it (``overlays/<name>.jpg``).
+    overlay: bool = False
+    # Images go to the model in batches of at most this many declared pixels in all (one image
+    # larger than this goes alone). Inside the exported model's own per-request budget
+    # (``trainer.max_batch_pixels``), which refuses a larger batch.
+    batch_pixels: int = 4_000_000
+    # ... and of at most this many images: the model resizes every image to transform.image_size,
+    # so a batch of thumbnails costs it as much as one of photos.
+    max_batch_images: int = 16
+    # The job fails (after writing everything) when more than this fraction of its inputs is
+    # rejected: a folder that is mostly not images, or a model that refuses them, is no data problem.
+    max_rejected_fraction: float = 0.1
+
+    RULES = {
+        "batch_pixels": at_least(1),
+        "max_batch_images": at_least(1),
+        "max_rejected_fraction": between(0, 1),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
 class ReportConfig(Checked):
     """The run report (``<pipeline_root>/report/index.html``)."""
 
@@ -423,6 +452,7 @@ class PipelineConfig(Checked):
     evaluator: EvaluatorConfig = EvaluatorConfig()
     pusher: PusherConfig = PusherConfig()
     report: ReportConfig = ReportConfig()
+    inference: InferenceConfig = InferenceConfig()
     beam: BeamConfig = BeamConfig()
     vertex: VertexConfig = VertexConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
@@ -432,6 +462,12 @@ class PipelineConfig(Checked):
     RULES = {"pipeline_name": NAME, "pipeline_root": NOT_EMPTY}
 
     def check_together(self) -> None:
+        if self.inference.images and self.inference.batch_pixels > self.trainer.max_batch_pixels:
+            # The exported model refuses such a batch: every batch would be redone image by image.
+            raise ConfigError(
+                f"inference.batch_pixels={self.inference.batch_pixels} is above trainer.max_batch_pixels="
+                f"{self.trainer.max_batch_pixels}, the most the model takes in one call"
+            )
         # Test-time augmentation builds a model per scale at the export, after the training:
         # what cannot work must fail here, not there.
         scales, size = self.trainer.tta_scales, self.transform.image_size
@@ -487,6 +523,7 @@ class PipelineConfig(Checked):
             pusher=dataclasses.replace(
                 self.pusher, serving_dir=resolve(self.pusher.serving_dir, working_dir)
             ),
+            inference=dataclasses.replace(self.inference, images=resolve(self.inference.images, working_dir)),
             trainer=dataclasses.replace(
                 self.trainer,
                 backup_dir=resolve(self.trainer.backup_dir, working_dir),
@@ -504,10 +541,15 @@ class PipelineConfig(Checked):
         """Where the latest run report is published."""
         return os.path.join(self.pipeline_root, "report")
 
-    def beam_pipeline_args(self) -> list:
-        """The ``beam_pipeline_args`` every Beam component of the pipeline gets."""
+    def beam_pipeline_args(self, tfx: bool = True) -> list:
+        """The ``beam_pipeline_args`` every Beam component of the pipeline gets; ``tfx=False``: a
+        Beam job a command runs itself (``ingest``, ``infer``), which on DirectRunner drops
+        ``--setup_file``: its workers are this machine's processes, in this environment, and the
+        sdist build costs a job about 10 s (TFX's components need the flag there: without one they
+        build and attach an sdist of TFX)."""
         args = [f"--runner={self.beam.runner}"]
-        if self.beam.setup_file:
+        local = self.beam.runner == "DirectRunner" and not tfx
+        if self.beam.setup_file and not local:
             args.append(f"--setup_file={self.beam.setup_file}")
         if self.beam.runner == "DirectRunner":
             # Beam itself reads 0 as "one worker per core", so the args stay machine-independent.

@@ -32,3 +32,12 @@ IMAGE_ENCODINGS = (
     ("BMP", b"BM"),
 )
 ENCODING_NAMES = ", ".join(name for name, _ in IMAGE_ENCODINGS[:-1]) + f" or {IMAGE_ENCODINGS[-1][0]}"
+
+
+def crop_masks(outputs) -> list:
+    """Each image's ``[H, W]`` class ids from a predicting signature's outputs (``class_ids``
+    padded to the largest image of the batch, ``height`` and ``width``; tensors or arrays)."""
+    import numpy as np
+
+    class_ids, heights, widths = (np.asarray(outputs[key]) for key in (CLASS_IDS, HEIGHT, WIDTH))
+    return [class_ids[i, : int(h), : int(w)] for i, (h, w) in enumerate(zip(heights, widths, strict=True))]

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from core import config as config_lib
 from core import paths
+from core.choices import DIRECT_RUNNING_MODES
 from pipeline import logs
 
 
@@ -145,7 +146,7 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
             file=logs.errors(),
         )
         return 2
-    beam_args = cfg.beam_pipeline_args()
+    beam_args = cfg.beam_pipeline_args(tfx=False)
     logging.info("ingest: beam args %s", beam_args)
     try:
         # beam_ingest.run checks the lists before it deletes the old output (a bad list leaves it
@@ -189,6 +190,64 @@ def _ingest_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -
             }
         )
     )
+    return 0
+
+
+# infer's flags: shorthands for config keys.
+_INFER_SHORTHANDS = {
+    "overlay": "inference.overlay",
+    "batch_pixels": "inference.batch_pixels",
+    "max_rejected_fraction": "inference.max_rejected_fraction",
+    "direct_running_mode": "beam.direct_running_mode",
+}
+
+
+def _infer(args: argparse.Namespace) -> int:
+    cfg = _load(args, _INFER_SHORTHANDS).resolved(paths.PROJECT_ROOT, os.getcwd())
+    log_dir = args.log_dir or logs.local_log_dir(os.path.join(args.output, logs.LOG_DIR))
+    with logs.capture(log_dir, "infer", args.verbose) as log:
+        code = _infer_captured(args, cfg)
+    _say("infer", f"full log in {log}", log)
+    return code
+
+
+def _infer_captured(args: argparse.Namespace, cfg: config_lib.PipelineConfig) -> int:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from inference import inputs, job, model
+
+    try:
+        ref = model.resolve(args.model)
+    except FileNotFoundError as e:
+        print(f"deeplab-tfx infer: {e}", file=logs.errors())
+        return 2
+    beam_args = cfg.beam_pipeline_args(tfx=False)
+    print(
+        f"deeplab-tfx infer: model {ref.path} (version {ref.version}, {ref.dataset.name!r}, "
+        f"{ref.dataset.num_classes} classes) on {', '.join(args.inputs)} -> {args.output}",
+        flush=True,
+    )
+    logging.info("infer: beam args %s", beam_args)
+    try:
+        summary = job.run(
+            lambda: beam.Pipeline(options=PipelineOptions(beam_args)),
+            args.inputs,
+            args.output,
+            ref,
+            overlay=cfg.inference.overlay,
+            batch_pixels=cfg.inference.batch_pixels,
+            max_rejected_fraction=cfg.inference.max_rejected_fraction,
+            max_batch_images=cfg.inference.max_batch_images,
+        )
+    except inputs.NoInputError as e:
+        print(f"deeplab-tfx infer: {e}", file=logs.errors())
+        return 2
+    except job.TooManyRejectedError as e:
+        print(f"deeplab-tfx infer: {e}", file=logs.errors())
+        return 1
+    shown = ("masks", "written", "kept", "batches", "rejected", "rejected_by_kind", "seconds")
+    print(json.dumps({**{key: summary[key] for key in shown}, "output": args.output}))
     return 0
 
 
@@ -285,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-dir",
         default=None,
-        help="where the full log goes (default: <pipeline_root>/logs for run, <output>/logs for ingest, "
-        "~/.cache/deeplab-tfx/logs for serve and predict)",
+        help="where the full log goes (default: <pipeline_root>/logs for run, <output>/logs for ingest and "
+        "infer, ~/.cache/deeplab-tfx/logs for serve and predict)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -335,10 +394,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--direct-running-mode",
         dest="direct_running_mode",
-        choices=["in_memory", "multi_threading", "multi_processing"],
+        choices=DIRECT_RUNNING_MODES,
     )
     _add_config_args(p)
     p.set_defaults(func=_ingest)
+
+    p = sub.add_parser(
+        "infer", help="segment a folder of images (or TFRecords of Examples) with a model, as a Beam job"
+    )
+    p.add_argument(
+        "--model", required=True,
+        help="a pushed model (<serving_dir>/<model_name>: its newest version, or one version's directory), "
+        "a Trainer's Model artifact, or a SavedModel directory",
+    )  # fmt: skip
+    p.add_argument(
+        "--input", dest="inputs", action="append", required=True, metavar="GLOB",
+        help="images (JPEG, PNG, GIF, BMP; a directory: all its files, recursively) or TFRecord files "
+        "(*.tfrecord, *.gz) of Examples; repeat for more",
+    )  # fmt: skip
+    p.add_argument(
+        "--output", required=True,
+        help="writes masks/<name>.png, overlays/<name>.jpg (--overlay), manifest.jsonl, rejected.jsonl, "
+        "summary.json; a re-run keeps the masks this model already drew",
+    )  # fmt: skip
+    p.add_argument("--overlay", action="store_const", const="true", default=None, help="also write overlays")
+    p.add_argument("--batch-pixels", dest="batch_pixels", type=int, help="pixels per batch to the model")
+    p.add_argument(
+        "--max-rejected-fraction", dest="max_rejected_fraction", type=float,
+        help="exit 1 (after writing everything) when more of the inputs are rejected (default 0.1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--direct-running-mode",
+        dest="direct_running_mode",
+        choices=DIRECT_RUNNING_MODES,
+    )
+    _add_config_args(p)
+    p.set_defaults(func=_infer)
 
     p = sub.add_parser("run", help="run the pipeline locally (LocalDagRunner, SQLite ML Metadata)")
     p.add_argument(

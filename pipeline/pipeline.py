@@ -16,6 +16,8 @@ carries what it is.
                                    └─► Resolver (the last passed span's statistics) ─────────────────┘
     SegmentationExampleGen ─► Resolver (the newest data.num_spans spans) ─► Transform ◄── DataGate
                                                └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
+                                                                                  └─► SegmentationInferrer
+                                                      (with inference.images: the pushed model's masks)
     Trainer ─► Resolver (newest blessed model older than the candidate) ─► Evaluator (its baseline)
     SegmentationExampleGen ─► Resolver (newest blessed model of other data) ─► Trainer (base_model,
                                                                      with trainer.warm_start)
@@ -39,6 +41,7 @@ from components.data_gate.component import DataGate
 from components.dataset_schema.component import DatasetSchemaGen
 from components.run_report.component import RunReportGen
 from components.segmentation_example_gen.component import SegmentationExampleGen
+from components.segmentation_inferrer.component import SegmentationInferrer
 from components.serving_pusher.component import ServingPusher
 from core import features
 from core.config import PipelineConfig
@@ -173,10 +176,27 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         samples=config.report.samples,
         gate_decision=data_gate.outputs["decision"],
     )
+    # Batch inference (TFX's BulkInferrer place): the pushed model's masks for this run's span of
+    # the unlabelled images, with lineage to the model and its push.
+    inferrer = (
+        SegmentationInferrer(
+            model=trainer.outputs["model"],
+            pushed_model=pusher.outputs["pushed_model"],
+            examples=example_gen.outputs["examples"],
+            images=config.inference.images,
+            overlay=config.inference.overlay,
+            batch_pixels=config.inference.batch_pixels,
+            max_rejected_fraction=config.inference.max_rejected_fraction,
+            max_batch_images=config.inference.max_batch_images,
+        )
+        if config.inference.images
+        else None
+    )
     return [
         example_gen, statistics_gen, schema_gen, example_validator,
         *([previous_span] if previous_span else []), data_gate, *([window] if window else []), transform,
         *([warm_start] if warm_start else []), trainer, baseline, evaluator, pusher, report,
+        *([inferrer] if inferrer else []),
     ]  # fmt: skip
 
 

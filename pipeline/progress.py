@@ -31,6 +31,7 @@ _SHOWN = (
     artifacts.BLESSED,
     artifacts.PUSHED,
     artifacts.PUSHED_VERSION,
+    artifacts.NUM_MASKS,
 )
 
 
@@ -97,7 +98,7 @@ class ComponentProgress(logging.Handler):
             if kind == "Examples" and artifacts.SPAN in props:
                 self.spans.append(props[artifacts.SPAN].int_value)
             lines.append(f"{kind}: {artifact.uri}" + (f" ({', '.join(shown)})" if shown else ""))
-            lines += warning_lines(props)
+            lines += warning_lines(props) + not_inferred_lines(props)
         return state, lines
 
 
@@ -109,6 +110,14 @@ def warning_lines(props: dict) -> list:
     if value is None or not value.string_value:
         return []
     return [f"warning: {warning}" for warning in json.loads(value.string_value)]
+
+
+def not_inferred_lines(props: dict) -> list:
+    """``not inferred: ...`` for batch inference that had nothing to do (the model was not pushed,
+    the span has no unlabelled images; ``artifacts.NOT_INFERRED_REASON``): a run that ends well
+    but drew no masks says why where a person reads it."""
+    value = props.get(artifacts.NOT_INFERRED_REASON)
+    return [f"not inferred: {value.string_value}"] if value is not None else []
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from core import dataset_spec, storage
-from core.signatures import CLASS_IDS, CLASS_IDS_PNG, HEIGHT, IMAGES, SERVING_DEFAULT, SERVING_PNG, WIDTH
+from core.signatures import CLASS_IDS_PNG, IMAGES, SERVING_DEFAULT, SERVING_PNG, crop_masks
 from serving import layout
 from transform import palette
 
@@ -41,10 +41,6 @@ MAX_MESSAGE_BYTES = 256 << 20
 
 class ServerUnavailableError(RuntimeError):
     """The server stayed UNAVAILABLE until the deadline."""
-
-
-def _masks(class_ids: np.ndarray, heights, widths) -> List[np.ndarray]:
-    return [class_ids[i, : int(h), : int(w)] for i, (h, w) in enumerate(zip(heights, widths, strict=True))]
 
 
 def decode_png_mask(data: bytes) -> np.ndarray:
@@ -101,7 +97,7 @@ class GrpcClient:
         out = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         if CLASS_IDS_PNG in out:
             return response.model_spec.version.value, [decode_png_mask(png) for png in out[CLASS_IDS_PNG]]
-        return response.model_spec.version.value, _masks(out[CLASS_IDS], out[HEIGHT], out[WIDTH])
+        return response.model_spec.version.value, crop_masks(out)
 
     def close(self):
         self.channel.close()
@@ -202,12 +198,10 @@ def write_results(
     mask_path = os.path.join(out_dir, f"{stem}.png")
     colours = spec.palette()
     storage.write_file(mask_path, palette.encode_palette_png(mask, colours))
-    image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
-    overlay = io.BytesIO()
-    painted = palette.overlay(image, mask, colours, background=spec.background_id)
-    Image.fromarray(painted).save(overlay, format="JPEG", quality=90)
     overlay_path = os.path.join(out_dir, f"{stem}_overlay.jpg")
-    storage.write_file(overlay_path, overlay.getvalue())
+    storage.write_file(
+        overlay_path, palette.overlay_jpeg(image_bytes, mask, colours, background=spec.background_id)
+    )
     return mask_path, overlay_path
 
 

@@ -57,7 +57,7 @@ _ROOT_ERROR = re.compile(r"^\s*\(\d+\) [A-Z_]+: ")  # a v1 session's "  (0) INVA
 _FRAME_AROUND = (
     re.compile(r"^\{\{function_node [^}]*\}\}\s*"),  # the function an op ran in
     re.compile(r"\s*\[\[\{\{node [^}]*\}\}\]\]$"),
-    re.compile(r"\s*\[Op:[^\]]*\]$"),
+    re.compile(r"\s*\[Op:[^\]]*\]( name:\s*\S*)?$"),  # an eager op's, with its name (often none)
 )
 # tf.debugging.Assert's wording around the signature's own message, graph and eager.
 _ASSERTION = re.compile(r"^(?:assertion failed: \[|.*Summarized data: b')(.*?)(?:\]|')$")

@@ -4,6 +4,7 @@ import dataclasses
 import fcntl
 import glob
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -22,6 +23,7 @@ from core import config as config_lib
 from core import dataset_spec, features
 from core.signatures import SERVING_EXAMPLES
 from datasets import synthetic_voc
+from pipeline import cli
 from tests.helpers import examples as examples_lib
 from trainer import autograph
 
@@ -144,6 +146,16 @@ def built_once(tmp_path_factory, name: str, build):
             # Explicitly: processes the build forked share the lock's file description and
             # would otherwise hold it for as long as they live.
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def cli_main():
+    """``deeplab-tfx`` in this process, where its start-up is not what is tested; restores the log
+    level it sets."""
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    yield cli.main
+    beam_logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -278,6 +290,12 @@ def train_tiny(examples_uri: str, out, base_model=None, **overrides):
     return str(out / "serving"), result
 
 
+# ``trained_model`` evaluates every this many steps: its training draws the same batches whatever
+# the epochs' length (one repeated stream), and half the tiny config's 10 evaluations is 5 to
+# pick the best weights from, at a few seconds each fewer on the suite's longest fixture.
+TRAINED_EVALUATION_EVERY = 100
+
+
 @pytest.fixture(scope="session")
 def trained_model(learning_data, tmp_path_factory):
     """(SavedModel dir, TrainingResult): the tiny config trained on ``learning_data`` (about 3 min).
@@ -286,7 +304,11 @@ def trained_model(learning_data, tmp_path_factory):
     which need a model that is good as well as one that is not, and the warm-start and
     test-time augmentation tests, which start from a model that learned.
     """
-    return built_once(tmp_path_factory, "trained", lambda out: train_tiny(learning_data[0], out))
+    return built_once(
+        tmp_path_factory,
+        "trained",
+        lambda out: train_tiny(learning_data[0], out, steps_per_epoch=TRAINED_EVALUATION_EVERY),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from core import artifacts, dataset_spec, features, paths
+from core import artifacts, dataset_spec, features
 from datasets import synthetic_voc
-from pipeline import cli, logs
+from pipeline import logs
 from tests.conftest import feature, read_examples, read_list, sbd_path, voc_path
 from tests.helpers.ram_store import ram_root, read_bytes
 
@@ -48,8 +48,8 @@ def test_make_dataset_then_ingest(tmp_path):
     assert os.path.dirname(log) == str(out / "logs")
     detail = open(log).read()
     assert "cpu_feature_guard.cc" in detail and "FutureWarning" in detail and "INFO" in detail
-    # Beam gets the checkout's setup.py (remote runners stage it), whatever the working directory.
-    assert f"'--setup_file={paths.PROJECT_ROOT}/setup.py'" in detail
+    # On DirectRunner, no setup.py: the workers are this machine's (tests/test_config.py).
+    assert "'--runner=DirectRunner'" in detail and "--setup_file" not in detail
     summary = json.load(open(out / "summary.json"))
     seg = voc_path(str(data), "ImageSets", "Segmentation")
     voc_train, voc_val = set(read_list(f"{seg}/train.txt")), set(read_list(f"{seg}/val.txt"))
@@ -71,18 +71,9 @@ def test_ingest_exit_codes(tmp_path, dataset_copy):
     assert result.returncode == 2 and "unknown config key 'ingest.x'" in result.stderr
 
 
-@pytest.fixture
-def cli_main():
-    """``deeplab-tfx`` in this process (no interpreter start-up); restores the log level it sets."""
-    beam_logger = logging.getLogger("apache_beam")
-    level = beam_logger.level
-    yield cli.main
-    beam_logger.setLevel(level)
-
-
 def _ingest_args(root, out, *more):
-    # In this process, and without --setup_file (whose sdist build costs DirectRunner 10 s a job).
-    local = ["--direct-running-mode", "in_memory", "--set", "beam.setup_file="]
+    # In this process.
+    local = ["--direct-running-mode", "in_memory"]
     return ["ingest", "--voc-root", root, "--sbd-root", root, "--output", out, *local, *more]
 
 

@@ -39,6 +39,11 @@ def test_defaults():
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=0",
     ]
+    # A command's own Beam job (ingest, infer) on this machine needs no sdist; on a remote runner
+    # it does, as TFX's components do.
+    assert "--setup_file=setup.py" not in cfg.beam_pipeline_args(tfx=False)
+    dataflow = config_lib.apply_overrides(cfg, ["beam.runner=DataflowRunner"])
+    assert dataflow.beam_pipeline_args(tfx=False) == ["--runner=DataflowRunner", "--setup_file=setup.py"]
 
 
 def test_yaml_and_overrides(tmp_path):

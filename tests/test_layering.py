@@ -18,6 +18,7 @@ LAYERS = (
     ("trainer",),  # DeepLabV3+, the recipe, the SavedModel's signatures
     ("evaluation",),  # IoU, TFMA metrics, the EvalConfig, verdicts
     ("serving",),  # TF Serving's layout and warm-up, our gRPC/REST server, the client
+    ("inference",),  # batch inference: the Beam job of `deeplab-tfx infer` and SegmentationInferrer
     ("components", "datasets"),  # custom TFX components; dataset generators
     ("pipeline",),  # create_pipeline, the runners, the CLI
 )

@@ -10,8 +10,11 @@ import sys
 
 import pytest
 import setuptools
+import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint_utils
+from tfx.utils import import_utils
 
 from components.segmentation_example_gen import vertex_driver
 from core import artifacts, features, paths
@@ -33,7 +36,9 @@ def tfx_upstream(cfg, kfp_resolvers=False) -> dict:
 
 
 def test_kubeflow_pipeline_job(tmp_path, caplog):
-    cfg = config_lib.load_config("vertex")
+    # With batch inference: the unlabelled images of each span, segmented after the push.
+    unlabelled = "gs://my-bucket/unlabelled/span-{SPAN}"
+    cfg = config_lib.load_config("vertex", [f"inference.images={unlabelled}", "inference.overlay=true"])
     output = str(tmp_path / "pipeline.json")
     kubeflow_runner.compile_pipeline(cfg, output)
     # vertex.yaml warm-starts: the compile says what that costs a run on unchanged data there.
@@ -89,6 +94,37 @@ def test_kubeflow_pipeline_job(tmp_path, caplog):
     assert custom["trainer"]["strategy"] == "mirrored" and custom["ai_platform_enable_vertex"] is True
     schema = tasks["DatasetSchemaGen"].inputs.parameters["schema_file"].runtime_value.constant_value
     assert schema.string_value == "/deeplab-tfx/pipeline/schema/schema.pbtxt"
+    # Batch inference: the pushed model, its push and this run's Examples in; a Beam job on Dataflow.
+    inferrer = tasks["SegmentationInferrer"].inputs
+    producers = {key: value.task_output_artifact.producer_task for key, value in inferrer.artifacts.items()}
+    assert producers == {
+        "model": "Trainer",
+        "pushed_model": "ServingPusher",
+        "examples": "SegmentationExampleGen",
+    }
+    assert inferrer.parameters["images"].runtime_value.constant_value.string_value == unlabelled
+    assert "--runner=DataflowRunner" in containers["SegmentationInferrer_executor"]["args"]
+    parameters = {key: value.runtime_value.constant_value for key, value in inferrer.parameters.items()}
+    assert (parameters["overlay"].int_value, parameters["batch_pixels"].int_value) == (1, 4_000_000)
+    # Without inference.images, no such node.
+    assert "SegmentationInferrer" not in tfx_upstream(config_lib.load_config("vertex"), kfp_resolvers=True)
+    # Each container reads its artifacts back by their type's title, imported as a Python path
+    # (TFX's Kubeflow V2 entrypoint): our custom types must be importable under their names.
+    titles = set()
+    for component in spec.components.values():
+        for definitions in (component.input_definitions, component.output_definitions):
+            for artifact in definitions.artifacts.values():
+                titles.add(yaml.safe_load(artifact.artifact_type.instance_schema)["title"])
+    custom = sorted(title for title in titles if title.startswith("deeplab_tfx."))
+    assert custom == [
+        "deeplab_tfx.DataGateDecision", "deeplab_tfx.RejectedRecords", "deeplab_tfx.RunReport",
+        "deeplab_tfx.SegmentationMasks",
+    ]  # fmt: skip
+    for title in titles:
+        schema = pipeline_spec_pb2.ArtifactTypeSchema(instance_schema=f"title: {title}\ntype: object\n")
+        artifact_class = import_utils.import_class_by_path(entrypoint_utils._retrieve_class_path(schema))
+        # TFX's own types are titled "tfx.<TYPE_NAME>"; ours are titled by their TYPE_NAME.
+        assert title in (artifact_class.TYPE_NAME, f"tfx.{artifact_class.TYPE_NAME}")
 
 
 def test_compile_command(tmp_path, capsys):
@@ -123,10 +159,17 @@ def test_setup_py_ships_every_package_workers_import():
     shipped = set(setuptools.find_packages(where=ROOT, include=patterns))
     top_level = {d for d in os.listdir(ROOT) if os.path.exists(os.path.join(ROOT, d, "__init__.py"))}
     assert top_level - shipped == {"tests", "benchmarks"}
+    # ... and the image copies each of them (and the module of our artifact types) before installing.
+    dockerfile = open(os.path.join(ROOT, "Dockerfile")).read()
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, re.M))
+    assert {name.split(".")[0] for name in shipped} == copied
+    assert re.search(r"^COPY .*\bdeeplab_tfx\.py\b", dockerfile, re.M)
     assert {
         "components.segmentation_example_gen",
         "components.serving_pusher",
+        "components.segmentation_inferrer",
         "components.run_report",
+        "inference",
         "core",
     } <= shipped
 

@@ -10,6 +10,7 @@ nor change the baseline that the rerun test's Evaluator resolves, and the one th
 file puts it back, bytes and mtime.
 """
 
+import glob
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from PIL import Image
 
 from components.data_gate.component import DataGateDecision
 from components.segmentation_example_gen import sources
+from components.segmentation_inferrer.component import SegmentationMasks
 from core import artifacts, features, paths
 from core import config as config_lib
 from core.dataset_spec import VOC_SPEC
@@ -35,7 +37,7 @@ from pipeline import local_runner, logs, resolvers
 from serving import client
 from serving.server import Server
 from tests.conftest import MAX_SIDE, feature, png_indices, read_examples
-from tests.helpers import browser, mlmd
+from tests.helpers import browser, mlmd, unlabelled
 from trainer import warm_start
 from transform import preprocessing
 
@@ -44,6 +46,7 @@ NODES = [
     "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator",
     resolvers.PREVIOUS_SPAN_RESOLVER_ID, "DataGate", resolvers.SPAN_WINDOW_RESOLVER_ID, "Transform",
     "Trainer", resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
+    "SegmentationInferrer",
 ]  # fmt: skip
 # Every node but the Resolvers, which resolve again on every run: a run on unchanged data is a
 # cache hit for each of these.
@@ -93,7 +96,13 @@ def run_overrides(dataset_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(dataset_dir, root / "data" / SPAN_DIR.replace("{SPAN}", "1"))
     pattern = str(root / "data" / SPAN_DIR)
+    # Span 1 of the unlabelled images the pushed model segments (SegmentationInferrer).
+    jpegs = sorted(glob.glob(os.path.join(dataset_dir, "VOCdevkit", "VOC2012", "JPEGImages", "*.jpg")))[:3]
+    unlabelled.make_folder(str(root / "unlabelled" / SPAN_DIR.replace("{SPAN}", "1")), jpegs)
     return [
+        f"inference.images={root / 'unlabelled' / SPAN_DIR}",
+        "inference.overlay=true",
+        "inference.max_rejected_fraction=0.5",  # 2 of its 7 files are not images that decode
         f"data.voc_root={pattern}",
         f"data.sbd_root={pattern}",
         f"pipeline_root={root / 'run'}",
@@ -294,6 +303,42 @@ def test_lineage_from_the_pushed_model_to_the_ingested_examples(run_config, firs
     assert {name.split(".")[-1] for name in lineage} >= {"ServingPusher", "Evaluator", "Trainer", "Transform"}
 
 
+def test_the_pushed_model_segments_the_spans_unlabelled_images_with_lineage(run_config, first_run):
+    """SegmentationInferrer, after the pusher, on Beam's multi-processing DirectRunner: version 1,
+    just pushed, drew a mask for every image of the unlabelled folder's span 1, each equal to
+    ``serving_default``'s for that image alone, the damaged image and the text file in the dead
+    letter; ML Metadata leads from the masks to the model, its push and the span's Examples."""
+    masks = first_run["outputs"][SegmentationMasks.TYPE_NAME]
+    folder = run_config.inference.images.replace("{SPAN}", "1")
+    every = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
+    damaged, not_image = (os.path.join(folder, name) for name in (unlabelled.DAMAGED, unlabelled.NOT_IMAGE))
+    good = [path for path in every if path not in (damaged, not_image)]
+    assert len(good) == 5
+    unlabelled.check_outputs(masks.uri, os.path.join(run_config.serving_model_dir(), "1"), good, overlay=True)
+    assert unlabelled.rejected(masks.uri) == {damaged: "corrupt_image", not_image: "not_an_image"}
+    props = {name: mlmd.int_property(masks, name) for name in ("num_masks", "num_rejected", "model_version")}
+    assert props == {"num_masks": 5, "num_rejected": 2, "model_version": 1}
+    assert masks.custom_properties[artifacts.IMAGES].string_value == folder
+    assert re.search(
+        rf"SegmentationMasks: {re.escape(masks.uri)} \(num_rejected=2, num_masks=5\)", first_run["out"]
+    )
+    store = _store(run_config)
+    [producer] = [e.execution_id for e in store.get_events_by_artifact_ids([masks.id])
+                  if e.type == metadata_store_pb2.Event.OUTPUT]  # fmt: skip
+    [execution] = store.get_executions_by_id([producer])
+    took = {
+        (key, a.id)
+        for key in ("model", "pushed_model", "examples")
+        for a in mlmd.inputs(store, execution, key)
+    }
+    outputs = first_run["outputs"]
+    assert took == {
+        ("model", outputs["Model"].id),
+        ("pushed_model", outputs["PushedModel"].id),
+        ("examples", outputs["Examples"].id),
+    }
+
+
 def test_the_pushed_model_answers_over_grpc(run_config, first_run):
     server = Server(run_config.pusher.model_name, run_config.serving_model_dir(), port=0)
     server.start()
@@ -357,6 +402,9 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
     span_1, _ = span_roots(run_config, 1)
     span_2, _ = span_roots(run_config, 2)
     os.symlink(span_1, span_2)
+    # The unlabelled images' span 2 arrives too: the new model segments it.
+    unlabelled_1, unlabelled_2 = (cfg.inference.images.replace("{SPAN}", str(n)) for n in (1, 2))
+    os.symlink(unlabelled_1, unlabelled_2)
     try:
         assert local_runner.run(cfg) == 0
         out = capsys.readouterr().out
@@ -371,8 +419,12 @@ def test_a_new_span_is_ingested_trained_warm_judged_and_pushed(
         rerun = mlmd.executions(mlmd.store(cfg.metadata_path))
     finally:
         os.remove(span_2)
+        os.remove(unlabelled_2)
 
     assert [mlmd.state(e) for e in runs["SegmentationExampleGen"]][-1] == "COMPLETE"
+    [masks] = mlmd.outputs(db, runs["SegmentationInferrer"][-1], "masks")
+    assert [mlmd.int_property(masks, key) for key in ("model_version", "num_masks")] == [2, 5]
+    assert masks.custom_properties[artifacts.IMAGES].string_value == unlabelled_2
     # ML Metadata shows the spans each execution consumed: the Trainers', run by run.
     trained_on = [
         [mlmd.int_property(a, "span") for a in mlmd.inputs(db, e, "examples")]

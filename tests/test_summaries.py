@@ -12,6 +12,7 @@ import tf_keras as keras
 from core import artifacts, dataset_spec, features, metrics, storage
 from core.config import TrainerConfig, load_config
 from tests import reference
+from tests.conftest import TRAINED_EVALUATION_EVERY
 from trainer import data, optimization, summaries, training
 
 SIZE = 8
@@ -247,7 +248,7 @@ def test_a_trained_run_shows_every_evaluation(trained_model):
     history = json.loads(storage.read_file(os.path.join(run_dir, artifacts.HISTORY_FILE), binary=False))
     rows = history[artifacts.HISTORY_EPOCHS]
     steps = [row["step"] for row in rows]
-    assert steps == list(range(50, result.steps + 1, 50))
+    assert steps == list(range(TRAINED_EVALUATION_EVERY, result.steps + 1, TRAINED_EVALUATION_EVERY))
     assert sorted(events[summaries.LEARNING_RATE]) == sorted(events[summaries.MASKS]) == steps
     # A class's IoU is missing from the evaluations where it was neither labelled nor predicted.
     assert all(set(values) <= set(steps) for values in events.values())

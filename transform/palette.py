@@ -130,20 +130,49 @@ def overlay(
     return np.where(keep[..., None], image, blended.astype(np.uint8))
 
 
-def encode_palette_png(ids: np.ndarray, palette: np.ndarray = None) -> bytes:
+def encode_palette_png(ids: np.ndarray, palette: np.ndarray = None, text: Optional[dict] = None) -> bytes:
     """Class ids ``[H, W]`` as a palette PNG in ``palette`` (``[256, 3]`` uint8, a dataset spec's
     ``palette()``; default the VOC colours, the format VOC ships masks in).
 
     The one encoding ingestion stores every mask in: IHDR, a 256-colour PLTE, IDAT and IEND
     only. No tRNS above all, since Transform decodes masks to RGBA and reads a colour with
-    alpha below 255 as off-palette (void).
+    alpha below 255 as off-palette (void). ``text`` adds ``tEXt`` chunks (``{keyword: value}``;
+    batch inference names the model that drew the mask), which every PNG reader skips or shows.
     """
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    img = Image.fromarray(ids.astype(np.uint8), mode="P")
+    img.putpalette(flat_palette() if palette is None else np.asarray(palette, np.uint8).reshape(-1).tolist())
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for keyword, value in text.items():
+            info.add_text(keyword, value)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+# JPEG quality of the overlays people look at (predictions, batch inference).
+OVERLAY_JPEG_QUALITY = 90
+
+
+def overlay_jpeg(
+    image_bytes: bytes, ids: np.ndarray, palette: np.ndarray, *, background: Optional[int], comment: str = ""
+) -> bytes:
+    """``overlay`` of an encoded image (any format PIL reads) and its class ids, as a JPEG with
+    ``comment`` (a COM segment) when given."""
     import io
 
     from PIL import Image
 
-    img = Image.fromarray(ids.astype(np.uint8), mode="P")
-    img.putpalette(flat_palette() if palette is None else np.asarray(palette, np.uint8).reshape(-1).tolist())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    with Image.open(io.BytesIO(image_bytes)) as img:
+        image = np.asarray(img.convert("RGB"))
+    out = io.BytesIO()
+    extra = {"comment": comment.encode()} if comment else {}
+    Image.fromarray(overlay(image, ids, palette, background=background)).save(
+        out, format="JPEG", quality=OVERLAY_JPEG_QUALITY, **extra
+    )
+    return out.getvalue()

@@ -33,14 +33,14 @@ import numpy as np
 import tensorflow as tf
 
 from components.segmentation_example_gen import pixels, records, sources
-from core import artifacts, dataset_spec, features, paths
+from core import artifacts, beam_metrics, dataset_spec, features, paths
 from core.config import IngestConfig
 from core.dataset_spec import DatasetSpec
 
 NAMESPACE = "SegmentationExampleGen"
 REJECTED_TAG = "rejected"
-REJECTED_FILE = "rejected.jsonl"
-SUMMARY_FILE = "summary.json"
+REJECTED_FILE = artifacts.REJECTED_FILE
+SUMMARY_FILE = artifacts.SUMMARY_FILE
 REPORT_FILE = "report.md"
 PIXELS_TAG = "pixels"
 # The job's per-split pixel sums, read back into summary.json and then deleted; listed below so
@@ -256,20 +256,6 @@ def build(
     )
 
 
-def _counters(result) -> dict:
-    try:
-        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    except Exception:  # noqa: BLE001 - metrics are reporting only; some runners lack them.
-        return {}
-    totals = {}
-    for counter in query["counters"]:
-        name = counter.key.metric.name
-        totals[name] = totals.get(name, 0) + (
-            counter.committed if counter.committed is not None else counter.attempted
-        )
-    return dict(sorted(totals.items()))
-
-
 def remove_previous_outputs(examples_uri: str, rejected_dir: str) -> None:
     """Deletes what an earlier run into the same places wrote: its shards, its dataset spec
     and its reports.
@@ -417,7 +403,7 @@ def run(
         listed=len(items),
         rejected_fraction=len(rejected) / len(items),
         max_rejected_fraction=max_rejected_fraction,
-        counters=_counters(result),
+        counters=beam_metrics.counters(result, NAMESPACE) or {},
         pixels=census,
         max_ignored_fraction=max_ignored_fraction,
         unread_files={folder.directory: folder.to_json() for folder in unread},

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import struct
 import zlib
 
 import numpy as np
@@ -20,13 +19,13 @@ from PIL import Image
 from scipy.io.matlab import MatReadError
 
 from components.segmentation_example_gen.sources import WorkItem
-from core import dataset_spec, features
+from core import dataset_spec, decoding, features
 from core.dataset_spec import VOC_SPEC, DatasetSpec
 from transform import palette
 
 # Rejection kinds; each is also a Beam counter "rejected_<kind>".
-MISSING_FILE = "missing_file"
-CORRUPT_IMAGE = "corrupt_image"
+MISSING_FILE = decoding.MISSING_FILE
+CORRUPT_IMAGE = decoding.CORRUPT_IMAGE
 CORRUPT_MASK = "corrupt_mask"
 SIZE_MISMATCH = "size_mismatch"
 OUT_OF_PALETTE = "out_of_palette"
@@ -39,22 +38,8 @@ KINDS = (MISSING_FILE, CORRUPT_IMAGE, CORRUPT_MASK, SIZE_MISMATCH, OUT_OF_PALETT
 IMAGE_FORMATS = {"JPEG": features.IMAGE_FORMAT, "PNG": features.PNG_FORMAT}
 VOC_IMAGE_FORMATS = ("JPEG",)
 
-# What a damaged file makes the decoders raise: only these become rejections. Any other
-# exception inside a decoder (TypeError, AttributeError, MemoryError of a worker out of
-# memory...) is a bug or the worker's trouble, not the data's, and fails the run.
-# Measured: per format, 3,000 to 4,000 byte-level damages (bytes flipped, cut, zeroed, inserted,
-# duplicated, deleted) of a VOC-style file, and for JPEG and PNG 4,000 structure-aware ones
-# (segments and chunks rewritten with valid lengths and CRCs).
-# Pillow 12.3 on JPEG and PNG (palette, RGB, grey): OSError (UnidentifiedImageError among them),
-# ValueError, SyntaxError, struct.error, IndexError, DecompressionBombError.
-_IMAGE_DATA_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    struct.error,
-    IndexError,
-    Image.DecompressionBombError,
-)
+# What a damaged image makes Pillow raise (measured): only these become rejections.
+_IMAGE_DATA_ERRORS = decoding.IMAGE_DATA_ERRORS
 # scipy 1.12's loadmat on compressed and uncompressed MATLAB 5 files: zlib.error, ValueError
 # (UnicodeDecodeError among them), OSError, TypeError, IndexError, KeyError, OverflowError,
 # ZeroDivisionError, UnboundLocalError; MatReadError on empty files. It also kills the process
@@ -74,29 +59,10 @@ _MAT_DATA_ERRORS = (
 )
 
 
-class Rejected(Exception):  # noqa: N818 - a verdict, not a crash: not an "Error".
-    """A record that cannot be ingested: ``kind`` for counting, ``reason`` for people."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(f"{kind}: {reason}")
-        self.kind = kind
-        self.reason = reason
-
-
-def read_file(path: str) -> bytes:
-    """Reads a whole file through tf.io.gfile, so gs:// and local paths both work.
-
-    A file that is not there (or is a directory) is the data's problem. Any other storage
-    error (permission, timeout, unavailable) is not, and propagates: a dead-lettered record
-    would hide an outage, while a failed bundle is retried by distributed runners.
-    """
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    except tf.errors.NotFoundError:
-        raise Rejected(MISSING_FILE, f"{path}: file does not exist") from None
-    except tf.errors.FailedPreconditionError as e:  # e.g. "Is a directory"
-        raise Rejected(MISSING_FILE, f"{path}: not a readable file: {e.message}") from None
+# A record that cannot be ingested, and reading a file of it: core/decoding.py, shared with batch
+# inference.
+Rejected = decoding.Rejected
+read_file = decoding.read_file
 
 
 def inspect_image(path: str, data: bytes, formats: tuple = tuple(IMAGE_FORMATS)) -> tuple:

@@ -1,0 +1,1 @@
+"""SegmentationInferrer: the pushed model's masks for unlabelled images (BulkInferrer's place)."""
