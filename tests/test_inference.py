@@ -52,9 +52,9 @@ def test_a_folder_is_segmented_and_a_rerun_keeps_every_mask(
     """Mixed JPEG, PNG and BMP images of different sizes, one damaged, one not an image, two of
     one name, matched by two patterns, the output inside the folder: all in one batch, every mask
     equals ``serving_default``'s for that image alone; the rest are in the dead letter with their
-    kind. A second run (batches of one image at most) writes nothing; masks of another model, of
-    an input whose bytes changed, or missing their overlay, are redrawn. (On Beam's worker
-    processes, the DoFns unpickled there: tests/test_pipeline_local.py's node.)"""
+    kind. A second run, in a Beam worker process (the DoFns unpickled there) and on batches of one
+    image at most, writes nothing; masks of another model, of an input whose bytes changed, or
+    missing their overlay, are redrawn."""
     jpegs = sorted(glob.glob(os.path.join(dataset_dir, "VOCdevkit", "VOC2012", "JPEGImages", "*.jpg")))[:3]
     folder = str(tmp_path / "images")
     made = unlabelled.make_folder(folder, jpegs)
@@ -66,7 +66,6 @@ def test_a_folder_is_segmented_and_a_rerun_keeps_every_mask(
     base = _pushed(untrained_model, str(tmp_path / "serving" / "deeplab"))
     out = os.path.join(folder, "inferred")  # not read as input by the next runs
     patterns = [folder, os.path.join(folder, "*.jpg")]  # the JPEGs twice: each is read once
-    # In this process: the job's DoFns on Beam's worker processes are the pipeline node's test.
     accept = ["--overlay", "--max-rejected-fraction", "0.5"]
     in_memory = ["--direct-running-mode", "in_memory"]
     assert _infer(cli_main, base, patterns, out, "--batch-pixels", "100000000", *accept, *in_memory) == 0
@@ -89,9 +88,9 @@ def test_a_folder_is_segmented_and_a_rerun_keeps_every_mask(
     assert first["rejected_by_kind"] == {"corrupt_image": 1, "duplicate_name": 2, "not_an_image": 1}
     assert 1 <= first["batches"] <= n
 
-    # Again, on two Beam worker processes (the config's mode), batches of one image at most.
+    # Again, in a Beam worker process (the config's mode), batches of one image at most.
     before = unlabelled.snapshot(out)
-    workers = ["--set", "beam.direct_num_workers=2", "--direct-running-mode", "multi_processing"]
+    workers = ["--set", "beam.direct_num_workers=1", "--direct-running-mode", "multi_processing"]
     assert _infer(cli_main, base, patterns, out, "--batch-pixels", "1", *accept, *workers) == 0
     assert unlabelled.snapshot(out) == before
     assert unlabelled.check_outputs(out, os.path.join(base, "1"), made["good"], overlay=True) == rows

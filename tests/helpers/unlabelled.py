@@ -1,6 +1,7 @@
 """A folder of unlabelled images as users bring them, and the check of what batch inference made
 of it against the model's own ``serving_default``, image by image."""
 
+import functools
 import json
 import os
 import shutil
@@ -52,11 +53,17 @@ def expected_mask(signature, path: str) -> np.ndarray:
     return mask
 
 
+@functools.lru_cache(maxsize=2)
+def _signature(model_dir: str):
+    """``serving_default`` of the model, loaded once per test process (the models are read-only)."""
+    return tf.saved_model.load(model_dir).signatures[SERVING_DEFAULT]
+
+
 def check_outputs(output: str, model_dir: str, good: list, overlay: bool) -> list:
     """Asserts every good image's mask is pixel-identical to ``serving_default``'s, in the model's
     palette, named in the manifest with its size and classes; returns the manifest rows."""
     spec = dataset_spec.of_model(model_dir)
-    signature = tf.saved_model.load(model_dir).signatures[SERVING_DEFAULT]
+    signature = _signature(model_dir)
     rows = {row["input"]: row for row in job.read_jsonl(os.path.join(output, job.MANIFEST_FILE))}
     assert sorted(rows) == sorted(good)
     for path in good:
