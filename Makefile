@@ -94,7 +94,7 @@ test: $(STAMP) browser
 # regenerated from the JSON. keras_hub (the train-step reference) is not one of our pins: it goes
 # into .bench-site, which only that benchmark's worker imports; without it the floor is used.
 BENCHMARKS := ingest_throughput palette_decode transform_materialization input_pipeline train_step \
-	iou_metric serving_latency batch_inference scaling learning
+	iou_metric serving_latency serving_memory batch_inference scaling learning
 bench: $(STAMP)
 	@test -d .bench-site/keras_hub || $(PY) -m pip install -q --disable-pip-version-check --target .bench-site \
 	    --no-deps keras-hub==0.18.1 kagglehub==1.0.2 2>&1 | grep -v "is ignored" || true

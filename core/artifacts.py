@@ -55,6 +55,16 @@ NUM_ANOMALIES = "num_anomalies"
 NUM_DRIFTED = "num_drifted"
 # ModelBlessing: TFX's Evaluator sets it.
 BLESSED = "blessed"
+# InfraBlessing: ``blessed`` (above) as TFX's InfraValidator sets it, with its marker file; the
+# serving validator's figures (serving/validation.py, also in VALIDATION_FILE) and why it refused.
+INFRA_BLESSED_FILE = "INFRA_BLESSED"
+INFRA_NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
+VALIDATION_FILE = "validation.json"
+NOT_VALIDATED_REASON = "not_validated_reason"
+LOAD_SECONDS = "load_seconds"
+LATENCY_P50_MS = "latency_p50_ms"
+LATENCY_P99_MS = "latency_p99_ms"
+PEAK_MEMORY_MB = "peak_memory_mb"
 # PushedModel: TFX's Pusher's three, and why a model was not pushed.
 PUSHED = "pushed"
 PUSHED_DESTINATION = "pushed_destination"

@@ -32,3 +32,12 @@ def tta_size(scale: float, image_size: int) -> int:
     if scale == 1.0:
         return image_size
     return max(TTA_SIZE_MULTIPLE, int(scale * image_size / TTA_SIZE_MULTIPLE + 0.5) * TTA_SIZE_MULTIPLE)
+
+
+# What loads a candidate before it is pushed (``infra_validator.runtime``): TF's SavedModel
+# loader in a child process, on every orchestrator (``serving/validation.py``); or TFX's own
+# InfraValidator starting a ``tensorflow/serving`` container with Docker, where the pipeline's
+# machine has Docker (LocalDagRunner, Airflow; not Kubeflow V2 / Vertex AI Pipelines).
+BUNDLE_RUNTIME = "bundle"
+TF_SERVING_RUNTIME = "tf_serving"
+INFRA_RUNTIMES = (BUNDLE_RUNTIME, TF_SERVING_RUNTIME)

@@ -31,8 +31,10 @@ from core.checks import (  # noqa: F401 - ConfigError is raised to this module's
 )
 from core.choices import (
     BACKBONES,
+    BUNDLE_RUNTIME,
     DIRECT_RUNNING_MODES,
     IMAGENET_WEIGHTS,
+    INFRA_RUNTIMES,
     KERAS_BN_MOMENTUM,
     MOBILENETV2,
     MOBILENETV2_IMAGENET_WIDTHS,
@@ -42,6 +44,7 @@ from core.choices import (
     RESNET50,
     SGD,
     STRATEGIES,
+    TF_SERVING_RUNTIME,
     TTA_SIZE_MULTIPLE,
     tta_size,
 )
@@ -317,6 +320,40 @@ class PusherConfig(Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class InfraValidatorConfig(Checked):
+    """Serving validation between the Evaluator and the pusher: a blessed candidate is loaded and
+    run as TF Serving would before it is pushed (``serving/validation.py``); refused, not pushed."""
+
+    # "bundle": TF's SavedModel loader in a child process (every orchestrator, Vertex AI
+    # included); "tf_serving": TFX's InfraValidator starting the tensorflow/serving image with
+    # Docker (LocalDagRunner or Airflow on a machine with Docker; TFX's KubernetesRunner runs
+    # only inside Kubeflow Pipelines v1, and Kubeflow V2 does not compile the component).
+    runtime: str = BUNDLE_RUNTIME
+    # The serving process's limits, as a serving pod's: past either it is refused. "bundle": its
+    # memory while it loads and serves (Python and TensorFlow included, ~0.6 GB before a model)
+    # and its whole run's time; "tf_serving": TF Serving's time to load (max_loading_time_seconds).
+    max_memory_mb: int = 4096
+    timeout_seconds: int = 600
+    # Eval examples sent one per request after the warm-up records, timed (p50, p99) and, with
+    # "bundle", compared with the masks the Evaluator scored.
+    num_examples: int = 8
+    # "bundle": the share of those pixels whose class may differ from the Evaluator's (two loaders
+    # of one graph may break an exact tie of two logits differently): above it, refused.
+    max_mask_disagreement: float = 0.001
+    # "tf_serving": the tensorflow/serving image's tag (the TF release the model was exported with).
+    tf_serving_tag: str = "2.16.1"
+
+    RULES = {
+        "runtime": one_of(*INFRA_RUNTIMES),
+        "max_memory_mb": at_least(1),
+        "timeout_seconds": at_least(1),
+        "num_examples": at_least(1),
+        "max_mask_disagreement": between(0, 1),
+        "tf_serving_tag": NOT_EMPTY,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceConfig(Checked):
     """Batch inference (``deeplab-tfx infer``, and the pipeline's SegmentationInferrer after the
     pusher): masks for every image of a folder, written as palette PNGs at the images' sizes."""
@@ -422,6 +459,13 @@ class BeamConfig(Checked):
     # from building and attaching a TFX sdist to every Beam job, which it does when no
     # dependency flag is given.
     setup_file: str = "setup.py"
+    # Remote workers start in the pipeline's image (``kubeflow.image``, as
+    # ``--sdk_container_image``), which holds this project and its requirements, instead of
+    # installing them with ``setup_file`` at every worker's start-up (TensorFlow, TFX, TFT and
+    # TFMA from PyPI: minutes per worker, and a job that fails when an index is slow or a wheel
+    # is gone). Dataflow's answer for heavy dependencies; the Dockerfile builds the image so that
+    # Beam's worker harness starts in it. ``setup_file`` is then not passed.
+    use_pipeline_image: bool = False
     # Passed through as they are, e.g. ("--project=p", "--region=r", "--temp_location=gs://...").
     extra_args: tuple = ()
 
@@ -450,6 +494,7 @@ class PipelineConfig(Checked):
     transform: TransformConfig = TransformConfig()
     trainer: TrainerConfig = TrainerConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
+    infra_validator: InfraValidatorConfig = InfraValidatorConfig()
     pusher: PusherConfig = PusherConfig()
     report: ReportConfig = ReportConfig()
     inference: InferenceConfig = InferenceConfig()
@@ -462,6 +507,12 @@ class PipelineConfig(Checked):
     RULES = {"pipeline_name": NAME, "pipeline_root": NOT_EMPTY}
 
     def check_together(self) -> None:
+        if self.vertex.enabled and self.infra_validator.runtime == TF_SERVING_RUNTIME:
+            raise ConfigError(
+                "infra_validator.runtime='tf_serving' with vertex.enabled: Vertex AI Pipelines has no "
+                "Docker daemon for TFX's InfraValidator to start TF Serving in; "
+                f"use runtime '{BUNDLE_RUNTIME}'"
+            )
         if self.inference.images and self.inference.batch_pixels > self.trainer.max_batch_pixels:
             # The exported model refuses such a batch: every batch would be redone image by image.
             raise ConfigError(
@@ -549,7 +600,9 @@ class PipelineConfig(Checked):
         build and attach an sdist of TFX)."""
         args = [f"--runner={self.beam.runner}"]
         local = self.beam.runner == "DirectRunner" and not tfx
-        if self.beam.setup_file and not local:
+        if self.beam.use_pipeline_image:
+            args.append(f"--sdk_container_image={self.kubeflow.image}")
+        elif self.beam.setup_file and not local:
             args.append(f"--setup_file={self.beam.setup_file}")
         if self.beam.runner == "DirectRunner":
             # Beam itself reads 0 as "one worker per core", so the args stay machine-independent.

@@ -21,6 +21,14 @@ CLASS_IDS_PNG = "class_ids_png_bytes"
 HEIGHT = "height"  # [B]: each image's own size, to crop class_ids
 WIDTH = "width"
 PROBABILITIES = "probabilities"  # [B, H_max, W_max, N] float32, with trainer.with_probabilities
+# [B] string: why the image signatures refused each row ("" for a row they served). A refused
+# row's masks are empty (height and width 0); the reason does not name the row, since a merged
+# batch's index is not the client's: a front end names it (``refusals``).
+ERROR = "error"
+
+# The config keys the signatures name when they refuse an image, or the batch, as too large.
+IMAGE_LIMIT = "trainer.max_image_pixels"
+BATCH_LIMIT = "trainer.max_batch_pixels"
 
 # The encodings ``images`` may hold: those ``tf.io.decode_image`` reads, by the first bytes it
 # tells them apart with (TF 2.16, ``decode_image_op.cc``). One table: the exported graph's header
@@ -41,3 +49,19 @@ def crop_masks(outputs) -> list:
 
     class_ids, heights, widths = (np.asarray(outputs[key]) for key in (CLASS_IDS, HEIGHT, WIDTH))
     return [class_ids[i, : int(h), : int(w)] for i, (h, w) in enumerate(zip(heights, widths, strict=True))]
+
+
+def refusals(outputs, input_name: str = IMAGES) -> list:
+    """``["images[i] <reason>", ...]`` for each row a predicting signature refused (its ``error``
+    output; ``[]`` for a model exported before signatures had one), ``i`` the row's index in
+    ``outputs``: a front end passes the rows of one client's request, so the index is the
+    client's own."""
+    if ERROR not in outputs:
+        return []
+    import numpy as np
+
+    return [
+        f"{input_name}[{i}] {reason.decode() if isinstance(reason, bytes) else reason}"
+        for i, reason in enumerate(np.asarray(outputs[ERROR]).reshape(-1))
+        if len(reason)
+    ]

@@ -51,7 +51,7 @@ from core.metrics import (
     PIXEL_ACCURACY,
     class_iou,
 )
-from core.signatures import CLASS_IDS, HEIGHT, SERVING_EXAMPLES, WIDTH
+from core.signatures import CLASS_IDS, ERROR, HEIGHT, SERVING_EXAMPLES, WIDTH
 from evaluation import iou
 
 # The metrics' names (core/metrics.py): CONFUSION_MATRIX is the plot, CLASS_IOU one value per
@@ -97,6 +97,9 @@ class _ImageConfusion(metric_types.Preprocessor):
                 f"{where}: the model's predictions have no {CLASS_IDS!r} output; evaluate the "
                 f"{SERVING_EXAMPLES!r} signature of a deeplab-tfx model"
             )
+        refused = predictions.get(ERROR)
+        if refused is not None and len(_single(refused)):
+            raise ValueError(f"{where}: the model refused the example's image: {_single(refused).decode()}")
         truth = decode_mask(_single(raw[features.MASK_KEY]))
         height, width = int(_single(predictions[HEIGHT])), int(_single(predictions[WIDTH]))
         if truth.shape != (height, width):

@@ -28,7 +28,11 @@ Every file is written whole (``storage.write_file``), the mask last, so a job ki
 leaves no mask that a re-run would take for done. Outputs of inputs that are gone are left alone.
 
 Only the data's problems are dead-lettered (``core/decoding.py``): a storage outage, or a model
-that fails on a valid image (it is tried on one when a worker loads it), fails the job.
+that fails on a valid image (it is tried on one when a worker loads it), fails the job. An image
+the signature refuses (its row's ``error``: too many pixels, or a body that does not decode) is
+dead-lettered from the batch's answer, the batch's other images drawn; a model exported before
+the signatures refused rows fails the whole call instead, and that batch is sent again an image
+at a time.
 
 Masks, overlays and the inputs go through ``tf.io.gfile``; the listing, the manifest and the dead
 letter through Beam's filesystems: both know ``gs://`` and local paths (TF's ``ram://`` is not a
@@ -51,7 +55,7 @@ from PIL import Image
 
 from core import artifacts, beam_metrics, decoding, storage
 from core.config import InferenceConfig
-from core.signatures import IMAGES, SERVING_DEFAULT, crop_masks
+from core.signatures import BATCH_LIMIT, ERROR, IMAGE_LIMIT, IMAGES, SERVING_DEFAULT, crop_masks
 from inference import inputs
 from inference.model import ModelRef
 from serving.models import error_reason
@@ -69,10 +73,9 @@ MODEL_TAG = "deeplab-tfx-model"
 INPUT_TAG = "deeplab-tfx-input"
 _MANIFEST, _REJECTED = "manifest", "rejected"
 # Counters (NAMESPACE): masks drawn by this run, masks kept from an earlier one, model calls that
-# answered (a batch, or one image of a refused batch).
+# answered (a batch, its refused images' rows included; or one image of a batch that a model
+# exported before the signatures refused rows failed whole).
 WRITTEN, KEPT, BATCHES = "written", "kept", "batches"
-# The config keys the exported signatures name when they refuse an image, or a batch, as too large.
-IMAGE_LIMIT, BATCH_LIMIT = "trainer.max_image_pixels", "trainer.max_batch_pixels"
 
 
 class TooManyRejectedError(RuntimeError):
@@ -249,8 +252,8 @@ _PROBE = palette.encode_palette_png(np.zeros((2, 2), np.uint8))
 
 
 class _Predict(beam.DoFn):
-    """``serving_default`` on a batch, the model loaded once per worker process; a batch the
-    signature refuses is retried an image at a time, so a damaged image costs only its own mask."""
+    """``serving_default`` on a batch, the model loaded once per worker process; an image the
+    signature refuses is dead-lettered with its reason, and costs only its own mask."""
 
     def __init__(self, outputs: _Outputs):
         self._outputs = outputs
@@ -262,35 +265,49 @@ class _Predict(beam.DoFn):
         self._model = self._shared.acquire(lambda: _LoadedModel(path), tag=self._outputs.model.fingerprint)
         # A model that fails on a valid image fails here, loudly, not image by image in the dead letter.
         try:
-            self._call([_PROBE])
+            [refused] = self._call([_PROBE])[1]
         except tf.errors.OpError as e:
-            raise RuntimeError(
-                f"the model at {path} fails on a valid 2x2 PNG: {error_reason(e.message)}"
-            ) from e
+            refused = error_reason(e.message)
+        if refused:
+            raise RuntimeError(f"the model at {path} fails on a valid 2x2 PNG: {refused}")
 
-    def _call(self, images: list) -> list:
-        return crop_masks(self._model.signature(**{IMAGES: tf.constant(images, dtype=tf.string)}))
+    def _call(self, images: list) -> tuple:
+        """``(masks, reasons)``: each image's mask, and why the signature refused it ("" if it did
+        not; always "" from a model exported before the signatures had an ``error`` output)."""
+        outputs = self._model.signature(**{IMAGES: tf.constant(images, dtype=tf.string)})
+        reasons = [r.decode() for r in outputs[ERROR].numpy()] if ERROR in outputs else [""] * len(images)
+        return crop_masks(outputs), reasons
+
+    def _check_budget(self, count: int, reasons: list) -> None:
+        """A batch within inference.batch_pixels that the model finds above its own pixel budget
+        is the job's setting's fault: ValueError, not the images' dead letter."""
+        over = next((reason for reason in reasons if BATCH_LIMIT in reason), None)
+        if over and count > 1:
+            raise ValueError(
+                f"the model at {self._outputs.model.path} refuses a batch of {count} images "
+                f"within inference.batch_pixels: lower it to the model's own limit ({over})"
+            )
 
     def process(self, batch: list):
         if not batch:
             return
         try:
-            masks = self._call([sized.data for sized in batch])
-        except tf.errors.InvalidArgumentError as e:
+            masks, reasons = self._call([sized.data for sized in batch])
+        except tf.errors.InvalidArgumentError as e:  # a model exported before the signatures refused rows
             reason = error_reason(e.message)
-            if len(batch) > 1:
-                if BATCH_LIMIT in reason:
-                    raise ValueError(
-                        f"the model at {self._outputs.model.path} refuses a batch of {len(batch)} images "
-                        f"within inference.batch_pixels: lower it to the model's own limit ({reason})"
-                    ) from e
-                for sized in batch:
-                    yield from self.process([sized])
+            if len(batch) == 1:
+                yield _reject(batch[0].input.source, *_refusal(batch[0], reason, e))
                 return
-            yield _reject(batch[0].input.source, *_refusal(batch[0], reason, e))
+            self._check_budget(len(batch), [reason])
+            for sized in batch:
+                yield from self.process([sized])
             return
+        self._check_budget(len(batch), reasons)
         beam.metrics.Metrics.counter(NAMESPACE, BATCHES).inc()
-        for sized, mask in zip(batch, masks, strict=True):
+        for sized, mask, reason in zip(batch, masks, reasons, strict=True):
+            if reason:
+                yield _reject(sized.input.source, *_refusal(sized, reason))
+                continue
             try:
                 self._outputs.write(sized, mask)
             except decoding.Rejected as e:
@@ -300,8 +317,8 @@ class _Predict(beam.DoFn):
             yield self._outputs.row(sized.input, mask)
 
 
-def _refusal(sized: _Sized, reason: str, error: Exception) -> tuple:
-    """``(kind, reason)`` of one image the signature refused alone: more pixels than the model
+def _refusal(sized: _Sized, reason: str, error: Optional[Exception] = None) -> tuple:
+    """``(kind, reason)`` of an image the signature refused: more pixels than the model
     takes, or an image that does not decode. One that PIL decodes whole but the model refuses is
     the model's fault, which fails the job rather than hide in the dead letter."""
     if IMAGE_LIMIT in reason or BATCH_LIMIT in reason:

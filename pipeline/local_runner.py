@@ -105,16 +105,15 @@ def run_summary(connection_config, report_dir: str) -> list:
             f"{overall[metrics.PIXEL_ACCURACY]:.4f} "
             f"on {overall['examples']} eval images at original resolution"
         )
-        if decision[artifacts.BLESSED]:
+        if artifacts.PUSHED_VERSION in decision:
             lines.append(
-                "blessed"
-                + (
-                    f"; pushed as version {decision[artifacts.PUSHED_VERSION]} to "
-                    f"{decision[artifacts.PUSHED_DESTINATION]}"
-                    if artifacts.PUSHED_VERSION in decision
-                    else ""
-                )
+                f"blessed; pushed as version {decision[artifacts.PUSHED_VERSION]} to "
+                f"{decision[artifacts.PUSHED_DESTINATION]}"
             )
+        elif decision[artifacts.BLESSED]:
+            # Blessed, not pushed: the serving validation refused it (or the push was a re-run's).
+            reason = decision.get(artifacts.NOT_PUSHED_REASON)
+            lines.append(f"blessed, NOT pushed: {reason}" if reason else "blessed")
         else:
             lines.append("NOT blessed, NOT pushed: " + "; ".join(decision["reasons"]))
         lines.append(f"report: {os.path.join(report_dir, INDEX)}")

@@ -15,13 +15,15 @@ carries what it is.
     SegmentationExampleGen ─► StatisticsGen ─► DatasetSchemaGen|SchemaGen ─► ExampleValidator ─► DataGate
                                    └─► Resolver (the last passed span's statistics) ─────────────────┘
     SegmentationExampleGen ─► Resolver (the newest data.num_spans spans) ─► Transform ◄── DataGate
-                                               └──► Trainer ─► Evaluator ─► ServingPusher ─► RunReport
-                                                                                  └─► SegmentationInferrer
-                                                      (with inference.images: the pushed model's masks)
+                                               └──► Trainer ─► Evaluator ─► ServingValidator ──┐
+                          RunReport ◄── ServingPusher ◄────────────────────────────────────────┘
+                                             └─► SegmentationInferrer (with inference.images)
     Trainer ─► Resolver (newest blessed model older than the candidate) ─► Evaluator (its baseline)
     SegmentationExampleGen ─► Resolver (newest blessed model of other data) ─► Trainer (base_model,
                                                                      with trainer.warm_start)
 
+With ``infra_validator.runtime=tf_serving`` TFX's InfraValidator (inputs: the Trainer's model and
+the Examples; it cannot see the blessing) takes ServingValidator's place.
 The Resolvers answer relative to this run's artifacts, so that a run on unchanged data is a cache
 hit end to end (``pipeline/resolvers.py``, which also says what Vertex compiles instead: there
 the window is this run's span alone and drift is not checked).
@@ -31,11 +33,19 @@ import dataclasses
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
-from tfx.components import Evaluator, ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform
+from tfx.components import (
+    Evaluator,
+    ExampleValidator,
+    InfraValidator,
+    SchemaGen,
+    StatisticsGen,
+    Trainer,
+    Transform,
+)
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.orchestration.data_types import RuntimeParameter
 from tfx.orchestration.pipeline import Pipeline
-from tfx.proto import trainer_pb2, transform_pb2
+from tfx.proto import infra_validator_pb2, trainer_pb2, transform_pb2
 
 from components.data_gate.component import DataGate
 from components.dataset_schema.component import DatasetSchemaGen
@@ -43,7 +53,9 @@ from components.run_report.component import RunReportGen
 from components.segmentation_example_gen.component import SegmentationExampleGen
 from components.segmentation_inferrer.component import SegmentationInferrer
 from components.serving_pusher.component import ServingPusher
-from core import features
+from components.serving_validator.component import ServingValidator
+from core import features, signatures
+from core.choices import BUNDLE_RUNTIME
 from core.config import PipelineConfig
 from evaluation import eval_config
 from pipeline import resolvers
@@ -155,7 +167,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         base_model=warm_start.outputs["model"] if warm_start else None,
     )
     baseline = resolvers.baseline_model(trainer.outputs["model"], kfp_resolvers)
-    evaluator, pusher = validation_and_push(
+    evaluator, validator, pusher = validation_and_push(
         config,
         example_gen.outputs["examples"],
         schema_gen.outputs["schema"],
@@ -175,6 +187,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         title=config.pipeline_name,
         samples=config.report.samples,
         gate_decision=data_gate.outputs["decision"],
+        infra_blessing=validator.outputs["blessing"],
     )
     # Batch inference (TFX's BulkInferrer place): the pushed model's masks for this run's span of
     # the unlabelled images, with lineage to the model and its push.
@@ -195,7 +208,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
     return [
         example_gen, statistics_gen, schema_gen, example_validator,
         *([previous_span] if previous_span else []), data_gate, *([window] if window else []), transform,
-        *([warm_start] if warm_start else []), trainer, baseline, evaluator, pusher, report,
+        *([warm_start] if warm_start else []), trainer, baseline, evaluator, validator, pusher, report,
         *([inferrer] if inferrer else []),
     ]  # fmt: skip
 
@@ -238,10 +251,11 @@ def vertex_training_args(config: PipelineConfig) -> dict:
 def validation_and_push(
     config: PipelineConfig, examples, schema, model, baseline: Resolver, eval_examples=None
 ) -> list:
-    """Evaluator and ServingPusher for the Model channel ``model``, against ``baseline``
-    (``resolvers.baseline_model``): on the first run, when it gives none, TFX's Evaluator judges by
-    the value thresholds alone. The Evaluator scores the eval split of ``eval_examples`` (the
-    window of spans; default ``examples``), the pusher takes warm-up images from ``examples``.
+    """Evaluator, serving validation and ServingPusher for the Model channel ``model``, against
+    ``baseline`` (``resolvers.baseline_model``): on the first run, when it gives none, TFX's
+    Evaluator judges by the value thresholds alone. The Evaluator scores the eval split of
+    ``eval_examples`` (the window of spans; default ``examples``); the serving validation sends
+    eval examples of ``examples``, the pusher takes warm-up images from it.
 
     Separate so that tests can judge given models (through an Importer) with the same wiring.
     """
@@ -253,16 +267,61 @@ def validation_and_push(
         eval_config=eval_config.make_eval_config(config.evaluator, config.dataset),
         example_splits=[features.EVAL_SPLIT],
     )
+    validator = infra_validator(config, model, evaluator.outputs["blessing"], examples)
     pusher = ServingPusher(
         model=model,
         model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
         examples=examples,
+        infra_blessing=validator.outputs["blessing"],
         model_base_path=config.serving_model_dir(),
         model_name=config.pusher.model_name,
         warmup_requests=config.pusher.warmup_requests,
     )
-    return [evaluator, pusher]
+    return [evaluator, validator, pusher]
+
+
+def infra_validator(config: PipelineConfig, model, model_blessing, examples):
+    """What loads the candidate before the push (``infra_validator.runtime``): our ServingValidator
+    (TF's SavedModel loader in a child process, every orchestrator), or TFX's InfraValidator
+    starting the ``tensorflow/serving`` image with Docker. Both output an InfraBlessing."""
+    settings = config.infra_validator
+    if settings.runtime == BUNDLE_RUNTIME:
+        return ServingValidator(
+            model=model,
+            model_blessing=model_blessing,
+            examples=examples,
+            model_name=config.pusher.model_name,
+            warmup_requests=config.pusher.warmup_requests,
+            num_examples=settings.num_examples,
+            max_memory_mb=settings.max_memory_mb,
+            timeout_seconds=settings.timeout_seconds,
+            max_mask_disagreement=settings.max_mask_disagreement,
+            evaluator_batch_size=config.evaluator.batch_size,
+        )
+    # TFX's InfraValidator cannot see the Evaluator's blessing (it validates every candidate),
+    # checks that TF Serving loads the model and answers, not what it answers, and sets no
+    # figures: the pusher reads its "blessed" alone. Docker only: TFX's KubernetesRunner runs
+    # only inside a Kubeflow Pipelines v1 pod, and the Kubeflow V2 compiler refuses the component.
+    return InfraValidator(
+        model=model,
+        examples=examples,
+        serving_spec=infra_validator_pb2.ServingSpec(
+            tensorflow_serving=infra_validator_pb2.TensorFlowServing(tags=[settings.tf_serving_tag]),
+            model_name=config.pusher.model_name,
+            local_docker=infra_validator_pb2.LocalDockerConfig(),
+        ),
+        validation_spec=infra_validator_pb2.ValidationSpec(
+            max_loading_time_seconds=settings.timeout_seconds, num_tries=1
+        ),
+        request_spec=infra_validator_pb2.RequestSpec(
+            tensorflow_serving=infra_validator_pb2.TensorFlowServingRequestSpec(
+                signature_names=[signatures.SERVING_EXAMPLES]
+            ),
+            split_name=features.EVAL_SPLIT,
+            num_examples=settings.num_examples,
+        ),
+    )
 
 
 def create_pipeline(

@@ -32,6 +32,10 @@ _SHOWN = (
     artifacts.PUSHED,
     artifacts.PUSHED_VERSION,
     artifacts.NUM_MASKS,
+    artifacts.LOAD_SECONDS,
+    artifacts.LATENCY_P50_MS,
+    artifacts.LATENCY_P99_MS,
+    artifacts.PEAK_MEMORY_MB,
 )
 
 

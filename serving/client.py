@@ -7,7 +7,10 @@ PNG masks; REST asks ``serving_png``, whose ``class_ids_png_bytes`` come back as
 ``{"b64": ...}``: a few KB per 500x375 image where ``class_ids`` as JSON lists are 0.5 MB.
 UNAVAILABLE (server starting, restarting, a pod moving) is retried with exponential backoff
 until the deadline; INVALID_ARGUMENT and the other errors are not, since sending the same
-request again cannot change the answer.
+request again cannot change the answer. An image the signature refused is INVALID_ARGUMENT too,
+whichever server answered: ``deeplab-tfx serve`` refuses the request, but the real TF Serving
+answers OK with the image's reason in its row of ``error`` (its batching merges requests, so the
+signatures refuse rows, not calls: ``trainer/export.py``), which ``ImageRefusedError`` raises here.
 
 Masks and overlays are drawn in the model's classes' colours (``prediction_spec``): the dataset
 spec the model carries in ``assets.extra/dataset_spec.json`` when the caller can read the
@@ -32,7 +35,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from core import dataset_spec, storage
-from core.signatures import CLASS_IDS_PNG, IMAGES, SERVING_DEFAULT, SERVING_PNG, crop_masks
+from core.signatures import CLASS_IDS_PNG, ERROR, IMAGES, SERVING_DEFAULT, SERVING_PNG, crop_masks, refusals
 from serving import layout
 from transform import palette
 
@@ -41,6 +44,29 @@ MAX_MESSAGE_BYTES = 256 << 20
 
 class ServerUnavailableError(RuntimeError):
     """The server stayed UNAVAILABLE until the deadline."""
+
+
+class ImageRefusedError(RuntimeError):
+    """The server answered, but the signature refused an image of the request: INVALID_ARGUMENT,
+    with ``code()`` and ``details()`` as a ``grpc.RpcError`` has them, reason first."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"INVALID_ARGUMENT: {reason}")
+        self.reason = reason
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INVALID_ARGUMENT
+
+    def details(self) -> str:
+        return self.reason
+
+
+def check_refusals(outputs: dict) -> None:
+    """Raises ``ImageRefusedError`` naming the request's first refused image (its row's ``error``)."""
+    refused = refusals(outputs, IMAGES)
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ImageRefusedError(refused[0] + more)
 
 
 def decode_png_mask(data: bytes) -> np.ndarray:
@@ -95,6 +121,7 @@ class GrpcClient:
 
         response = _with_retries(lambda t: self.stub.Predict(request, timeout=t), deadline_s, retryable)
         out = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        check_refusals(out)
         if CLASS_IDS_PNG in out:
             return response.model_spec.version.value, [decode_png_mask(png) for png in out[CLASS_IDS_PNG]]
         return response.model_spec.version.value, crop_masks(out)
@@ -132,9 +159,9 @@ class RestClient:
             answer = _with_retries(send, deadline_s, retryable)
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"HTTP {e.code}: {e.read().decode(errors='replace')}") from e
-        masks = [
-            decode_png_mask(base64.b64decode(row[CLASS_IDS_PNG]["b64"])) for row in answer["predictions"]
-        ]
+        rows = answer["predictions"]
+        check_refusals({ERROR: [row.get(ERROR, "") for row in rows]})
+        masks = [decode_png_mask(base64.b64decode(row[CLASS_IDS_PNG]["b64"])) for row in rows]
         return answer.get("model_version"), masks
 
     def close(self):

@@ -8,9 +8,12 @@ fails a request in flight: "load new, then unload old".
 
 Only complete versions are candidates (``layout.versions``: ``saved_model.pb``, written last, is
 there). On an object store a version is written in place, so an integer directory may be
-half-written for a while, or for ever if its push died; TF Serving tries such a directory and
-retries, this server does not try it until it is complete. All reads go through ``tf.io.gfile``
-(``tf.saved_model.load`` does too), so ``--model-base-path`` may be ``gs://``.
+half-written for a while, or, if its pusher was killed, until a later push removes it
+(``layout.STALE_SECONDS`` after its last heartbeat); TF Serving tries such a directory and
+retries, this server does not try it until it is complete. Nor does it remove one: a server
+only reads (it may hold read-only access to the bucket; its replicas, each with its own clock,
+would each judge a lease), pushes write. All reads go through ``tf.io.gfile`` (``tf.saved_model.load``
+does too), so ``--model-base-path`` may be ``gs://``.
 """
 
 import dataclasses

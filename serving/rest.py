@@ -22,6 +22,11 @@ tests/test_rest_front_end.py:
   so a flood gets quick refusals (which ``deeplab-tfx predict`` retries) instead of a pile-up.
 - The listen queue is as long as the system allows: socketserver's default of 5 made 1-3 of 20
   clients arriving together wait a SYN retransmission (1 s) or fail.
+
+An image the signature refused on its own row (``error``: ``trainer/export.py``) is answered
+400 with the reason naming it by its index in the request (the ``Predictor``'s
+INVALID_ARGUMENT), also when the server's batching merged the request with others', which are
+answered 200; a served request's rows carry ``"error": ""``, as TF Serving answers every output.
 """
 
 import base64

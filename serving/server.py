@@ -7,12 +7,19 @@ the REST ``:predict`` and status endpoints (``serving/rest.py``). Bad requests g
 INVALID_ARGUMENT with the reason (the server keeps serving), unknown models or versions
 NOT_FOUND; messages above ``max_request_bytes`` are refused by gRPC itself
 (RESOURCE_EXHAUSTED). It binds 127.0.0.1 unless told otherwise: it has no authentication.
+
+A request whose own image the signature refused (its row's ``error``: ``trainer/export.py``) is
+answered INVALID_ARGUMENT, the reason naming the image by its index in that request. With
+``max_batch_size`` above 1, concurrent requests to one signature are merged into one call as
+TF Serving's batching merges them (``Batcher``); a refused row then fails only the request that
+owns it, and the others are answered as if alone.
 """
 
+import dataclasses
 import signal
 import threading
 from concurrent import futures
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import grpc
 import numpy as np
@@ -26,7 +33,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from core.signatures import ENCODING_NAMES, IMAGE_ENCODINGS, IMAGES, SERVING_DEFAULT
+from core.signatures import BATCH_LIMIT, ENCODING_NAMES, IMAGE_ENCODINGS, IMAGES, SERVING_DEFAULT, refusals
 from serving import rest
 from serving.models import (
     ModelVersions,
@@ -36,9 +43,12 @@ from serving.models import (
     error_reason,
     model_error,
     replay_warmup,
+    short_reason,
 )
 
 DEFAULT_MAX_REQUEST_BYTES = 32 << 20
+# TF Serving's batch_timeout_micros in serving/deploy/batching_parameters.txt.
+DEFAULT_BATCH_TIMEOUT_S = 0.001
 _MAGICS = tuple(magic for _, magic in IMAGE_ENCODINGS)
 
 
@@ -61,11 +71,103 @@ def check_images(images: np.ndarray) -> None:
             )
 
 
+def refuse_rows(outputs: Dict[str, np.ndarray], input_name: str) -> None:
+    """INVALID_ARGUMENT naming the first row of ``outputs`` (one request's) that the signature
+    refused, reason first: ``images[1] declares 30000x30000 pixels ...``."""
+    refused = refusals(outputs, input_name)
+    if refused:
+        raise ServingError("INVALID_ARGUMENT", short_reason(refused[0]))
+
+
+@dataclasses.dataclass
+class _Waiting:
+    """A request in a batch: its inputs and rows, and what its call answered."""
+
+    tensors: Dict[str, tf.Tensor]
+    rows: int
+    answered: threading.Event = dataclasses.field(default_factory=threading.Event)
+    outputs: Optional[Dict[str, np.ndarray]] = None  # None once answered: call it alone
+
+
+@dataclasses.dataclass
+class _Batch:
+    requests: List[_Waiting] = dataclasses.field(default_factory=list)
+    rows: int = 0
+    full: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+class Batcher:
+    """Merges concurrent requests to one signature of one version into one call, as TF Serving's
+    batching does (``--enable_batching``, ``serving/deploy/batching_parameters.txt``): the first
+    request waits up to ``timeout_s`` for others, up to ``max_batch_size`` rows in all; their
+    inputs are concatenated in arrival order and the outputs split back by rows (each request's
+    ``class_ids`` padded to the batch's largest image, as TF Serving answers them; clients crop).
+
+    Where TF Serving cannot, a request the merged call did not serve whole is called alone: when
+    the call failed (a model exported before the signatures were batch-safe) and when its rows
+    were refused for the batch's pixel budget, which other requests' images took.
+    """
+
+    def __init__(self, max_batch_size: int, timeout_s: float):
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+        self.calls: List[int] = []  # the rows of every merged call, in order
+        self._open: Dict[tuple, _Batch] = {}  # per (version path, signature): the batch still filling
+        self._lock = threading.Lock()
+
+    def call(
+        self, key: tuple, signature, tensors: Dict[str, tf.Tensor], alone: Callable
+    ) -> Dict[str, np.ndarray]:
+        """This request's rows of ``signature``'s outputs, called once per batch; ``alone(tensors)``
+        calls it for this request only (and maps its errors)."""
+        waiting = _Waiting(tensors, int(next(iter(tensors.values())).shape[0]))
+        with self._lock:
+            batch = self._open.get(key)
+            leads = batch is None or batch.rows + waiting.rows > self.max_batch_size
+            if leads:
+                batch = self._open[key] = _Batch()
+            batch.requests.append(waiting)
+            batch.rows += waiting.rows
+            if batch.rows >= self.max_batch_size:
+                batch.full.set()
+        if leads:
+            batch.full.wait(self.timeout_s)
+            with self._lock:
+                if self._open.get(key) is batch:
+                    del self._open[key]
+            self.calls.append(batch.rows)
+            if len(batch.requests) == 1:
+                return alone(tensors)
+            self._run_merged(signature, batch)
+        waiting.answered.wait()
+        if waiting.outputs is None or any(BATCH_LIMIT in reason for reason in refusals(waiting.outputs)):
+            return alone(tensors)
+        return waiting.outputs
+
+    @staticmethod
+    def _run_merged(signature, batch: _Batch) -> None:
+        try:
+            names = batch.requests[0].tensors
+            merged = {name: tf.concat([w.tensors[name] for w in batch.requests], 0) for name in names}
+            outputs = {name: value.numpy() for name, value in signature(**merged).items()}
+            start = 0
+            for waiting in batch.requests:
+                end = start + waiting.rows
+                waiting.outputs = {name: value[start:end] for name, value in outputs.items()}
+                start = end
+        except tf.errors.OpError:  # each request is called alone, and fails alone
+            pass
+        finally:
+            for waiting in batch.requests:
+                waiting.answered.set()
+
+
 class Predictor:
     """The request logic both front ends share: find the version, check, call, map errors."""
 
-    def __init__(self, models: Dict[str, ModelVersions]):
+    def __init__(self, models: Dict[str, ModelVersions], batcher: Optional[Batcher] = None):
         self.models = models
+        self.batcher = batcher
 
     def model(self, name: str) -> ModelVersions:
         if name not in self.models:
@@ -73,7 +175,8 @@ class Predictor:
         return self.models[name]
 
     @staticmethod
-    def call(servable, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def prepare(servable, signature_name: str, inputs: Dict[str, np.ndarray]) -> tuple:
+        """``(signature, tensors)``: the signature asked for, and the inputs checked against it."""
         signature_name = signature_name or SERVING_DEFAULT
         if signature_name not in servable.signatures:
             raise ServingError(
@@ -85,6 +188,11 @@ class Predictor:
         tensors = check_inputs(signature, inputs, signature_name)
         if IMAGES in tensors:
             check_images(inputs[IMAGES])
+        return signature, tensors
+
+    @staticmethod
+    def run(signature, tensors: Dict[str, tf.Tensor]) -> Dict[str, np.ndarray]:
+        """The signature's outputs, or the ServingError its failure maps to."""
         try:
             outputs = signature(**tensors)
         except tf.errors.OpError as e:
@@ -92,13 +200,23 @@ class Predictor:
         return {name: value.numpy() for name, value in outputs.items()}
 
     @staticmethod
+    def call(servable, signature_name: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """One request's outputs, unbatched; INVALID_ARGUMENT when the signature refused a row."""
+        signature, tensors = Predictor.prepare(servable, signature_name, inputs)
+        outputs = Predictor.run(signature, tensors)
+        refuse_rows(outputs, next(iter(tensors)))
+        return outputs
+
+    @staticmethod
     def culprit(signature, tensors: Dict[str, tf.Tensor], error: tf.errors.OpError) -> str:
         """Which image failed the call, ``images[i]``, when TF's reason does not say ("" if none).
 
-        A decoder's error names no image. With one image it is that one; with several, each is
-        sent alone until one fails: bounded by the batch's own work (the signature's header check
-        has refused oversized images before any decode), and paid only by a failed request.
-        Not for RESOURCE_EXHAUSTED and the like, where doing the work again would fail again.
+        For a model exported before the signatures refused images row by row
+        (``trainer/export.py``), whose decoder's error names no image. With one image it is that
+        one; with several, each is sent alone until one fails: bounded by the batch's own work
+        (the signature's header check has refused oversized images before any decode), and paid
+        only by a failed request. Not for RESOURCE_EXHAUSTED and the like, where doing the work
+        again would fail again.
         """
         images = tensors.get(IMAGES)
         if images is None or error_reason(error.message).startswith(f"{IMAGES}["):
@@ -116,7 +234,13 @@ class Predictor:
 
     def predict(self, name: str, version: Optional[int], signature_name: str, inputs: dict) -> tuple:
         servable = self.model(name).get(version)
-        return servable.version, self.call(servable, signature_name, inputs)
+        if self.batcher is None:
+            return servable.version, self.call(servable, signature_name, inputs)
+        signature, tensors = self.prepare(servable, signature_name, inputs)
+        key = (servable.path, signature_name or SERVING_DEFAULT)
+        outputs = self.batcher.call(key, signature, tensors, lambda t: self.run(signature, t))
+        refuse_rows(outputs, next(iter(tensors)))
+        return servable.version, outputs
 
 
 def _abort(context, error: ServingError):
@@ -208,19 +332,23 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class Server:
-    """The gRPC server (and the REST one when ``rest_port``) over one model's versions."""
+    """The gRPC server (and the REST one when ``rest_port``) over one model's versions; with
+    ``max_batch_size`` above 1, concurrent requests merged into calls of up to that many rows
+    (``Batcher``)."""
 
     def __init__(self, model_name: str, model_base_path: str, host: str = "127.0.0.1", port: int = 8500,
                  rest_port: int = 0, poll_seconds: float = 1.0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 8,
-                 rest_timeout_s: float = rest.DEFAULT_TIMEOUT_S):  # fmt: skip
+                 rest_timeout_s: float = rest.DEFAULT_TIMEOUT_S, max_batch_size: int = 1,
+                 batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S):  # fmt: skip
         self.models = ModelVersions(
             model_name,
             model_base_path,
             warm=lambda s: replay_warmup(s, Predictor.call),
             poll_seconds=poll_seconds,
         )
-        self.predictor = Predictor({model_name: self.models})
+        batcher = Batcher(max_batch_size, batch_timeout_s) if max_batch_size > 1 else None
+        self.predictor = Predictor({model_name: self.models}, batcher)
         options = [
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", 256 << 20),
@@ -256,11 +384,13 @@ class Server:
 
 
 def serve(model_name: str, model_base_path: str, host: str, port: int, rest_port: int, poll_seconds: float,
-          max_request_bytes: int, wait_seconds: float,
-          rest_timeout_s: Optional[float] = None) -> int:  # fmt: skip
-    """Runs until SIGINT or SIGTERM; returns an exit code."""
+          max_request_bytes: int, wait_seconds: float, rest_timeout_s: Optional[float] = None,
+          max_batch_size: int = 1, batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S) -> int:  # fmt: skip
+    """Runs until SIGINT or SIGTERM; returns an exit code. ``max_batch_size`` above 1 merges
+    concurrent requests (``Batcher``), as TF Serving's ``--enable_batching``."""
     server = Server(model_name, model_base_path, host, port, rest_port, poll_seconds, max_request_bytes,
-                    rest_timeout_s=rest_timeout_s or rest.DEFAULT_TIMEOUT_S)  # fmt: skip
+                    rest_timeout_s=rest_timeout_s or rest.DEFAULT_TIMEOUT_S, max_batch_size=max_batch_size,
+                    batch_timeout_s=batch_timeout_s)  # fmt: skip
     server.start(wait_seconds)
     servable = server.models.get()
     rest_on = f", REST on {host}:{server.rest_port}" if server.rest else ""

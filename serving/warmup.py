@@ -19,16 +19,20 @@ from core.signatures import IMAGES, SERVING_DEFAULT
 WARMUP_FILE = os.path.join(artifacts.ASSETS_EXTRA, "tf_serving_warmup_requests")
 
 
-def eval_images(examples_uri: str, count: int) -> list:
-    """The encoded JPEG bytes of the first ``count`` eval examples, in file order."""
+def eval_records(examples_uri: str, count: int) -> list:
+    """The first ``count`` serialized eval examples, in file order."""
     files = sorted(tf.io.gfile.glob(artifacts.split_files(examples_uri, features.EVAL_SPLIT)))
     if not files:
         raise FileNotFoundError(f"no eval split under {examples_uri}")
-    images = []
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
-        example = tf.train.Example.FromString(record.numpy())
-        images.append(example.features.feature[features.IMAGE_KEY].bytes_list.value[0])
-    return images
+    return [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)]
+
+
+def eval_images(examples_uri: str, count: int) -> list:
+    """The encoded JPEG bytes of the first ``count`` eval examples, in file order."""
+    return [
+        tf.train.Example.FromString(record).features.feature[features.IMAGE_KEY].bytes_list.value[0]
+        for record in eval_records(examples_uri, count)
+    ]
 
 
 def prediction_logs(images: list, model_name: str) -> list:

@@ -24,6 +24,7 @@ COMPONENTS = [
     "Trainer",
     resolvers.BASELINE_RESOLVER_ID,
     "Evaluator",
+    "ServingValidator",
     "ServingPusher",
     "RunReportGen",
 ]
@@ -44,6 +45,15 @@ def test_defaults():
     assert "--setup_file=setup.py" not in cfg.beam_pipeline_args(tfx=False)
     dataflow = config_lib.apply_overrides(cfg, ["beam.runner=DataflowRunner"])
     assert dataflow.beam_pipeline_args(tfx=False) == ["--runner=DataflowRunner", "--setup_file=setup.py"]
+    # Workers that start in the pipeline's image have everything installed: no setup.py to run.
+    image = config_lib.apply_overrides(
+        dataflow, ["beam.use_pipeline_image=true", "kubeflow.image=example.com/d:1"]
+    )
+    for tfx in (True, False):
+        assert image.beam_pipeline_args(tfx) == [
+            "--runner=DataflowRunner",
+            "--sdk_container_image=example.com/d:1",
+        ]
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -241,7 +251,19 @@ def test_every_named_config_builds_the_pipeline(name):
     ]
     assert json.loads(evaluator.exec_properties["example_splits"]) == ["eval"]
     pusher = nodes["ServingPusher"]
-    assert pusher.upstream_nodes == {nodes["Trainer"], nodes["Evaluator"], nodes["SegmentationExampleGen"]}
+    validator = nodes["ServingValidator"]
+    assert validator.upstream_nodes == {nodes["Trainer"], nodes["Evaluator"], nodes["SegmentationExampleGen"]}
+    settings = {
+        k: v for k, v in dataclasses.asdict(cfg.infra_validator).items() if k in validator.exec_properties
+    }
+    assert settings == {
+        k: validator.exec_properties[k]
+        for k in ("num_examples", "max_memory_mb", "timeout_seconds", "max_mask_disagreement")
+    }
+    assert validator.exec_properties["evaluator_batch_size"] == cfg.evaluator.batch_size
+    assert pusher.upstream_nodes == {
+        nodes["Trainer"], nodes["Evaluator"], validator, nodes["SegmentationExampleGen"]
+    }  # fmt: skip
     assert pusher.exec_properties["model_base_path"] == cfg.serving_model_dir()
     assert nodes["RunReportGen"].exec_properties["publish_dir"] == f"{cfg.pipeline_root}/report"
 

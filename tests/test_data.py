@@ -168,6 +168,23 @@ def test_training_batches_are_reproducible_and_differ_between_epochs(analyzed):
     assert sum(same) <= n // 4, f"{sum(same)} of {n} images got the same augmentation in both epochs"
 
 
+def test_a_resumed_training_draws_anew_and_as_every_restart_at_its_step(analyzed):
+    # A restart builds its input again. Resuming at step 20 with the seed unchanged, it drew the
+    # killed run's first batch again (images, order and augmentation): the restored step is
+    # folded into the seed. A fresh run (step 0) keeps the seed, and draws as it always did.
+    examples_uri, tft_output = analyzed
+    pattern = os.path.join(examples_uri, "Split-train", "*")
+
+    def first_batch(**kwargs):
+        return _batches(data.make_dataset(pattern, tft_output, 4, training=True, seed=1, **kwargs), 1)[0]
+
+    fresh, resumed, again = first_batch(), first_batch(start_step=20), first_batch(start_step=20)
+    np.testing.assert_array_equal(again[0], resumed[0])
+    np.testing.assert_array_equal(again[1], resumed[1])
+    assert [np.array_equal(label, fresh[1][k]) for k, label in enumerate(resumed[1])] == [False] * 4
+    assert [data.resumed_seed(1, step) for step in (0, 20, 21)] == [1, 1206852849, 904817182]
+
+
 def _expected_labels(examples, tft_output):
     raw = tf.io.parse_example([e.SerializeToString() for e in examples], tft_output.raw_feature_spec())
     return tft_output.transform_features_layer()(raw)[features.LABEL].numpy()

@@ -23,6 +23,7 @@ from tfx import v1 as tfx
 from components.run_report import eval_results
 from components.run_report.component import INDEX, REPORT_JSON, RunReport, RunReportGen
 from components.serving_pusher.component import ServingPusher
+from components.serving_validator.component import NOT_BLESSED_BY_EVALUATOR
 from core import artifacts, dataset_spec, features, metrics, paths, signatures, storage
 from core import config as config_lib
 from core.dataset_spec import VOC_CLASS_NAMES, VOC_SPEC
@@ -331,7 +332,7 @@ def _judge(root, examples_uri, model_dir, tag, **evaluator):
     store = metadata_store.MetadataStore(metadata)
     latest = {
         kind: max(store.get_artifacts_by_type(kind), key=lambda a: a.id)
-        for kind in ("ModelEvaluation", "ModelBlessing", "PushedModel")
+        for kind in ("ModelEvaluation", "ModelBlessing", "InfraBlessing", "PushedModel")
     }
     return cfg, latest
 
@@ -352,6 +353,7 @@ def _push_and_report_on_ram(root: str, inputs: dict, db: str) -> None:
         "model_run": tfx.types.standard_artifacts.ModelRun,
         "evaluation": tfx.types.standard_artifacts.ModelEvaluation,
         "blessing": tfx.types.standard_artifacts.ModelBlessing,
+        "infra_blessing": tfx.types.standard_artifacts.InfraBlessing,
     }
     nodes = {
         key: tfx.dsl.Importer(
@@ -363,7 +365,8 @@ def _push_and_report_on_ram(root: str, inputs: dict, db: str) -> None:
     given = {key: node.outputs["result"] for key, node in nodes.items()}
     pusher = ServingPusher(
         model=given["model"], model_blessing=given["blessing"], evaluation=given["evaluation"],
-        examples=given["examples"], model_base_path=f"{root}/serving/deeplab", model_name="deeplab",
+        examples=given["examples"], infra_blessing=given["infra_blessing"],
+        model_base_path=f"{root}/serving/deeplab", model_name="deeplab",
         warmup_requests=4,
     )  # fmt: skip
     report = RunReportGen(
@@ -397,6 +400,7 @@ def _check_push_and_report_on_an_object_store(local: dict, tmp_path) -> None:
         examples_properties={"split_names": json.dumps(list(features.SPLITS))},
         examples_custom_properties={f"num_examples_{s}": n for s, n in split_counts.items()},
         blessing_custom_properties={"blessed": 1},  # the Evaluator's, set on its artifact
+        infra_blessing_custom_properties={"blessed": 1},  # the serving validation's
     )
     db = str(tmp_path / "object_store.sqlite")
     _push_and_report_on_ram(root, inputs, db)
@@ -471,11 +475,21 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     assert pushed[artifacts.PUSHED] == 0 and layout.versions(base) == []
     assert "mean IoU" in pushed[artifacts.NOT_PUSHED_REASON]
     assert "is below the required 0.5000 (evaluator.min_mean_iou)" in pushed[artifacts.NOT_PUSHED_REASON]
+    assert _props(out["InfraBlessing"]) == {
+        artifacts.BLESSED: 0, artifacts.NOT_VALIDATED_REASON: NOT_BLESSED_BY_EVALUATOR
+    }  # fmt: skip
 
     # 2. The trained model: blessed, pushed as version 1.
     cfg, out = _judge(root, examples_uri, serving_copies["trained"], "trained")
     assert _props(out["ModelBlessing"])["blessed"] == 1
     assert _props(out["PushedModel"])[artifacts.PUSHED_VERSION] == "1" and layout.versions(base) == [1]
+    # ... after TF's bundle loader loaded it and answered the warm-up records and the eval
+    # examples with the Evaluator's masks.
+    validated = json.loads(
+        storage.read_file(os.path.join(out["InfraBlessing"].uri, artifacts.VALIDATION_FILE))
+    )
+    assert _props(out["InfraBlessing"])[artifacts.BLESSED] == 1 and validated["validated"]
+    assert validated["differing_pixels"] == 0 and validated["num_requests"] == 4 + 4
     # The same judgement, pushed and reported by the components on an object store.
     local = {
         "examples": examples_uri,
@@ -484,6 +498,7 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
         "model_run": os.path.join(os.path.dirname(trained_model[0]), "run"),
         "evaluation": out["ModelEvaluation"].uri,
         "blessing": out["ModelBlessing"].uri,
+        "infra_blessing": out["InfraBlessing"].uri,
     }
     _check_push_and_report_on_an_object_store(local, tmp_path)
 

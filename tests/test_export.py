@@ -176,7 +176,7 @@ def test_png_masks_decode_to_the_class_ids(exported):
     out = loaded.signatures[signatures.SERVING_DEFAULT](images=jpegs)
     png_only = loaded.signatures[signatures.SERVING_PNG](images=jpegs)
     assert signatures.CLASS_IDS_PNG not in out, "no PNG encode by default"
-    assert set(png_only) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
+    assert set(png_only) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH, signatures.ERROR}
     pngs = png_only[signatures.CLASS_IDS_PNG].numpy()
     for name in (signatures.HEIGHT, signatures.WIDTH):
         np.testing.assert_array_equal(png_only[name].numpy(), out[name].numpy())
@@ -191,34 +191,39 @@ def test_png_masks_decode_to_the_class_ids(exported):
 def test_an_image_declaring_30000x30000_is_refused_before_decoding(exported):
     _, _, loaded, examples, path = exported
     good = feature(examples[0], features.IMAGE_KEY)[0]
+    height, width = feature(examples[0], features.HEIGHT_KEY)[0], feature(examples[0], features.WIDTH_KEY)[0]
     small = {fmt: encode(np.zeros((8, 8, 3), np.uint8), fmt) for fmt in ("PNG", "JPEG")}
     bombs = [declaring(data, 30000, 30000) for data in small.values()]
     for bomb in bombs:
         assert len(bomb) < 1000 and preprocessing.declared_shape(bomb).numpy().tolist() == [30000, 30000]
     serve = loaded.signatures[signatures.SERVING_DEFAULT]
     reason = (
-        "images[1] declares 30000x30000 pixels (900000000), "
+        "declares 30000x30000 pixels (900000000), "
         f"above the limit of {TrainerConfig.max_image_pixels} (trainer.max_image_pixels)"
-    )
+    ).encode()
+    alone = serve(images=tf.constant([good]))
     for bomb in bombs:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
-            serve(images=tf.constant([good, bomb]))
-        assert serve(images=tf.constant([good]))[signatures.HEIGHT].numpy().tolist() == [
-            feature(examples[0], features.HEIGHT_KEY)[0]
-        ]
-    # TF Serving's own loader (a v1 session over the SignatureDef) refuses them the same way.
+        out = serve(images=tf.constant([good, bomb]))
+        assert out[signatures.ERROR].numpy().tolist() == [b"", reason]
+        assert out[signatures.HEIGHT].numpy().tolist() == [height, 0]
+        assert out[signatures.WIDTH].numpy().tolist() == [width, 0]
+        np.testing.assert_array_equal(out[signatures.CLASS_IDS][:1], alone[signatures.CLASS_IDS])
+    # TF Serving's own loader (a v1 session over the SignatureDef) answers them the same way.
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def[
             signatures.SERVING_DEFAULT
         ]
-        images, class_ids = (
+        images, class_ids, error = (
             signature.inputs[signatures.IMAGES].name,
             signature.outputs[signatures.CLASS_IDS].name,
+            signature.outputs[signatures.ERROR].name,
         )
         for bomb in bombs:
-            with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
-                session.run(class_ids, feed_dict={images: np.array([good, bomb], dtype=object)})
-        assert session.run(class_ids, feed_dict={images: np.array([good], dtype=object)}).shape[0] == 1
+            ids, errors = session.run(
+                [class_ids, error], feed_dict={images: np.array([good, bomb], dtype=object)}
+            )
+            assert errors.tolist() == [b"", reason]
+            np.testing.assert_array_equal(ids[:1], alone[signatures.CLASS_IDS])
 
 
 def test_transform_features_refuses_an_example_declaring_12000x12000(exported):
@@ -243,24 +248,40 @@ def test_transform_features_refuses_an_example_declaring_12000x12000(exported):
 
 
 def test_a_batch_of_images_each_under_the_limit_is_refused_above_the_batch_budget(exported):
-    # 5 JPEGs under 1 KB, each declaring 5000x5000 (the 25 MP limit, allowed alone): 125 MP in all.
-    _, _, loaded, examples, _ = exported
+    # transform_features (TFMA's, on the pipeline's own examples) refuses the batch: 5 JPEGs
+    # under 1 KB, each declaring 5000x5000 (the 25 MP limit, allowed alone), 125 MP in all.
+    net, tft_output, loaded, examples, _ = exported
     bomb = declaring(encode(np.zeros((8, 8, 3), np.uint8), "JPEG"), 5000, 5000)
     assert len(bomb) < 1000
+    example = tf.train.Example.FromString(examples[0].SerializeToString())
+    example.features.feature[features.IMAGE_KEY].bytes_list.value[:] = [bomb]
     reason = (
         "the batch declares 125000000 pixels in 5 images, above the limit of "
         f"{TrainerConfig.max_batch_pixels} (trainer.max_batch_pixels)"
     )
-    serve = loaded.signatures[signatures.SERVING_DEFAULT]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
-        serve(images=tf.constant([bomb] * 5))
-    example = tf.train.Example.FromString(examples[0].SerializeToString())
-    example.features.feature[features.IMAGE_KEY].bytes_list.value[:] = [bomb]
     transform = loaded.signatures[signatures.TRANSFORM_FEATURES]
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
         transform(examples=tf.constant([example.SerializeToString()] * 5))
+    # The image signatures serve what fits and refuse the rest, row by row: here with limits of a
+    # few hundred pixels (the same graph as the export's, traced in this process), as 125 MP of
+    # decoded JPEGs would take seconds and GBs. (Those 5 bombs decode: libjpeg fills the missing
+    # data with grey, so the first four would be served.)
+    serve = export.make_signatures(net, tft_output, max_image_pixels=600, max_batch_pixels=1500)[
+        signatures.SERVING_DEFAULT
+    ]
+    png, small = (encode(np.full((h, 30, 3), 90, np.uint8), "PNG") for h in (20, 10))  # 600, 300 pixels
+    out = serve(tf.constant([png, png, png, small]))
+    assert [e.decode() for e in out[signatures.ERROR].numpy()] == [
+        "",
+        "",
+        "declares 30x20 pixels (600): with the 1200 of the batch's images before it, above the limit of "
+        "1500 (trainer.max_batch_pixels)",
+        "",
+    ]
+    assert out[signatures.HEIGHT].numpy().tolist() == [20, 20, 0, 10]
     good, height = feature(examples[0], features.IMAGE_KEY)[0], feature(examples[0], features.HEIGHT_KEY)[0]
-    assert serve(images=tf.constant([good] * 5))[signatures.HEIGHT].numpy().tolist() == [height] * 5
+    default = loaded.signatures[signatures.SERVING_DEFAULT]
+    assert default(images=tf.constant([good] * 5))[signatures.HEIGHT].numpy().tolist() == [height] * 5
 
 
 def test_the_batch_budget_is_inclusive_and_a_bad_image_is_named_before_the_batch():
@@ -336,3 +357,126 @@ def test_masks_may_differ_only_where_two_classes_nearly_tie():
         reference.assert_same_masks_but_near_ties(np.array([[0, 1]]), expected, probabilities)
     with pytest.raises(AssertionError, match="1 pixels differ"):
         reference.assert_same_masks_but_near_ties(np.array([[2, 0]]), expected, probabilities)
+
+
+# Batch-safe signatures: a refused image is its own row's problem (issue 25). What TF Serving's
+# batching merges into one call: the rows of several clients.
+
+
+def test_class_ids_a_map_at_a_time_are_the_argmax_of_all_maps_pixel_for_pixel():
+    # What serving_default did before (one resize of all N maps, tf.argmax), against class_ids_at
+    # a map at a time (a limit of 0 bytes) and at once, eagerly and in a graph: logits with ties
+    # (rounded to halves; every class equal), NaN, +-inf and the lowest float32, where tf.argmax
+    # has its own rules (NaN never wins, ties go to the lower id, a pixel no class beats is 0).
+    rng = np.random.default_rng(25)
+    graph = tf.function(export.class_ids_at, reduce_retracing=True)
+    for case in range(12):
+        classes, height, width = int(rng.integers(2, 24)), int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        logits = np.round(rng.normal(size=(height, width, classes)) * 2).astype(np.float32) / 2
+        if case % 3 == 1:
+            draw = rng.random(logits.shape)
+            logits[draw < 0.1] = np.nan
+            logits[(draw >= 0.1) & (draw < 0.15)] = np.inf
+            logits[(draw >= 0.15) & (draw < 0.2)] = -np.inf
+            logits[(draw >= 0.2) & (draw < 0.25)] = np.finfo(np.float32).min
+        elif case % 3 == 2:
+            logits[...] = logits[..., :1]
+        size = tf.constant([int(rng.integers(1, 40)), int(rng.integers(1, 40))])
+        before = tf.cast(tf.argmax(tf.image.resize(logits, size, method="bilinear"), -1), tf.uint8).numpy()
+        for limit in (0, 1 << 40):
+            for class_ids_at in (export.class_ids_at, graph):
+                got = class_ids_at(tf.constant(logits), size, limit).numpy()
+                np.testing.assert_array_equal(got, before, err_msg=f"case {case}, limit {limit}")
+    # tf.argmax starts from (0, the lowest float32): neither NaN nor that lowest value wins then.
+    for pixel in ([np.nan, np.nan, np.nan], [np.nan, np.finfo(np.float32).min]):
+        logits = tf.constant([[pixel]], tf.float32)
+        assert tf.argmax(tf.image.resize(logits, [3, 3]), -1).numpy().tolist() == [[0] * 3] * 3
+        assert export.class_ids_at(logits, tf.constant([3, 3]), 0).numpy().tolist() == [[0] * 3] * 3
+
+
+def test_every_cut_short_or_damaged_image_is_refused_on_its_own_row():
+    # decode_image recovers none of these (each fails it alone): the signatures find them in the
+    # graph, without failing the call, and name their format; a good image of each is served.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        whole = encode(pixels, fmt)
+        bad = [whole[: len(whole) // 2], whole[:-20], whole[:40]]
+        if fmt in ("JPEG", "PNG"):  # a BMP's body is any bytes; a GIF's garbage decodes as noise
+            bad.append(whole[:40] + bytes(rng.integers(0, 256, len(whole) - 40, dtype=np.uint8)))
+        for data in bad:
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                preprocessing.decode_image(tf.constant(data))
+        reasons = export.refused_images(tf.constant([whole, *bad, whole]), 10_000, 100_000).numpy()
+        assert reasons.tolist() == [b""] + [
+            f"({len(data)} bytes) does not decode as {fmt}: its data is damaged or cut short".encode()
+            for data in bad
+        ] + [b""], fmt
+
+
+def test_the_batch_budget_takes_images_in_order_and_refuses_only_those_that_do_not_fit():
+    png = encode(np.zeros((20, 30, 3), np.uint8), "PNG")  # 600 pixels
+    small = encode(np.zeros((10, 30, 3), np.uint8), "PNG")  # 300
+    batch = [png, png, declaring(png, 30, 30), png, small, b"hello", png]
+    for refused_images in (export.refused_images, tf.function(export.refused_images)):
+        reasons = refused_images(tf.constant(batch), 600, 1500).numpy().tolist()
+        over = "declares 30x20 pixels (600): with the {} of the batch's images before it, above the limit of"
+        assert [r.decode() for r in reasons] == [
+            "",
+            "",
+            "declares 30x30 pixels (900), above the limit of 600 (trainer.max_image_pixels)",
+            over.format(1200) + " 1500 (trainer.max_batch_pixels)",
+            "",  # 1200 + 300: the budget is inclusive, and a smaller image after a refused one fits
+            "(5 bytes) is not a JPEG, PNG, GIF or BMP image",
+            over.format(1500) + " 1500 (trainer.max_batch_pixels)",
+        ]
+        assert refused_images(tf.constant([], tf.string), 600, 1500).shape == (0,)
+
+
+def test_one_merged_call_serves_the_good_images_as_alone_and_flags_the_bad(exported):
+    """Good images of two clients and bad ones of others in one call, as TF Serving's batching
+    merges them: each good row is what it is alone; each bad row has its reason, empty masks, and
+    nothing of it decoded."""
+    _, _, loaded, examples, _ = exported
+    good = [feature(e, features.IMAGE_KEY)[0] for e in _different_sizes(examples, 2)]
+    png = encode(tf.io.decode_jpeg(good[0]).numpy(), "PNG")
+    bad = {
+        "oversized header": declaring(encode(np.zeros((8, 8, 3), np.uint8), "PNG"), 30000, 30000),
+        "not an image": b"this is not an image",
+        "JPEG cut short": good[1][: len(good[1]) // 2],
+        "PNG cut short": png[:-100],
+    }
+    reasons = [
+        "declares 30000x30000 pixels (900000000), above the limit of 25000000 (trainer.max_image_pixels)",
+        "(20 bytes) is not a JPEG, PNG, GIF or BMP image",
+        f"({len(good[1]) // 2} bytes) does not decode as JPEG: its data is damaged or cut short",
+        f"({len(png) - 100} bytes) does not decode as PNG: its data is damaged or cut short",
+    ]
+    merged = [good[0], *bad.values(), good[1]]
+    for name in (signatures.SERVING_DEFAULT, signatures.SERVING_PNG):
+        serve = loaded.signatures[name]
+        out = {key: value.numpy() for key, value in serve(images=tf.constant(merged)).items()}
+        assert [e.decode() for e in out[signatures.ERROR]] == ["", *reasons, ""], name
+        assert (
+            out[signatures.HEIGHT].tolist()[1:5] == [0] * 4 and out[signatures.WIDTH].tolist()[1:5] == [0] * 4
+        )
+        for row, image in ((0, good[0]), (5, good[1])):
+            alone = {key: value.numpy() for key, value in serve(images=tf.constant([image])).items()}
+            assert alone[signatures.ERROR].tolist() == [b""]
+            for key in (signatures.HEIGHT, signatures.WIDTH, signatures.CLASS_IDS_PNG):
+                if key in out:
+                    assert out[key][row] == alone[key][0], (name, key)
+        if name == signatures.SERVING_DEFAULT:
+            masks = signatures.crop_masks(out)
+            for row, image in ((0, good[0]), (5, good[1])):
+                [alone] = signatures.crop_masks(serve(images=tf.constant([image])))
+                np.testing.assert_array_equal(masks[row], alone)
+            assert (out[signatures.CLASS_IDS][1:5] == 255).all()
+            assert [mask.shape for mask in masks[1:5]] == [(0, 0)] * 4
+        else:
+            assert out[signatures.CLASS_IDS_PNG][1:5].tolist() == [b""] * 4
+    # The front ends name each refused image by its index in its own client's request.
+    assert signatures.refusals({signatures.ERROR: out[signatures.ERROR][1:3]}) == [
+        f"images[0] {reasons[0]}",
+        f"images[1] {reasons[1]}",
+    ]

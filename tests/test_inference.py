@@ -114,7 +114,8 @@ def test_a_folder_is_segmented_and_a_rerun_keeps_every_mask(
     assert sorted(path for path in after if before.get(path) != after[path]) == sorted(redone)
     assert unlabelled.check_outputs(out, os.path.join(base, "1"), made["good"], overlay=True)
     third = unlabelled.summary(out)
-    assert (third["written"], third["kept"], third["batches"]) == (3, n - 3, 3)
+    # 4 model calls: the 3 redrawn, and the damaged image's (answered, its row refused).
+    assert (third["written"], third["kept"], third["batches"]) == (3, n - 3, 4)
 
 
 def _text(chunks: dict) -> PngImagePlugin.PngInfo:
@@ -309,3 +310,35 @@ def test_what_the_model_refuses_is_told_apart_from_what_it_cannot_read(untrained
     cut = valid[: len(valid) // 2]
     kind, reason = job._refusal(job._Sized(sized.input, cut, "", 64), "Invalid PNG data", ValueError())
     assert kind == inputs.CORRUPT_IMAGE and reason.startswith("Invalid PNG data (PIL: ")
+
+
+def test_a_batch_with_a_damaged_image_dead_letters_its_row_and_draws_the_others(untrained_model, tmp_path):
+    """One call for the whole batch: the signature refuses the image cut short on its own row
+    (``error``), which goes to the dead letter with that reason and PIL's; the others' masks are
+    drawn from the same answer, each what ``serving_default`` draws for it alone."""
+    ref = model_lib.resolve(untrained_model)
+    outputs = job._Outputs(str(tmp_path / "out"), ref, overlay=False)
+    predict = job._Predict(outputs)
+    predict.setup()
+    rng = np.random.default_rng(3)
+    good = [
+        images.encode(rng.integers(0, 256, size, dtype=np.uint8), "JPEG")
+        for size in ((30, 40, 3), (50, 20, 3))
+    ]
+    cut = good[0][: len(good[0]) // 2]
+    batch = [
+        job._Sized(inputs.Input(name, f"{name}.jpg", f"{name}.jpg"), data, inputs.checksum(data), 1200)
+        for name, data in (("first", good[0]), ("cut", cut), ("second", good[1]))
+    ]
+    answers = list(predict.process(batch))
+    [dead] = [answer.value for answer in answers if isinstance(answer, beam.pvalue.TaggedOutput)]
+    assert (dead["input"], dead["kind"]) == ("cut.jpg", inputs.CORRUPT_IMAGE)
+    assert dead["reason"].startswith(
+        f"({len(cut)} bytes) does not decode as JPEG: its data is damaged or cut short (PIL: "
+    )
+    rows = [answer for answer in answers if isinstance(answer, dict)]
+    assert [row["input"] for row in rows] == ["first.jpg", "second.jpg"]
+    for row, data in zip(rows, good, strict=True):
+        [expected] = crop_masks(predict._model.signature(images=tf.constant([data])))
+        with Image.open(os.path.join(outputs.output, row["mask"])) as png:
+            np.testing.assert_array_equal(np.asarray(png), expected)

@@ -1,4 +1,4 @@
-"""DeepLabV3+ shapes for both backbones and output strides, ASPP config, and the loss."""
+"""DeepLabV3+ shapes for both backbones and output strides, its layers, and the loss."""
 
 import os
 import tempfile
@@ -34,7 +34,10 @@ def test_output_shapes_and_feature_strides(backbone, width, output_stride):
     low, high = net.get_layer(backbone).output
     assert low.shape[1:3] == (SIZE // 4, SIZE // 4)
     assert high.shape[1:3] == (SIZE // output_stride, SIZE // output_stride)
-    assert net.get_layer("aspp").rates == tuple(r * 16 // output_stride for r in (6, 12, 18))
+    aspp = net.get_layer("aspp")
+    for rate in (r * 16 // output_stride for r in (6, 12, 18)):
+        conv = aspp.get_layer(f"aspp_rate{rate}").get_layer(f"aspp_rate{rate}_conv")
+        assert conv.dilation_rate == (rate, rate)
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
@@ -106,12 +109,12 @@ def test_weights_file_on_a_remote_filesystem_loads(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("size", [8, 13])
 def test_atrous_conv_equals_tf_dilated_conv_forward_and_backward(size):
-    # AtrousConv2D computes dilation by space-to-batch (13 is not a multiple of any rate, so
+    # atrous_conv2d computes dilation by space-to-batch (13 is not a multiple of any rate, so
     # the padding and cropping are exercised) and a rate >= the map as the 1x1 centre conv;
     # outputs and gradients must equal TF's own dilated conv (up to float sums).
     x = tf.random.stateless_normal((2, size, size, 5), seed=(1, 2))
     for rate in (1, 2, 6, 8, 12, 18):
-        layer = model.AtrousConv2D(4, 3, padding="same", dilation_rate=rate)
+        layer = model.atrous_conv2d(4, 3, rate)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
             out = layer(x)
@@ -125,15 +128,34 @@ def test_atrous_conv_equals_tf_dilated_conv_forward_and_backward(size):
                 rtol=1e-4,
                 atol=1e-4,
             )
+        # A Conv2D's config: what a model revived from its config has there (TF's own op).
+        assert type(layer) is keras.layers.Conv2D
+        assert keras.layers.Conv2D.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
-def test_aspp_config_round_trip():
-    layer = model.ASPP(filters=16, rates=(3, 6, 9), dropout=0.2, bn_momentum=0.9, name="aspp")
-    clone = model.ASPP.from_config(layer.get_config())
-    assert (clone.filters, clone.rates, clone.dropout, clone.bn_momentum) == (16, (3, 6, 9), 0.2, 0.9)
-    # An ASPP saved before bn_momentum was a setting has Keras' default, as it was built with.
-    older = {k: v for k, v in layer.get_config().items() if k != "bn_momentum"}
-    assert model.ASPP.from_config(older).bn_momentum == 0.99
+@pytest.mark.parametrize("backbone, width", [("mobilenetv2", 0.35), ("resnet50", 1.0)])
+def test_the_model_is_made_of_keras_layers_only(backbone, width):
+    # No Layer subclass of ours: tf_keras.models.load_model revives an exported model from its
+    # config in a process that never imported this package (tests/test_model_consumers.py does).
+    net = model.build_deeplabv3plus(
+        SIZE, 3, backbone_weights=None, backbone=backbone, width=width, aspp_filters=8, decoder_filters=8,
+        low_level_filters=4,
+    )  # fmt: skip
+    layers = [m for m in net.submodules if isinstance(m, keras.layers.Layer)]
+    assert {type(layer).__module__.split(".")[0] for layer in layers} == {"tf_keras"}
+    preprocess, aspp = net.get_layer("preprocess"), net.get_layer("aspp")
+    # Warm start matches weights by position, and the 1x1 and pooling branches' kernels have one
+    # shape: an order that changed would swap them without an error.
+    assert [layer.name for layer in aspp.layers if layer.weights] == [
+        "aspp_pool", "aspp_1x1", "aspp_rate6", "aspp_rate12", "aspp_rate18", "aspp_project"
+    ]  # fmt: skip
+    # The scaling the backbone's ImageNet weights were trained with: caffe's BGR minus the mean
+    # for ResNet-50, [-1, 1] for MobileNetV2.
+    rgb = np.array([[[[0.0, 127.5, 255.0], [3.0, 200.0, 17.0]]]], np.float32)
+    applications = keras.applications.resnet50 if backbone == "resnet50" else keras.applications.mobilenet_v2
+    np.testing.assert_allclose(
+        preprocess(rgb).numpy(), applications.preprocess_input(rgb.copy()), rtol=0, atol=1e-6
+    )
 
 
 def test_bn_momentum_reaches_every_batch_norm_layer():

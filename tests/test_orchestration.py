@@ -77,10 +77,17 @@ def test_kubeflow_pipeline_job(tmp_path, caplog):
     assert len(containers) == len([n for n in expected if n not in ids]), sorted(containers)
     for name, container in containers.items():
         assert container["image"] == cfg.kubeflow.image, name
-    # Beam components run on Dataflow, with setup.py inside the image shipping our packages.
+    # Beam components run on Dataflow, whose workers start in the pipeline's image (our packages
+    # and their requirements installed), not installing them with --setup_file at start-up.
     example_gen = containers["SegmentationExampleGen_executor"]["args"]
-    assert "--runner=DataflowRunner" in example_gen and "--setup_file=/deeplab-tfx/setup.py" in example_gen
-    assert "--temp_location=gs://my-bucket/tmp" in example_gen
+    assert "--runner=DataflowRunner" in example_gen and "--temp_location=gs://my-bucket/tmp" in example_gen
+    for name, container in containers.items():
+        beam_args = [
+            a for a in container["args"] if a.startswith("--sdk_container_image") or "setup_file" in a
+        ]
+        assert beam_args == [f"--sdk_container_image={cfg.kubeflow.image}"], name
+        # The image's entrypoint is Beam's worker boot: each component gives its own command.
+        assert container["command"][:2] == ["python", "-m"], name
     # The Trainer is Vertex AI's, with the configured worker pool running the same image.
     trainer = containers["Trainer_executor"]["args"]
     assert any("google_cloud_ai_platform.trainer.executor" in a for a in trainer), trainer
@@ -94,6 +101,18 @@ def test_kubeflow_pipeline_job(tmp_path, caplog):
     assert custom["trainer"]["strategy"] == "mirrored" and custom["ai_platform_enable_vertex"] is True
     schema = tasks["DatasetSchemaGen"].inputs.parameters["schema_file"].runtime_value.constant_value
     assert schema.string_value == "/deeplab-tfx/pipeline/schema/schema.pbtxt"
+
+    # Serving validation between the Evaluator and the pusher, which pushes only what it blessed.
+    def producers_of(task: str) -> dict:
+        return {
+            key: value.task_output_artifact.producer_task
+            for key, value in tasks[task].inputs.artifacts.items()
+        }
+
+    assert producers_of("ServingValidator") == {
+        "model": "Trainer", "model_blessing": "Evaluator", "examples": "SegmentationExampleGen"
+    }  # fmt: skip
+    assert producers_of("ServingPusher")["infra_blessing"] == "ServingValidator"
     # Batch inference: the pushed model, its push and this run's Examples in; a Beam job on Dataflow.
     inferrer = tasks["SegmentationInferrer"].inputs
     producers = {key: value.task_output_artifact.producer_task for key, value in inferrer.artifacts.items()}
@@ -127,6 +146,36 @@ def test_kubeflow_pipeline_job(tmp_path, caplog):
         assert title in (artifact_class.TYPE_NAME, f"tfx.{artifact_class.TYPE_NAME}")
 
 
+def test_tfx_infra_validator_with_tf_serving_where_docker_or_a_cluster_runs_it(tmp_path):
+    """``infra_validator.runtime=tf_serving``: TFX's InfraValidator starts the tensorflow/serving
+    image with Docker. It cannot run here (no Docker): the node is checked as LocalDagRunner and
+    Airflow get it. TFX 1.16's Kubeflow V2 compiler cannot compile it, and Vertex AI has no
+    Docker daemon for it: both refuse, saying so."""
+    overrides = ["infra_validator.runtime=tf_serving", "infra_validator.timeout_seconds=120"]
+    with pytest.raises(ConfigError, match="Vertex AI Pipelines has no Docker daemon for TFX's"):
+        config_lib.load_config("vertex", overrides)
+    kfp = config_lib.load_config("vertex", [*overrides, "vertex.enabled=false"])
+    with pytest.raises(ConfigError, match="Kubeflow V2 compiler .* cannot compile TFX's InfraValidator"):
+        kubeflow_runner.compile_pipeline(kfp, str(tmp_path / "pipeline.json"))
+    cfg = config_lib.load_config("voc", overrides)
+    nodes = {c.id: c for c in create_pipeline(cfg).components}
+    assert "ServingValidator" not in nodes
+    validator = nodes["InfraValidator"]
+    assert validator.upstream_nodes == {nodes["Trainer"], nodes["SegmentationExampleGen"]}
+    assert nodes["ServingPusher"].inputs["infra_blessing"].producer_component_id == "InfraValidator"
+    spec = {
+        key: json.loads(validator.exec_properties[key])
+        for key in ("serving_spec", "validation_spec", "request_spec")
+    }
+    serving = {"tensorflow_serving": {"tags": ["2.16.1"]}, "local_docker": {}, "model_name": "deeplab"}
+    requests = {"tensorflow_serving": {"signature_names": ["serving_examples"]}, "split_name": "eval"}
+    assert spec == {
+        "serving_spec": serving,
+        "validation_spec": {"max_loading_time_seconds": 120, "num_tries": 1},
+        "request_spec": {**requests, "num_examples": 8},
+    }
+
+
 def test_compile_command(tmp_path, capsys):
     # The command's own code, in this process: a subprocess would add only its imports' start-up.
     status = cli.main(
@@ -134,7 +183,7 @@ def test_compile_command(tmp_path, capsys):
          "--output", str(tmp_path / "job.json")]
     )  # fmt: skip
     assert status == 0
-    assert "14 tasks, image example.com/deeplab:1" in capsys.readouterr().out
+    assert "15 tasks, image example.com/deeplab:1" in capsys.readouterr().out
     assert json.load(open(tmp_path / "job.json"))["pipelineSpec"]["pipelineInfo"]["name"] == "deeplab-voc"
 
 
@@ -164,9 +213,19 @@ def test_setup_py_ships_every_package_workers_import():
     copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, re.M))
     assert {name.split(".")[0] for name in shipped} == copied
     assert re.search(r"^COPY .*\bdeeplab_tfx\.py\b", dockerfile, re.M)
+    # Dataflow starts its workers in the image (beam.use_pipeline_image): its entrypoint is Beam's
+    # boot, of the release of the Beam SDK the image installs.
+    constraints = open(os.path.join(ROOT, "constraints.txt")).read()
+    beam = re.search(r"^apache-beam==(\S+)$", constraints, re.M).group(1)
+    assert re.search(rf"^ARG BEAM_VERSION={re.escape(beam)}$", dockerfile, re.M)
+    assert "FROM apache/beam_python3.10_sdk:${BEAM_VERSION} AS beam" in dockerfile
+    assert "COPY --from=beam /opt/apache/beam /opt/apache/beam" in dockerfile
+    assert re.search(r"^ENV RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1$", dockerfile, re.M)
+    assert dockerfile.rstrip().endswith('ENTRYPOINT ["/opt/apache/beam/boot"]')
     assert {
         "components.segmentation_example_gen",
         "components.serving_pusher",
+        "components.serving_validator",
         "components.segmentation_inferrer",
         "components.run_report",
         "inference",
@@ -291,6 +350,10 @@ def test_airflow_runs_on_a_schedule_ingesting_each_new_span(dataset_dir, tmp_pat
     [decision] = mlmd.outputs(db, by_component["DataGate"][2], "decision")
     assert json.load(open(os.path.join(decision.uri, "decision.json")))["drift"] == {}
     assert layout.versions(os.path.join(tmp_path, "run", "serving", "deeplab")) == [1, 2]
+    # Each pushed after TF's bundle loader loaded it and answered as the Evaluator scored.
+    for run in (0, 2):
+        [infra] = mlmd.outputs(db, by_component["ServingValidator"][run], "blessing")
+        assert mlmd.int_property(infra, artifacts.BLESSED) == 1
     assert os.path.exists(os.path.join(tmp_path, "run", "report", "index.html"))
     # The first run's Trainer waited on the Resolver, which gave it nothing: trained from scratch.
     assert resolvers.WARM_START_RESOLVER_ID in result["upstream"]["Trainer"]

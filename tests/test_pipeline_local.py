@@ -45,8 +45,8 @@ pytestmark = pytest.mark.slow
 NODES = [
     "SegmentationExampleGen", "StatisticsGen", "DatasetSchemaGen", "ExampleValidator",
     resolvers.PREVIOUS_SPAN_RESOLVER_ID, "DataGate", resolvers.SPAN_WINDOW_RESOLVER_ID, "Transform",
-    "Trainer", resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingPusher", "RunReportGen",
-    "SegmentationInferrer",
+    "Trainer", resolvers.BASELINE_RESOLVER_ID, "Evaluator", "ServingValidator", "ServingPusher",
+    "RunReportGen", "SegmentationInferrer",
 ]  # fmt: skip
 # Every node but the Resolvers, which resolve again on every run: a run on unchanged data is a
 # cache hit for each of these.
@@ -263,6 +263,18 @@ def test_report_renders_and_shows_the_evaluators_numbers(run_config, first_run, 
         "blessed": True, "reasons": [], "pushed_version": 1,
         "pushed_destination": os.path.join(run_config.serving_model_dir(), "1"),
     }  # fmt: skip
+    # Before the push, TF's bundle loader loaded it in a child process, replayed the warm-up
+    # records and answered the eval examples with the masks the Evaluator scored.
+    validation = report["serving_validation"]
+    assert validation["validated"] and validation["differing_pixels"] == 0 and validation["pixels"] > 0
+    requests = run_config.pusher.warmup_requests + run_config.infra_validator.num_examples
+    assert validation["num_requests"] == requests
+    assert (
+        0 < validation["latency_p50_ms"] <= validation["latency_p99_ms"] and validation["peak_memory_mb"] > 0
+    )
+    assert re.search(
+        r"id=.serving-validation.>Loaded by TF's SavedModel bundle loader in <b>[\d.]+ s</b>", dom
+    )
     for name in ("class_iou", "confusion_matrix", "samples", "training_curves", "data"):
         with Image.open(os.path.join(report_dir, report["figures"][name])) as figure:
             assert figure.size[0] > 300 and np.asarray(figure.convert("L")).std() > 5, name
@@ -296,6 +308,7 @@ def test_lineage_from_the_pushed_model_to_the_ingested_examples(run_config, firs
     lineage = dict(_upstream(store, pushed.id))
     pusher = next(kinds for name, kinds in lineage.items() if name.endswith("ServingPusher"))
     assert ("Model", model.id) in pusher and ("Examples", examples.id) in pusher
+    assert any(kind == "InfraBlessing" for kind, _ in pusher)
     trainer = next(kinds for name, kinds in lineage.items() if name.endswith("Trainer"))
     assert ("Examples", examples.id) in trainer
     # ... and back to the ingestion that wrote those examples, and nothing before it.

@@ -4,7 +4,9 @@
 is reached only through ``tf.io.gfile`` (``os``/``open``/``shutil`` on a ``ram://`` path write a
 local directory named ``ram:``) and it has no atomic directory rename. It lives in this process,
 so everything that touches it runs here. Beam cannot write ``ram://``, so Beam-made inputs (the
-Examples) are made locally by the shared fixtures and copied there. The ServingPusher and
+Examples) are made locally by the shared fixtures and copied there; a pusher killed in another
+process writes to a ``file://`` URI instead, pushed the object-store way too
+(``storage.is_local``) on a disk both processes see. The ServingPusher and
 RunReportGen components on ``ram://`` are tested with the Evaluator's output, in
 tests/test_evaluation.py.
 """
@@ -297,6 +299,97 @@ def test_a_push_failing_on_an_object_store_removes_its_directory(tmp_path, monke
     assert not os.path.exists(tmp_path / "ram:")
 
 
+def _claims(version_dir: str) -> list:
+    return [name for name in tf.io.gfile.listdir(version_dir) if name.startswith(layout.CLAIM_PREFIX)]
+
+
+# How late a pusher's clock runs to write heartbeats already older than the stale age: a push
+# killed, or stopped, that long ago.
+STALE_BY = layout.STALE_SECONDS + 60
+
+
+def _stale_clock() -> float:
+    return time.time() - STALE_BY
+
+
+def test_a_push_whose_heartbeat_went_stale_loses_its_number_and_writes_nothing_more(tmp_path):
+    # A push stopped mid-way for longer than the stale age (a suspended machine; its clock set
+    # back plays the wait), above a complete version. Were it left, it would be the highest
+    # number, which TF Serving's `latest` policy tries alone after a restart.
+    base = ram_root("stale") + "/deeplab"
+    model = fake_saved_model(tmp_path)
+    assert layout.push(model, base, source="model/a") == (1, True)
+    holding, go, errors = threading.Event(), threading.Event(), []
+
+    def hold(version_dir):
+        holding.set()
+        go.wait(60)
+
+    def push_stale():
+        try:
+            layout.push(fake_saved_model(tmp_path, "b"), base, "model/b", add_files=hold, clock=_stale_clock)
+        except Exception as e:  # noqa: BLE001 - checked below
+            errors.append(e)
+
+    stale = threading.Thread(target=push_stale)
+    stale.start()
+    try:
+        assert holding.wait(60)
+        assert layout.version_numbers(base) == [1, 2] and layout.versions(base) == [1]
+        assert len(_claims(f"{base}/2")) == 1
+        # A re-run of model/a adds no version, but removes the abandoned one above it.
+        assert layout.push(model, base, source="model/a") == (1, False)
+        assert layout.version_numbers(base) == [1]
+    finally:
+        go.set()
+        stale.join(60)
+    # The stale push, resumed, finds its claim gone: it fails, writes nothing more and removes
+    # nothing (a directory of that number would be another push's).
+    assert [type(e) for e in errors] == [layout.ClaimLostError], errors
+    assert files_under(base) == {
+        "1/saved_model.pb",
+        "1/variables/variables.index",
+        f"1/{layout.PROVENANCE_FILE}",
+    }
+
+
+def test_a_push_renews_its_heartbeat_and_never_brings_back_a_removed_claim(tmp_path, monkeypatch):
+    # The heartbeat thread takes its times from the push's clock: here a count, one a call,
+    # each beat held in the clock until the test lets it go on, so it is known when a beat has
+    # been written.
+    monkeypatch.setattr(layout, "HEARTBEAT_SECONDS", 0.01)
+    base = ram_root("heartbeat") + "/deeplab"
+    test_thread, ticks = threading.current_thread(), iter(range(100))
+    beat_waiting, beat_may_go = threading.Semaphore(0), threading.Semaphore(0)
+
+    def clock():
+        if threading.current_thread() is not test_thread:
+            beat_waiting.release()
+            beat_may_go.acquire(timeout=30)
+        return float(next(ticks))
+
+    def heartbeat(claim):
+        return json.loads(read_bytes(claim))[layout.HEARTBEAT]
+
+    def hold(version_dir):
+        (name,) = _claims(version_dir)
+        claim = f"{version_dir}/{name}"
+        claimed = heartbeat(claim)
+        assert beat_waiting.acquire(timeout=30)
+        beat_may_go.release()
+        assert beat_waiting.acquire(timeout=30)  # the next beat: the first is written
+        assert heartbeat(claim) == claimed + 1
+        tf.io.gfile.remove(claim)  # as a push that judged it abandoned would
+        beat_may_go.release()
+        assert not beat_waiting.acquire(timeout=0.2), "a beat after the claim was gone"
+        assert _claims(version_dir) == [], "the claim was brought back"
+
+    with pytest.raises(layout.ClaimLostError):
+        layout.push(fake_saved_model(tmp_path), base, "model/a", add_files=hold, clock=clock)
+    # Nothing more written there, nothing removed: the directory is no longer the push's.
+    assert files_under(base) == {"1/variables/variables.index"}
+
+
 def test_concurrent_pushes_to_an_object_store_never_share_a_version(tmp_path):
     base = ram_root("concurrent") + "/deeplab"
     models = {f"model/{i}": fake_saved_model(tmp_path, f"m{i}") for i in range(8)}
@@ -443,31 +536,42 @@ def test_a_crash_mid_push_leaves_no_version_a_server_would_load(tmp_path):
     assert sorted(os.listdir(base)) == ["1"]
 
 
-# Concurrent pushes on local disk
+# Pushers in other processes, killed mid-push
 
 
 _PUSHER = """
-import os, sys, time
+import os, sys, threading, time
 from serving import layout
 
-model, base, source, ready = sys.argv[1:]
+model, source, age, *targets = sys.argv[1:]  # then base, ready, base, ready, ...
+clock = lambda: time.time() - float(age)
 
-def hold(staging_dir):
-    with open(ready + ".partial", "w") as f:
-        f.write(staging_dir)
-    os.rename(ready + ".partial", ready)
-    while not os.path.exists(ready + ".go"):
-        time.sleep(0.05)
+def push(base, ready):
+    def hold(version_dir):
+        with open(ready + ".partial", "w") as f:
+            f.write(version_dir)
+        os.rename(ready + ".partial", ready)
+        while not os.path.exists(ready + ".go"):
+            time.sleep(0.05)
 
-print(layout.push(model, base, source, add_files=hold), flush=True)
+    print(layout.push(model, base, source, add_files=hold, clock=clock), flush=True)
+
+pushes = [threading.Thread(target=push, args=targets[i : i + 2]) for i in range(0, len(targets), 2)]
+for thread in pushes:
+    thread.start()
+for thread in pushes:
+    thread.join()
 """
 
 
-def _start_pusher(model: str, base: str, source: str, ready: str) -> subprocess.Popen:
-    """Another process pushing ``model``: it writes its staging dir's path to ``ready`` and waits,
-    mid-push, until ``ready + ".go"`` appears."""
+def _start_pusher(model: str, source: str, targets: list, age: float = 0.0) -> subprocess.Popen:
+    """Another process pushing ``model``, a thread to each ``(base, ready)`` of ``targets``: each
+    writes the directory it writes (staging on local disk) to its ``ready`` and waits, mid-push,
+    until ``ready + ".go"`` appears. Its clock runs ``age`` seconds late: its heartbeats read as
+    written that long ago."""
+    args = [path for target in targets for path in target]
     return subprocess.Popen(
-        [sys.executable, "-c", _PUSHER, model, base, source, ready], cwd=paths.PROJECT_ROOT,
+        [sys.executable, "-c", _PUSHER, model, source, str(age), *args], cwd=paths.PROJECT_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -481,33 +585,75 @@ def _wait_until_pushing(proc, ready: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_push_removes_the_staging_of_dead_pushers_only(tmp_path):
-    base = str(tmp_path / MODEL)
-    live_ready, dead_ready = str(tmp_path / "live.ready"), str(tmp_path / "dead.ready")
-    live = _start_pusher(fake_saved_model(tmp_path, "live"), base, "model/live", live_ready)
-    dead = _start_pusher(fake_saved_model(tmp_path, "dead"), base, "model/dead", dead_ready)
+def test_a_push_removes_what_killed_pushers_left_never_a_push_in_progress(tmp_path):
+    # One pusher process SIGKILLed (preempted) mid-push, on local disk and on an object store at
+    # once, its clock late by more than the stale age (killed that long ago), beside pushes in
+    # progress there. On the object store it leaves an integer directory without saved_model.pb:
+    # the highest, which TF Serving restarted would try alone, serving nothing of the model.
+    local, store = str(tmp_path / MODEL), f"file://{tmp_path}/store/{MODEL}"
+    models = {name: fake_saved_model(tmp_path, name) for name in ("live", "dead", "mine")}
+    ready = {name: str(tmp_path / f"{name}.ready") for name in ("live", "dead local", "dead store")}
+    # On the object store, a push in progress in this process: its heartbeat written just now.
+    holding, go, store_live = threading.Event(), threading.Event(), []
+
+    def hold(version_dir):
+        holding.set()
+        go.wait(120)
+
+    store_push = threading.Thread(
+        target=lambda: store_live.append(layout.push(models["live"], store, "model/live", hold))
+    )
+    store_push.start()
+    assert holding.wait(60)
+    live = _start_pusher(models["live"], "model/live", [(local, ready["live"])])
+    dead = _start_pusher(
+        models["dead"],
+        "model/dead",
+        [(local, ready["dead local"]), (store, ready["dead store"])],
+        age=STALE_BY,
+    )
     try:
-        live_staging = _wait_until_pushing(live, live_ready)
-        dead_staging = _wait_until_pushing(dead, dead_ready)
+        live_staging = _wait_until_pushing(live, ready["live"])
+        dead_staging = _wait_until_pushing(dead, ready["dead local"])
+        dead_version = _wait_until_pushing(dead, ready["dead store"])
         dead.send_signal(signal.SIGKILL)  # no cleanup can run
         dead.communicate(timeout=60)
         assert os.path.isdir(dead_staging) and os.path.isdir(live_staging)
+        assert dead_version == f"{store}/2"
+        assert layout.version_numbers(store) == [1, 2] and layout.versions(store) == []
+        claim = _claims(dead_version)
+        assert len(claim) == 1 and files_under(dead_version) == {"variables/variables.index", claim[0]}
 
-        assert layout.push(fake_saved_model(tmp_path, "mine"), base, source="model/mine") == (1, True)
+        assert layout.push(models["mine"], local, source="model/mine") == (1, True)
         assert os.path.isdir(live_staging), "removed the staging directory of a push in progress"
         assert not os.path.exists(dead_staging), "kept the staging directory of a killed push"
+        assert layout.push(models["mine"], store, source="model/mine") == (3, True)
+        assert not tf.io.gfile.exists(dead_version), "kept the version of a killed push"
+        assert layout.version_numbers(store) == [1, 3], "removed a push in progress"
 
-        open(live_ready + ".go", "w").close()
+        open(ready["live"] + ".go", "w").close()
         out, err = live.communicate(timeout=120)
         assert live.returncode == 0, err[-3000:]
         assert out.strip() == "(2, True)"
     finally:
+        go.set()
+        store_push.join(60)
         for proc in (live, dead):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    assert layout.versions(base) == [1, 2]
-    sources = [layout.provenance(os.path.join(base, v))["source"] for v in ("1", "2")]
+    assert layout.versions(local) == [1, 2]
+    sources = [layout.provenance(os.path.join(local, v))["source"] for v in ("1", "2")]
     assert sources == ["model/mine", "model/live"]
     # Nothing else is left: no staging directory, no lock file.
-    assert sorted(os.listdir(base)) == ["1", "2"]
+    assert sorted(os.listdir(local)) == ["1", "2"]
+    # On the object store the push after the kill is the highest number and the highest version.
+    assert store_live == [(1, True)]
+    assert _versions_and_sources(store) == {1: "model/live", 3: "model/mine"}
+    assert layout.version_numbers(store) == [1, 3]
+    for version in (1, 3):  # whole, and no claim left behind
+        assert files_under(f"{store}/{version}") == {
+            "saved_model.pb",
+            "variables/variables.index",
+            layout.PROVENANCE_FILE,
+        }

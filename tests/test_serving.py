@@ -162,9 +162,20 @@ def test_status_and_metadata(served):
     response.metadata["signature_def"].Unpack(signature_map)
     default = signature_map.signature_def[SERVING_DEFAULT]
     assert default.inputs[signatures.IMAGES].dtype == tf.string.as_datatype_enum
-    assert set(default.outputs) == {signatures.CLASS_IDS, signatures.HEIGHT, signatures.WIDTH}
+    assert set(default.outputs) == {
+        signatures.CLASS_IDS,
+        signatures.HEIGHT,
+        signatures.WIDTH,
+        signatures.ERROR,
+    }
+    assert default.outputs[signatures.ERROR].dtype == tf.string.as_datatype_enum
     png = signature_map.signature_def[signatures.SERVING_PNG]
-    assert set(png.outputs) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
+    assert set(png.outputs) == {
+        signatures.CLASS_IDS_PNG,
+        signatures.HEIGHT,
+        signatures.WIDTH,
+        signatures.ERROR,
+    }
     assert png.outputs[signatures.CLASS_IDS_PNG].dtype == tf.string.as_datatype_enum
     assert {signatures.SERVING_EXAMPLES, signatures.TRANSFORM_FEATURES} <= set(signature_map.signature_def)
     # The classes are not in TF Serving's API; `serve` says which it serves when it starts.
@@ -189,12 +200,17 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(served):
         "truncated JPEG": (
             _request([good[:200]]),
             "INVALID_ARGUMENT",
-            "images[0]: Invalid JPEG data, size 200",
+            "images[0] (200 bytes) does not decode as JPEG: its data is damaged or cut short",
         ),
         "truncated JPEG in a batch": (
             _request([good, png, good[:200]]),
             "INVALID_ARGUMENT",
-            "images[2]: Invalid JPEG data, size 200",
+            "images[2] (200 bytes) does not decode as JPEG: its data is damaged or cut short",
+        ),
+        "JPEG cut short after its header": (
+            _request([good, good[: len(good) // 2]]),
+            "INVALID_ARGUMENT",
+            f"images[1] ({len(good) // 2} bytes) does not decode as JPEG: its data is damaged or cut short",
         ),
         "PNG declaring 30000x30000": (_request([good, bomb]), "INVALID_ARGUMENT", declared),
         "JPEG declaring 30000x30000": (
@@ -375,6 +391,85 @@ def test_a_new_version_is_picked_up_without_failing_a_request(
     assert "model deeplab version 2 AVAILABLE (loaded and 2 warm-up requests" in caplog.text
 
 
+def test_two_clients_merged_into_one_call_one_bad_one_good_get_their_own_answers(
+    untrained_model, learning_data, tmp_path
+):
+    """Batching on, as TF Serving's merges requests: a good client's request and a bad one's go
+    into one call of the signature; the good one gets OK with the mask it gets alone, the bad one
+    INVALID_ARGUMENT naming its own image."""
+    examples_uri, _ = learning_data
+    base = str(tmp_path / MODEL)
+    assert layout.push(untrained_model, base, source="model/1") == (1, True)
+    # A long wait for a second request: the two requests always merge, however slow the machine.
+    server = Server(MODEL, base, port=0, max_batch_size=2, batch_timeout_s=60)
+    server.start()
+    good = feature(read_examples(examples_uri, features.EVAL_SPLIT)[0], features.IMAGE_KEY)[0]
+    [alone] = _in_process(untrained_model, [good])
+    bad = {
+        "cut short": (good[: len(good) // 2], f"({len(good) // 2} bytes) does not decode as JPEG"),
+        "oversized header": (
+            declaring(encode(np.zeros((8, 8, 3), np.uint8), "PNG"), 30000, 30000),
+            "declares 30000x30000 pixels (900000000), above the limit of",
+        ),
+    }
+
+    def send(answers, name, images):
+        grpc_client = client.GrpcClient(f"127.0.0.1:{server.port}", MODEL)
+        try:
+            answers[name] = grpc_client.predict(images)
+        except grpc.RpcError as e:
+            answers[name] = e
+        finally:
+            grpc_client.close()
+
+    try:
+        for case, (image, reason) in bad.items():
+            answers = {}
+            threads = [
+                threading.Thread(target=send, args=(answers, name, images))
+                for name, images in (("good", [good]), ("bad", [image]))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            version, [mask] = answers["good"]
+            assert version == 1, case
+            np.testing.assert_array_equal(mask, alone, err_msg=case)
+            assert answers["bad"].code() == grpc.StatusCode.INVALID_ARGUMENT, case
+            assert answers["bad"].details().startswith(f"images[0] {reason}"), (
+                case,
+                answers["bad"].details(),
+            )
+        assert server.predictor.batcher.calls == [2, 2], "each pair in one call of the signature"
+    finally:
+        server.stop()
+
+
+def test_the_client_raises_invalid_argument_for_its_own_refused_rows(untrained_model):
+    # The real TF Serving answers a merged batch OK, each request its rows with their `error`:
+    # the client raises for its own refused image, by its index in its own request.
+    good = encode(np.full((20, 30, 3), 90, np.uint8), "JPEG")
+    merged = {
+        name: value.numpy()
+        for name, value in tf.saved_model.load(untrained_model)
+        .signatures[SERVING_DEFAULT](images=tf.constant([good, b"GIF89a", good]))
+        .items()
+    }
+    first, second = (
+        {name: value[rows] for name, value in merged.items()} for rows in (slice(0, 1), slice(1, 3))
+    )
+    client.check_refusals(first)
+    assert signatures.crop_masks(first)[0].shape == (20, 30)
+    with pytest.raises(client.ImageRefusedError) as e:
+        client.check_refusals(second)
+    assert (e.value.code(), e.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0] declares 0x0 pixels: an empty image",
+    )
+    assert str(e.value) == "INVALID_ARGUMENT: images[0] declares 0x0 pixels: an empty image"
+
+
 # REST: what the REST front end answers for our signatures (its HTTP handling is tested in
 # tests/test_rest_front_end.py).
 
@@ -400,7 +495,8 @@ def test_rest_answers_png_masks_a_fraction_of_the_json_class_ids(served):
     }
     [full] = json.loads(answers[signatures.SERVING_DEFAULT])["predictions"]
     [png_only] = json.loads(answers[signatures.SERVING_PNG])["predictions"]
-    assert set(png_only) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH}
+    assert set(png_only) == {signatures.CLASS_IDS_PNG, signatures.HEIGHT, signatures.WIDTH, signatures.ERROR}
+    assert png_only[signatures.ERROR] == ""
     class_ids = np.asarray(full[signatures.CLASS_IDS], np.uint8)
     assert class_ids.shape == (375, 500) and (png_only[signatures.HEIGHT], png_only[signatures.WIDTH]) == (
         375,
@@ -428,7 +524,9 @@ def test_rest_refusals_name_the_image(served):
     rest_client = client.RestClient(served["rest"], MODEL)
     with pytest.raises(RuntimeError, match=re.escape("HTTP 400: ") + ".*images\\[1\\] declares 30000x30000"):
         rest_client.predict([good, bomb])
-    with pytest.raises(RuntimeError, match="HTTP 400: .*images\\[0\\]: Invalid JPEG data"):
+    with pytest.raises(
+        RuntimeError, match="HTTP 400: .*images\\[0\\] \\(200 bytes\\) does not decode as JPEG"
+    ):
         rest_client.predict([good[:200]])
     with pytest.raises(RuntimeError, match="HTTP 400: .*images\\[0\\] is not a JPEG, PNG, GIF or BMP image"):
         rest_client.predict([b"RIFF\0\0\0\0WEBPVP8 "])

@@ -20,7 +20,7 @@ from core.dataset_spec import VOC_SPEC
 from tests import reference
 from tests.conftest import feature, png_indices, read_examples, transform_dir
 from tests.helpers import examples as examples_lib
-from trainer import callbacks, distribute, optimization, training
+from trainer import callbacks, distribute, optimization, training, warm_start
 from trainer.export import SERVING_DEFAULT
 
 ROOT = paths.PROJECT_ROOT
@@ -132,15 +132,25 @@ class _PreemptAtStep(keras.callbacks.Callback):
             raise _PreemptedError()
 
 
+def _two_layers(seed=0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    net = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
+    net.compile(keras.optimizers.SGD(0.1), "mse")
+    return net
+
+
+def _sixteen_examples() -> tuple:
+    x, y = np.random.default_rng(0).normal(size=(2, 16, 3)).astype(np.float32)
+    return x, y[:, :2]
+
+
 def _tiny_fit(directory, scores, preempt_at=None, chief_best=None) -> tuple:
     """Fits a two-layer model for ``len(scores)`` epochs of 4 steps, backing up every 2 steps.
 
     ``chief_best``: the chief's best-checkpoint directory, for a non-chief worker's callback.
     """
-    keras.utils.set_random_seed(len(scores))
-    inputs = keras.Input((3,))
-    net = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
-    net.compile(keras.optimizers.SGD(0.1), "mse")
+    net = _two_layers(seed=len(scores))
     best = callbacks.BestCheckpoint(str(directory / "best"), "val_score", chief_directory=chief_best)
     history = callbacks.HistoryWriter(str(directory / "history.json"))
     snapshots = _Snapshots()
@@ -148,9 +158,8 @@ def _tiny_fit(directory, scores, preempt_at=None, chief_best=None) -> tuple:
            history, snapshots]  # fmt: skip
     if preempt_at:
         cbs.append(_PreemptAtStep(preempt_at))
-    x, y = np.random.default_rng(0).normal(size=(2, 16, 3)).astype(np.float32)
     try:
-        net.fit(x, y[:, :2], batch_size=4, epochs=len(scores), callbacks=cbs, verbose=0)
+        net.fit(*_sixteen_examples(), batch_size=4, epochs=len(scores), callbacks=cbs, verbose=0)
     except _PreemptedError:
         pass
     return net, best, history, snapshots
@@ -234,6 +243,132 @@ def test_history_cut_short_mid_write_keeps_the_previous_file(tmp_path, monkeypat
         writer.on_epoch_end(2, {"val_score": 0.3})
     monkeypatch.undo()
     assert [r["val_score"] for r in json.loads(path.read_text())["epochs"]] == [0.5, 0.8]
+
+
+def test_a_restart_from_the_backup_of_the_last_step_takes_no_step(tmp_path):
+    # 6 steps in epochs of 4 (16 examples, batches of 4): the last epoch is cut short after 2,
+    # and a backup every 2 steps takes one at step 6, mid-epoch by Keras' count. The training
+    # keeps it (as the trainer does until its export is complete); a kill then, and the restart
+    # resumes from it. Keras' own callback resumed at the epoch's next batch: step 7.
+    backup = str(tmp_path / "backup")
+    assert callbacks.steps_backed_up(backup) == 0
+
+    def fit():
+        net, snapshots = _two_layers(), _Snapshots()
+        cbs = [callbacks.BackupAndRestore(backup, 6, save_freq=2), callbacks.StopAtStep(6), snapshots]
+        net.fit(*_sixteen_examples(), batch_size=4, epochs=2, callbacks=cbs, verbose=0)
+        return net, snapshots
+
+    first, snapshots = fit()
+    assert int(first.optimizer.iterations.numpy()) == 6 and sorted(snapshots.weights) == [1, 2]
+    assert callbacks.steps_backed_up(backup) == 6
+    again, snapshots = fit()
+    assert int(again.optimizer.iterations.numpy()) == 6, "exactly the steps asked for"
+    assert snapshots.weights == {}, "nothing left to train or evaluate"
+    _assert_same_weights(again.get_weights(), first.get_weights())
+
+
+def test_a_warm_start_that_every_epoch_scores_below_exports_its_own_weights(tmp_path):
+    # The tracker starts from the warm start's score, 0.9: epochs of 0.5 and 0.8 do not beat it,
+    # so the weights training started from are the best, on disk (epoch 0) and at the end.
+    best_dir = str(tmp_path / "best")
+    net, snapshots = _two_layers(), _Snapshots()
+    start = net.get_weights()
+    best = callbacks.BestCheckpoint(best_dir, "val_score", initial=0.9)
+    net.fit(
+        *_sixteen_examples(),
+        batch_size=4,
+        epochs=2,
+        callbacks=[_Scores([0.5, 0.8]), best, snapshots],
+        verbose=0,
+    )
+    assert not np.array_equal(snapshots.weights[2][-1], start[-1]), "the epochs moved the weights"
+    assert (best.best, best.best_epoch) == (0.9, 0)
+    _assert_same_weights(net.get_weights(), start)
+    on_disk = tf.train.latest_checkpoint(best_dir)
+    assert callbacks.read_best(on_disk) == (0.9, 0)
+    reloaded = keras.models.clone_model(net)
+    reloaded.load_weights(on_disk)
+    _assert_same_weights(reloaded.get_weights(), start)
+
+    # An epoch that beats the start replaces it.
+    net, snapshots = _two_layers(), _Snapshots()
+    best = callbacks.BestCheckpoint(best_dir, "val_score", initial=0.9)
+    net.fit(
+        *_sixteen_examples(),
+        batch_size=4,
+        epochs=2,
+        callbacks=[_Scores([0.5, 0.95]), best, snapshots],
+        verbose=0,
+    )
+    assert (best.best, best.best_epoch) == (0.95, 2)
+    assert callbacks.read_best(tf.train.latest_checkpoint(best_dir)) == (0.95, 2)
+    _assert_same_weights(net.get_weights(), snapshots.weights[2])
+
+
+def test_a_restarted_worker_takes_the_warm_start_the_chief_recorded(tmp_path):
+    # Only the chief writes warm_start.json, into the model run directory; a worker's own run
+    # directory is a scratch one. Restarted (a backup is there), a worker that read its scratch
+    # found nothing and evaluated the start again, a collective the chief never joined.
+    job = training.TrainingJob(
+        train_files=[], eval_files=[], transform_output="", serving_model_dir=str(tmp_path / "serving"),
+        model_run_dir=str(tmp_path / "run"), train_steps=6, dataset=VOC_SPEC,
+        base_model=str(tmp_path / "absent"),
+    )  # fmt: skip
+    recorded = warm_start.WarmStart(job.base_model, True, initial_mean_iou=0.75)
+    recorded.write(job.model_run_dir)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    # The base model is absent: a worker that tried to take it again would fail here.
+    assert training._warm_start(None, job, str(backup)) == recorded
+
+
+TWO_MACHINES = {"cluster": {"chief": ["10.0.0.2:2222"], "worker": ["10.0.0.3:2222", "10.0.0.4:2222"]}}
+
+
+def test_multi_worker_training_on_several_machines_needs_shared_storage():
+    run = {"the model run directory": "/tmp/job/run"}
+    with pytest.raises(ValueError) as e:
+        distribute.require_shared_storage(run, TWO_MACHINES)
+    assert str(e.value) == (
+        "multi-worker training on 3 machines (10.0.0.2, 10.0.0.3, 10.0.0.4) needs the model run directory "
+        "on storage every worker reads (gs://, or Cloud Storage mounted at /gcs/): /tmp/job/run is a path "
+        "on this machine's disk, and every worker reads the backup and the best checkpoint the chief writes "
+        "there"
+    )
+    with pytest.raises(ValueError, match="needs trainer.backup_dir on .*: /backups is a path"):
+        distribute.require_shared_storage(
+            {"the model run directory": "gs://bucket/run", "trainer.backup_dir": "/backups"},
+            {"cluster": {"worker": ["a:1", "b:1"]}},
+        )
+    for shared in ("gs://bucket/run", "/gcs/bucket/run"):
+        distribute.require_shared_storage({"the model run directory": shared}, TWO_MACHINES)
+    # One machine: two workers on loopback addresses, or on one host, share its disk.
+    for cluster in ({"worker": ["127.0.0.1:1", "localhost:2", "[::1]:3"]}, {"worker": ["a:1", "a:2"]}, {}):
+        distribute.require_shared_storage(run, {"cluster": cluster})
+    assert distribute.cluster_hosts({"cluster": {"worker": ["127.0.0.1:1", "[::1]:3", "b:2"]}}) == [
+        "b",
+        "localhost",
+    ]
+
+
+def test_multi_worker_training_fails_at_start_naming_the_path(monkeypatch, tmp_path):
+    # Before anything is read or built (the Transform output and the files do not exist), and
+    # before the strategy, which waits for every worker: without the check this test's chief
+    # waited there for machines that do not exist (over 12 minutes, until killed).
+    monkeypatch.setenv("TF_CONFIG", json.dumps({**TWO_MACHINES, "task": {"type": "chief", "index": 0}}))
+
+    def wait_for_the_workers(*args):
+        raise AssertionError("the strategy was made before the check")
+
+    monkeypatch.setattr(distribute, "make_strategy", wait_for_the_workers)
+    job = training.TrainingJob(
+        train_files=[], eval_files=[], transform_output=str(tmp_path / "absent"),
+        serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "run"), train_steps=6,
+        dataset=VOC_SPEC,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=f"{tmp_path / 'run'} is a path on this machine's disk"):
+        training.train(TrainerConfig(strategy="multi_worker_mirrored"), job)
 
 
 def test_backup_is_keyed_by_the_execution():

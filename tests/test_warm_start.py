@@ -15,6 +15,7 @@ import tf_keras as keras
 
 from core import artifacts, dataset_spec
 from core import config as config_lib
+from core.metrics import VAL_MEAN_IOU
 from tests.conftest import train_tiny
 from trainer import training, warm_start
 
@@ -41,6 +42,12 @@ def test_a_warm_started_run_starts_where_the_base_model_ended(learning_data, tra
     # tells those apart and leaves room for another CPU's kernels (measured: 0.957 from 0.939).
     assert result.steps == steps
     assert result.best_mean_iou >= base.best_mean_iou - 0.1, (result, base)
+    # The start is the first best (epoch 0): the model exported is never worse than the one given.
+    with open(tmp_path / "run" / artifacts.HISTORY_FILE) as f:
+        epochs = json.load(f)[artifacts.HISTORY_EPOCHS]
+    scores = [warm.initial_mean_iou] + [row[VAL_MEAN_IOU] for row in epochs]
+    best_epoch = max(range(len(scores)), key=lambda epoch: (scores[epoch], -epoch))
+    assert (result.best_epoch, result.best_mean_iou) == (best_epoch, scores[best_epoch])
     # Written for the run (the ModelRun artifact) and said on the terminal.
     assert warm_start.read(str(tmp_path / "run")) == warm
     with open(tmp_path / "run" / warm_start.WARM_START_FILE) as f:
@@ -58,9 +65,10 @@ def test_a_base_model_of_another_shape_is_not_taken_and_the_run_says_why(
     _, result = train_tiny(examples_uri, tmp_path, base_model=base_dir, train_steps=2, aspp_filters=32)
     warm = result.warm
     assert not warm.warm_started and warm.initial_mean_iou is None
-    # The first weight of another shape: the ASPP's first convolution, 64 filters there, 32 here.
+    # The first weight of another shape: the ASPP's pooled branch's convolution, 64 filters there,
+    # 32 here.
     assert re.fullmatch(
-        r"weight \d+ \(atrous_conv2d\S*/kernel:0\) is \(1, 1, \d+, 32\) here and \(1, 1, \d+, 64\) "
+        r"weight \d+ \(aspp_pool_conv/kernel:0\) is \(1, 1, \d+, 32\) here and \(1, 1, \d+, 64\) "
         r"in the base model: training from scratch",
         warm.reason,
     ), warm.reason

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 import sys
 import time
 from typing import Optional
@@ -56,12 +57,7 @@ class StopAtStep(keras.callbacks.Callback):
     of it, the last epoch is cut short here. Keras still evaluates that epoch and calls
     ``on_epoch_end`` (tf_keras 2.16 ``Model.fit`` checks ``stop_training`` after each batch,
     then validates). Every worker of a multi-worker job counts the same steps, so all stop
-    together.
-
-    One case stays a step over: a short last epoch whose final step was backed up, killed
-    before the export was complete (the backup is kept until then). Keras resumes such a backup
-    mid-epoch (only a backup of an epoch's last batch resumes at the next epoch), so the
-    restarted run takes one more step and evaluates that epoch again.
+    together. A restart from a backup of ``last_step`` itself takes no step: ``BackupAndRestore``.
     """
 
     def __init__(self, last_step: int):
@@ -71,6 +67,56 @@ class StopAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) >= self.last_step:
             self.model.stop_training = True
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' ``BackupAndRestore`` (tf_keras 2.16), whose backup of ``last_step`` resumes past it.
+
+    Keras resumes a backup taken mid-epoch at the batch after it, and only one taken at an
+    epoch's last batch (by ``steps_per_epoch``) at the next epoch. The last step of a short last
+    epoch (``StopAtStep``) is mid-epoch by that count, so a restart from its backup (a kill in
+    the export: the backup is kept until the export is complete) took step ``last_step + 1``,
+    one more than asked for, and evaluated the epoch again. Here a backup taken at ``last_step``
+    records the epoch's last batch, as a full last epoch's does: the restart resumes after the
+    last epoch, takes no step, and goes on to restore the best weights and export.
+
+    As for any epoch whose last batch was backed up (Keras' rule), a kill during that epoch's
+    evaluation leaves it unevaluated: its weights are not among those the best is chosen from.
+
+    The backup outlives ``fit`` (``delete_checkpoint=False``): the trainer removes it once the
+    export is complete.
+    """
+
+    def __init__(self, backup_dir: str, last_step: int, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        self.last_step = last_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Before Keras' own, which may back up this batch: the batch it records is
+        # ``ckpt_saved_batch``, set in ``on_train_batch_begin``.
+        if int(self.model.optimizer.iterations.numpy()) >= self.last_step:
+            self._training_state._ckpt_saved_batch.assign(self.params["steps"] - 1)
+        super().on_train_batch_end(batch, logs)
+
+
+def steps_backed_up(backup_dir: str) -> int:
+    """The steps (batches) the training backed up in ``backup_dir`` by ``BackupAndRestore`` had
+    taken: where a restart resumes; 0 when there is no backup.
+
+    Read before ``fit``, which restores it only in its callbacks' ``on_train_begin``, after the
+    input pipeline is built, since the pipeline's seed depends on it (``data.make_dataset``).
+    The count is Keras' ``train_counter`` in the chief's checkpoint (every worker restores the
+    chief's): the steps ``fit`` ran, as the optimizer's ``iterations`` counts them (a loss-scale
+    optimizer counts the steps it skips too), but a key of the backup's own, not one under the
+    optimizer, whose layout depends on its class.
+    """
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not latest:
+        return 0
+    return int(tf.train.load_checkpoint(latest).get_tensor(_TRAIN_COUNTER))
+
+
+_TRAIN_COUNTER = "train_counter/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -144,6 +190,14 @@ class BestCheckpoint(keras.callbacks.Callback):
     the one to beat. Not resumed: whatever ``directory`` holds is from another run and is
     deleted.
 
+    ``initial``: the score of the weights training starts from, when they have one (a warm
+    start's ``initial_mean_iou``, measured before step 1 on the same eval split). Those weights
+    are then the first best, of epoch 0, saved before any step: a run whose every epoch
+    scores below its start restores and exports the weights it started from. From minus
+    infinity it exported the best of its worse epochs, a model worse than the one it was given
+    (fine-tuning can lose ground: at the full rate the tiny model fell from 0.939 to 0.602 in
+    50 steps, ``warm_start.py``).
+
     Multi-worker: saving reads the batch-norm moving statistics, sync-on-read variables, which
     is a collective that every worker must join, so every worker saves, each into its own
     ``directory`` (``distribute.output_dir``). But every worker reads only the chief's
@@ -159,10 +213,15 @@ class BestCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, directory: str, monitor: str, restore: bool = True, chief_directory: Optional[str] = None
+        self,
+        directory: str,
+        monitor: str,
+        restore: bool = True,
+        chief_directory: Optional[str] = None,
+        initial: Optional[float] = None,
     ):
         super().__init__()
-        self.directory, self.monitor, self.restore = directory, monitor, restore
+        self.directory, self.monitor, self.restore, self.initial = directory, monitor, restore, initial
         self.chief_directory = chief_directory or directory
         self.best, self.best_epoch = -math.inf, None
         # Plain variables, made outside any strategy scope: each worker saves its own.
@@ -187,16 +246,22 @@ class BestCheckpoint(keras.callbacks.Callback):
             logging.getLogger(__name__).info(
                 "resumed: the best %s so far is %.4f, epoch %d", self.monitor, self.best, self.best_epoch
             )
+        elif not resumed and self.initial is not None:
+            self._save(float(self.initial), 0)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not float(value) > self.best:  # NaN never counts as better
             return
-        self.best, self.best_epoch = float(value), epoch + 1
-        self._value.assign(self.best)
-        self._epoch.assign(self.best_epoch)
-        number = self._number(self._manager.latest_checkpoint) + 1
-        self._manager.save(checkpoint_number=number)
+        self._save(float(value), epoch + 1)
+
+    def _save(self, value: float, epoch: int) -> None:
+        """The model's weights as the best, of ``value`` at ``epoch`` (0: the start)."""
+        self.best, self.best_epoch = value, epoch
+        self._value.assign(value)
+        self._epoch.assign(epoch)
+        latest = self._manager.latest_checkpoint
+        self._manager.save(checkpoint_number=self._number(latest) + 1 if latest else 0)
 
     def on_train_end(self, logs=None):
         if not self.restore:
@@ -207,8 +272,8 @@ class BestCheckpoint(keras.callbacks.Callback):
             self._manager.checkpoint.read(latest).expect_partial()
 
     @staticmethod
-    def _number(path: Optional[str]) -> int:
-        return int(path.rsplit("-", 1)[1]) if path else 0
+    def _number(path: str) -> int:
+        return int(path.rsplit("-", 1)[1])
 
 
 def read_best(checkpoint: str) -> tuple:

@@ -105,6 +105,18 @@ def id_not_in(ids: Sequence[bytes]):
     return keep
 
 
+def resumed_seed(seed: int, start_step: int) -> int:
+    """The data seed of a training that starts at ``start_step``: ``seed`` itself at step 0,
+    else a seed in ``[0, 2**31)`` drawn by TF's stateless uniform from the key ``(seed,
+    start_step)``, one for each step (deterministic: a second restart at the same step draws as
+    the first did). Not one half of a ``stateless_fold_in`` key: TF 2.16 folds ``k`` into
+    ``[1, 0]`` as ``[-412061107, k]``, one first half for every step."""
+    if not start_step:
+        return seed
+    key = tf.constant([seed, start_step], tf.int64)
+    return int(tf.random.stateless_uniform([], key, minval=0, maxval=2**31, dtype=tf.int64))
+
+
 def make_dataset(
     file_pattern,
     tft_output: tft.TFTransformOutput,
@@ -120,6 +132,7 @@ def make_dataset(
     shard_index: int = 0,
     num_batches: Optional[int] = None,
     exclude_ids: Sequence[bytes] = (),
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """``(image [B, S, S, 3] float32, label [B, S, S] int64)`` batches from raw gzipped TFRecords.
 
@@ -148,17 +161,19 @@ def make_dataset(
     ``exclude_ids``: records whose ``image/filename`` is one of these are left out (training on a
     window of spans: an id that is eval in any span never trains).
 
-    Not across a restart: the stream starts again with the process. A training resumed from a
-    backup at step S gets, at its step S + k, the batch of the killed run's step k, same images
-    in the same order with the same draws; weights, optimizer and schedule go on from S. The
-    step is not in the key because ``BackupAndRestore`` restores it inside ``fit``, after this
-    dataset is built.
+    ``start_step``: the step a training resumes from (its backup's, ``callbacks.steps_backed_up``),
+    folded into ``seed`` (``resumed_seed``), shuffles and augmentation alike. The stream starts
+    again with the process: with the seed unchanged, a training resumed at step S drew at its
+    step S + k the batch of the killed run's step k, the same images in the same order with the
+    same draws, so the steps before the kill were taken twice on the same data and the rest of
+    the stream never came. Step 0, a fresh run, keeps ``seed`` as it is.
     """
     files = _files(file_pattern)
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {file_pattern}")
     if seed is None:
         seed = random.randrange(2**31)
+    seed = resumed_seed(seed, start_step)
     by_file = training and len(files) >= num_shards
     names = tf.data.Dataset.from_tensor_slices(files)
     if by_file and num_shards > 1:

@@ -6,9 +6,10 @@ to the real output paths, the others write to scratch directories that are delet
 (Keras and SavedModel saving are collective: every worker must take part).
 """
 
+import ipaddress
 import json
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -25,7 +26,7 @@ def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return mirrored_strategy()
-    if name == "multi_worker_mirrored":
+    if multi_worker(name):
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "trainer.strategy=multi_worker_mirrored needs TF_CONFIG (cluster and task) in the "
@@ -38,6 +39,65 @@ def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"trainer.strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def multi_worker(name: str, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+    """Whether training runs as one of a cluster's workers: ``strategy`` is a
+    ``MultiWorkerMirroredStrategy`` or, when none is given yet, ``name`` (``trainer.strategy``)
+    makes one."""
+    if strategy is not None:
+        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return name == "multi_worker_mirrored"
+
+
+def cluster_hosts(tf_config: Mapping) -> list:
+    """The machines of a ``TF_CONFIG``'s cluster, sorted: the host of every task's address, with
+    every loopback address (``localhost``, ``127.x.x.x``, ``::1``) as one, this machine."""
+    hosts = set()
+    for addresses in tf_config.get("cluster", {}).values():
+        for address in addresses:
+            host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+            hosts.add("localhost" if _is_loopback(host) else host)
+    return sorted(hosts)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def require_shared_storage(paths: Mapping[str, str], tf_config: Mapping) -> None:
+    """Fails unless every one of ``paths`` (what it is -> path) is storage that every machine of
+    the ``TF_CONFIG`` cluster reads: a remote URI (``gs://``) or Cloud Storage mounted at
+    ``/gcs/``, not ``storage.is_local``'s plain path, when the cluster has more than one machine.
+
+    Every worker restores the chief's backup (``BackupAndRestore`` reads ``<backup>/chief``) and
+    reads the chief's best checkpoint (``callbacks.BestCheckpoint``), so both must be where every
+    worker sees what the chief wrote. On one machine's disk the others find nothing there, and
+    nothing says so until late: at the end a worker keeps its last weights where the chief
+    restores its best for the export (which is collective), and a restart resumes the chief
+    alone while the others start again from step 0. Checked before the model is built or the
+    strategy waits for the workers, from the cluster's addresses alone. Workers that all run on
+    one machine (every address the same host or a loopback one, as the tests' two local
+    workers) share its disk: any path will do. A plain path that every machine mounts from NFS
+    is refused too: ``storage.is_local`` cannot tell it from a local disk (give the ``gs://``
+    URI instead of the mount).
+    """
+    hosts = cluster_hosts(tf_config)
+    if len(hosts) < 2:
+        return
+    for what, path in paths.items():
+        if storage.is_local(path):
+            raise ValueError(
+                f"multi-worker training on {len(hosts)} machines ({', '.join(hosts)}) needs {what} on "
+                f"storage every worker reads (gs://, or Cloud Storage mounted at {storage.GCSFUSE_ROOT}): "
+                f"{path} is a path on this machine's disk, and every worker reads the backup and the best "
+                "checkpoint the chief writes there"
+            )
 
 
 def mirrored_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.MirroredStrategy:

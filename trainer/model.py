@@ -11,6 +11,7 @@ cloned with the stride of the later stages removed and their convolutions dilate
 """
 
 import contextlib
+import functools
 import os
 import tempfile
 from typing import Iterator, Optional, Sequence
@@ -23,25 +24,24 @@ from core.choices import BACKBONES, IMAGENET_WEIGHTS, KERAS_BN_MOMENTUM, OUTPUT_
 from core.config import TrainerConfig
 
 # Layers
+#
+# Keras' own layers only, no Layer subclass: a model's config then names Keras' classes alone, so
+# `tf_keras.models.load_model(path)` revives an exported model in a process that never imported
+# this package. With subclasses it failed there ("Cannot call custom layer ... the call function
+# was not serialized"): the export saves no traced calls (``save_traces=False``, trainer/export.py;
+# tracing them took the tiny model's save from 7 s to 17 s). Models exported before, which name
+# the subclasses (``deeplab_tfx>ASPP``), no longer load here: warm start from one trains from
+# scratch and says so (trainer/warm_start.py).
 
 
-@keras.utils.register_keras_serializable(package="deeplab_tfx")
-class BackbonePreprocess(keras.layers.Layer):
-    """Scales 0-255 RGB the way the backbone's ImageNet weights expect it."""
-
-    def __init__(self, backbone: str, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-
-    # No tensor-dependent control flow: spare autograph's slow recursive conversion of Keras.
-    @tf.autograph.experimental.do_not_convert
-    def call(self, images, training=None):  # noqa: ARG002 - Keras passes it
-        if self.backbone == RESNET50:  # "caffe" mode: BGR, ImageNet mean removed, no scaling
-            return images[..., ::-1] - keras.backend.constant([103.939, 116.779, 123.68], dtype=images.dtype)
-        return images / 127.5 - 1.0  # MobileNetV2: [-1, 1]
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
+def backbone_preprocess(backbone: str) -> keras.layers.Layer:
+    """The layer named ``preprocess``: 0-255 RGB scaled the way the backbone's ImageNet weights expect."""
+    if backbone == RESNET50:  # "caffe" mode: BGR, ImageNet mean removed, no scaling
+        images = keras.Input((None, None, 3))
+        bgr = images[..., ::-1]
+        centred = keras.layers.Rescaling(1.0, offset=[-103.939, -116.779, -123.68], name="imagenet_mean")(bgr)
+        return keras.Model(images, centred, name="preprocess")
+    return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")  # MobileNetV2: [-1, 1]
 
 
 def _conv_bn_relu(
@@ -56,9 +56,8 @@ def _conv_bn_relu(
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-@keras.utils.register_keras_serializable(package="deeplab_tfx")
-class AtrousConv2D(keras.layers.Conv2D):
-    """A 'same'-padded dilated convolution whose backward pass is cheap on CPU.
+def atrous_conv2d(filters: int, kernel_size: int, dilation_rate: int, **kwargs) -> keras.layers.Conv2D:
+    """A 'same'-padded dilated ``Conv2D`` whose backward pass is cheap on CPU.
 
     TF computes a dilated conv's gradients on the space-to-batch sub-maps, and its CPU kernel
     for the input gradient is slow on such many small maps: at 512 px, ASPP's rate-12 branch
@@ -70,29 +69,36 @@ class AtrousConv2D(keras.layers.Conv2D):
 
     When the rate is at least the map's size (rates 12 and 18 on the 8x8 map of a 128 px input
     at output stride 16), every tap but the centre reads padding, so the convolution is the
-    1x1 convolution with the kernel's centre, and is computed that way. The weights are a
-    ``Conv2D``'s either way, so they stay interchangeable across input sizes.
+    1x1 convolution with the kernel's centre, and is computed that way.
+
+    A plain ``Conv2D`` whose ``convolution_op`` this instance replaces, not a subclass: its
+    config is a ``Conv2D``'s, so a model revived from its config (``load_model`` in another
+    process) has a ``Conv2D`` there, with the same weights, the same outputs up to float
+    rounding, and TF's own gradient.
     """
+    layer = keras.layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation_rate, **kwargs)
+    layer.convolution_op = functools.partial(_atrous_convolution_op, layer)
+    return layer
 
-    @tf.autograph.experimental.do_not_convert
-    def call(self, inputs, training=None):  # noqa: ARG002 - the signature Keras inspects
-        return super().call(inputs)
 
-    def convolution_op(self, inputs, kernel):
-        height, width = inputs.shape[1:3]
-        rate_h, rate_w = self.dilation_rate
-        k_h, k_w = kernel.shape[:2]
-        plain = (rate_h, rate_w) == (1, 1) or tuple(self.strides) != (1, 1) or self.padding != "same"
-        if plain or k_h % 2 == 0 or k_w % 2 == 0 or self.data_format != "channels_last":
-            return super().convolution_op(inputs, kernel)  # the identities below need odd kernels
-        if height is not None and width is not None and rate_h >= height and rate_w >= width:
-            centre = kernel[k_h // 2 : k_h // 2 + 1, k_w // 2 : k_w // 2 + 1]
-            return tf.nn.conv2d(inputs, centre, strides=1, padding="SAME")
-        return _dilated_conv(inputs, kernel, (rate_h, rate_w))
+# No tensor-dependent control flow: spare autograph's slow recursive conversion of Keras.
+@tf.autograph.experimental.do_not_convert
+def _atrous_convolution_op(layer: keras.layers.Conv2D, inputs, kernel):
+    height, width = inputs.shape[1:3]
+    rate_h, rate_w = layer.dilation_rate
+    k_h, k_w = kernel.shape[:2]
+    plain = (rate_h, rate_w) == (1, 1) or tuple(layer.strides) != (1, 1) or layer.padding != "same"
+    if plain or k_h % 2 == 0 or k_w % 2 == 0 or layer.data_format != "channels_last":
+        # The identities below need odd kernels.
+        return keras.layers.Conv2D.convolution_op(layer, inputs, kernel)
+    if height is not None and width is not None and rate_h >= height and rate_w >= width:
+        centre = kernel[k_h // 2 : k_h // 2 + 1, k_w // 2 : k_w // 2 + 1]
+        return tf.nn.conv2d(inputs, centre, strides=1, padding="SAME")
+    return _dilated_conv(inputs, kernel, (rate_h, rate_w))
 
 
 def _dilated_conv(inputs, kernel, rates):
-    """Stride-1 'same' dilated conv whose input gradient is a forward conv (see AtrousConv2D)."""
+    """Stride-1 'same' dilated conv whose input gradient is a forward conv (see atrous_conv2d)."""
     dilations = [1, *rates, 1]
 
     @tf.custom_gradient
@@ -112,81 +118,49 @@ def _dilated_conv(inputs, kernel, rates):
     return conv(inputs, tf.convert_to_tensor(kernel))
 
 
-@keras.utils.register_keras_serializable(package="deeplab_tfx")
-class ASPP(keras.layers.Layer):
+def aspp(
+    channels: int,
+    filters: int = 256,
+    rates: Sequence[int] = (6, 12, 18),
+    dropout: float = 0.1,
+    sync_batch_norm: bool = False,
+    bn_momentum: float = KERAS_BN_MOMENTUM,
+    name: str = "aspp",
+) -> keras.Model:
     """Atrous Spatial Pyramid Pooling: a 1x1 branch, three atrous 3x3 branches, image pooling.
 
-    ``rates`` are the dilation rates at this layer's input resolution (6/12/18 at output
-    stride 16, doubled at 8). The image-pooling branch brings global context back to every
-    position by bilinear upsampling of a 1x1 feature.
+    On features of ``channels`` channels, of any height and width (test-time augmentation runs
+    it on other sizes than the model's, ``trainer/tta.py``); ``rates`` are the dilation rates at
+    their resolution (6/12/18 at output stride 16, doubled at 8). The image-pooling branch
+    brings global context back to every position by upsampling its 1x1 feature to the map's
+    size: nearest from 1x1 is a broadcast, exact, and keeps bfloat16 under mixed precision.
+
+    A functional sub-model named ``aspp`` rather than keras-hub's Layer subclass (see the
+    section's comment), of ``Sequential`` branches ``aspp_1x1``, ``aspp_rate<r>``, ``aspp_pool``
+    and ``aspp_project``.
     """
+    features_in = keras.Input((None, None, channels))
 
-    def __init__(
-        self,
-        filters: int = 256,
-        rates: Sequence[int] = (6, 12, 18),
-        dropout: float = 0.1,
-        sync_batch_norm: bool = False,
-        bn_momentum: float = KERAS_BN_MOMENTUM,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.filters = filters
-        self.rates = tuple(rates)
-        self.dropout = dropout
-        self.sync_batch_norm = sync_batch_norm
-        self.bn_momentum = bn_momentum
-
-    def build(self, input_shape):
-        def branch(kernel_size, rate, name):
-            return keras.Sequential(
-                [
-                    AtrousConv2D(
-                        self.filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False
-                    ),
-                    keras.layers.BatchNormalization(
-                        momentum=self.bn_momentum, synchronized=self.sync_batch_norm
-                    ),
-                    keras.layers.ReLU(),
-                ],
-                name=name,
-            )
-
-        self.branches = [branch(1, 1, "aspp_1x1")] + [branch(3, r, f"aspp_rate{r}") for r in self.rates]
-        self.pooling = branch(1, 1, "aspp_pool")
-        self.project = branch(1, 1, "aspp_project")
-        self.drop = keras.layers.Dropout(self.dropout)
-        # Built here with their input shapes (as keras_hub's SpatialPyramidPooling does), not on
-        # first call: the shapes are then saved, and `tf_keras.models.load_model` can rebuild
-        # the branches of an exported model ("You must provide an `input_shape`" otherwise).
-        shape = tf.TensorShape(input_shape)
-        for b in self.branches:
-            b.build(shape)
-        self.pooling.build(tf.TensorShape([shape[0], 1, 1, shape[-1]]))
-        self.project.build(shape[:-1].concatenate([self.filters * (len(self.branches) + 1)]))
-        super().build(input_shape)
-
-    @tf.autograph.experimental.do_not_convert
-    def call(self, x, training=None):
-        size = keras.backend.int_shape(x)[1:3]
-        pooled = self.pooling(keras.backend.mean(x, axis=[1, 2], keepdims=True), training=training)
-        # Bilinear upsampling of a 1x1 map is a broadcast; tiling also keeps bfloat16 (resize
-        # would return float32 under mixed precision).
-        pooled = tf.tile(pooled, [1, size[0], size[1], 1])
-        outputs = [b(x, training=training) for b in self.branches] + [pooled]
-        return self.drop(
-            self.project(keras.backend.concatenate(outputs), training=training), training=training
+    def branch(kernel_size, rate, branch_name, before=()):
+        return keras.Sequential(
+            [
+                *before,
+                atrous_conv2d(filters, kernel_size, rate, use_bias=False, name=f"{branch_name}_conv"),
+                keras.layers.BatchNormalization(
+                    momentum=bn_momentum, synchronized=sync_batch_norm, name=f"{branch_name}_bn"
+                ),
+                keras.layers.ReLU(name=f"{branch_name}_relu"),
+            ],
+            name=branch_name,
         )
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "rates": list(self.rates),
-            "dropout": self.dropout,
-            "sync_batch_norm": self.sync_batch_norm,
-            "bn_momentum": self.bn_momentum,
-        }
+    mean = keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool_mean")
+    pooled = branch(1, 1, "aspp_pool", before=[mean])(features_in)
+    pooled = tf.image.resize(pooled, tf.shape(features_in)[1:3], method="nearest")
+    branches = [branch(1, 1, "aspp_1x1")] + [branch(3, r, f"aspp_rate{r}") for r in rates]
+    x = keras.layers.Concatenate(name="aspp_concat")([b(features_in) for b in branches] + [pooled])
+    x = branch(1, 1, "aspp_project")(x)
+    return keras.Model(features_in, keras.layers.Dropout(dropout, name="aspp_dropout")(x), name=name)
 
 
 # Backbones
@@ -357,11 +331,12 @@ def build_deeplabv3plus(
     under a mixed-precision policy, so the loss and softmax stay numerically safe.
     ``scale_inputs=False`` when Transform already normalized the images.
     """
-    inputs = keras.Input((image_size, image_size, 3), name=features.IMAGE)
-    x = BackbonePreprocess(backbone, name="preprocess")(inputs) if scale_inputs else inputs
+    image_shape = (image_size, image_size, 3)
+    inputs = keras.Input(image_shape, name=features.IMAGE)
+    x = backbone_preprocess(backbone)(inputs) if scale_inputs else inputs
     low, high = build_backbone(
         backbone,
-        (image_size, image_size, 3),
+        image_shape,
         output_stride,
         width,
         backbone_weights,
@@ -371,8 +346,13 @@ def build_deeplabv3plus(
     )(x)
 
     rates = [r * 16 // output_stride for r in aspp_rates]
-    x = ASPP(
-        aspp_filters, rates, dropout, sync_batch_norm=sync_batch_norm, bn_momentum=bn_momentum, name="aspp"
+    x = aspp(
+        keras.backend.int_shape(high)[-1],
+        aspp_filters,
+        rates,
+        dropout,
+        sync_batch_norm=sync_batch_norm,
+        bn_momentum=bn_momentum,
     )(high)
     low_size = keras.backend.int_shape(low)[1:3]
     x = keras.layers.Resizing(*low_size, interpolation="bilinear", name="aspp_upsample")(x)

@@ -6,6 +6,7 @@
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -142,9 +143,10 @@ def compile_model(net: keras.Model, config: TrainerConfig, total_steps: int, cla
     )
 
 
-def _datasets(config, job, tft_output, strategy, global_batch) -> tuple:
+def _datasets(config, job, tft_output, strategy, global_batch, start_step: int) -> tuple:
     """``(train, eval, eval steps)``: one input pipeline per worker (or TPU host), each reading
-    its own shard of the raw records (``data.make_dataset``).
+    its own shard of the raw records (``data.make_dataset``). Training's draws are those of
+    ``start_step``, the step a restart resumes from (0: a fresh run).
 
     Evaluation is exact under any number of workers: every eval image is counted once, and every
     pipeline pads its shard to the same ``ceil(records / global batch)`` steps (shards differ
@@ -175,6 +177,7 @@ def _datasets(config, job, tft_output, strategy, global_batch) -> tuple:
             # A step takes one batch per local replica from this pipeline.
             num_batches=None if training else eval_steps * local_replicas,
             exclude_ids=held_out if training else (),
+            start_step=start_step,
         )
 
     train_ds = strategy.distribute_datasets_from_function(lambda c: make(job.train_files, True, c))
@@ -212,12 +215,17 @@ def backup_dir(config: TrainerConfig, model_run_dir: str) -> str:
     return os.path.join(config.backup_dir, key)
 
 
-def _warm_start(net, job: TrainingJob, run_dir: str, backup: str) -> warm_start.WarmStart:
+def _warm_start(net, job: TrainingJob, backup: str) -> warm_start.WarmStart:
     """``job.base_model``'s weights into ``net`` when they fit (``warm_start.restore``). A restart
     of a killed execution (its backup is there) takes the record its first attempt wrote
-    instead: the backup holds the weights, and the start was measured then."""
+    instead: the backup holds the weights, and the start was measured then.
+
+    The chief's record, in ``job.model_run_dir``, on every worker: only the chief writes one, and
+    a worker that found none in its own scratch directory measured the start again, an
+    evaluation (collective) that the chief, holding its record, never joined.
+    """
     if tf.io.gfile.exists(backup):
-        recorded = warm_start.read(run_dir)
+        recorded = warm_start.read(job.model_run_dir)
         if recorded is not None:
             return recorded
     return warm_start.restore(net, job.base_model, job.dataset)
@@ -235,6 +243,13 @@ def train(
     """
     # Where the Trainer starts: autograph leaves Keras' own training code alone from here on.
     autograph.skip_keras_conversion()
+    backup = backup_dir(config, job.model_run_dir)
+    if distribute.multi_worker(config.strategy, strategy):
+        # Before anything is built or waits for the other workers: a path they cannot read fails now.
+        shared = {"the model run directory": job.model_run_dir}
+        if config.backup_dir:
+            shared["trainer.backup_dir"] = config.backup_dir
+        distribute.require_shared_storage(shared, json.loads(os.environ.get("TF_CONFIG", "{}")))
     # Python, numpy and TF seeds: the same config starts from the same weights. Without it the
     # tiny config's eval mIoU after 500 steps ranged from 0.59 to 0.76 between runs.
     keras.utils.set_random_seed(config.seed)
@@ -254,13 +269,14 @@ def train(
     run_dir = distribute.output_dir(job.model_run_dir, strategy)
     previous_policy = distribute.set_policy(policy)
     try:
-        train_ds, eval_ds, eval_steps = _datasets(config, job, tft_output, strategy, global_batch)
+        # The step a restart resumes from, before fit restores it: the input's draws depend on it.
+        resumes_at = callbacks.steps_backed_up(backup)
+        train_ds, eval_ds, eval_steps = _datasets(config, job, tft_output, strategy, global_batch, resumes_at)
         # Built apart from compiled: a warm start sets the weights first, and decides the recipe
         # (learning rate, steps) the optimizer is made with.
         with strategy.scope():
             net = build_model(config, image_size, replicas, job.images_normalized, num_classes=num_classes)
-        backup = backup_dir(config, job.model_run_dir)
-        warm = _warm_start(net, job, run_dir, backup) if job.base_model else None
+        warm = _warm_start(net, job, backup) if job.base_model else None
         warm_started = warm is not None and warm.warm_started
         recipe = warm_start.fine_tuning(config) if warm_started else config
         # Exactly the steps asked for: the last epoch is cut short (callbacks.StopAtStep) when
@@ -287,6 +303,8 @@ def train(
             VAL_MEAN_IOU,
             restore=config.export_best,
             chief_directory=os.path.join(job.model_run_dir, BEST_CHECKPOINT_DIR),
+            # A warm start's weights are the first best: a run that only scores below them exports them.
+            initial=warm.initial_mean_iou if warm_started else None,
         )
         start_step = callbacks.StartStep()
         cbs = [
@@ -294,9 +312,7 @@ def train(
             # outlives fit (Keras would delete it in on_train_end) and goes once the export is
             # complete, below: a kill in between resumes, keeping the best checkpoint and the
             # history, instead of training again from step 0 without them.
-            keras.callbacks.BackupAndRestore(
-                backup, save_freq=config.backup_every_steps or "epoch", delete_checkpoint=False
-            ),
+            callbacks.BackupAndRestore(backup, total_steps, save_freq=config.backup_every_steps or "epoch"),
             start_step,
             callbacks.EpochProgress(total_steps, VAL_MEAN_IOU, enabled=chief),
             callbacks.StopAtStep(total_steps),

@@ -5,7 +5,8 @@ output artifact, then publishes a copy to ``<pipeline_root>/report/`` (``publish
 place users look. It reads what the run produced: split counts, pixels per class and ignored of
 each split, unread files and data warnings (ExampleGen), class pixel counts (Transform),
 training history (Trainer's ModelRun), scores and slices (Evaluator, through
-``tfma.load_eval_result``), the blessing and its reasons, and the pushed version. Sample
+``tfma.load_eval_result``), the blessing and its reasons, the serving validation's load time,
+latency and memory, and the pushed version (or why none). Sample
 predictions come from the model's own ``serving_examples`` signature, as TFMA's did. Class
 names and colours are the dataset spec's that travels with the Examples
 (``dataset_spec.of_examples``): tables, figures, masks and overlays show that dataset's classes.
@@ -97,7 +98,7 @@ def decision_of(blessing: types.Artifact, evaluation: types.Artifact, pushed_mod
 
 
 def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, model_run, evaluation,
-          blessing, pushed_model, samples: int, gate_decision=None) -> dict:  # fmt: skip
+          blessing, pushed_model, samples: int, gate_decision=None, infra_blessing=None) -> dict:  # fmt: skip
     """Writes the report into ``out_dir``; returns what ``report.json`` holds."""
     tf.io.gfile.makedirs(out_dir)
     spec = dataset_spec.of_examples(examples.uri)
@@ -161,6 +162,8 @@ def build(out_dir: str, pipeline_name: str, examples, transform_graph, model, mo
         "split_counts": split_counts,
         # The data gate's decision (anomalies, drift since the previous span), when it was given.
         "data_gate": read_decision(gate_decision.uri) if gate_decision is not None else None,
+        # The serving validation's verdict and figures, when it was given.
+        "serving_validation": validation_of(infra_blessing) if infra_blessing is not None else None,
         "class_pixels": class_pixels,
         # What ingestion counted and warned of (None for Examples made before it did).
         "ingestion": ingestion_of(examples),
@@ -224,6 +227,15 @@ def ingestion_of(examples: types.Artifact):
     }
 
 
+def validation_of(infra_blessing: types.Artifact) -> dict:
+    """The serving validation's ``validation.json`` (``serving/validation.py``'s figures); for
+    TFX's InfraValidator, which writes none, its verdict alone."""
+    path = os.path.join(infra_blessing.uri, artifacts.VALIDATION_FILE)
+    if tf.io.gfile.exists(path):
+        return json.loads(storage.read_file(path, binary=False))
+    return {"validated": bool(infra_blessing.get_int_custom_property(artifacts.BLESSED))}
+
+
 def read_decision(gate_uri: str) -> dict:
     """What the report shows of the data gate's ``decision.json``."""
     decision = json.loads(storage.read_file(os.path.join(gate_uri, DECISION_FILE), binary=False))
@@ -244,12 +256,13 @@ def RunReportGen(  # noqa: N802 - TFX component names are classes.
     title: Parameter[str],
     samples: Parameter[int] = ReportConfig.samples,
     gate_decision: InputArtifact[DataGateDecision] = None,
+    infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None,
 ):
     """Builds the run report (headed ``title``) and publishes it to ``publish_dir``.
 
     ``title``, not ``pipeline_name``: TFX's Airflow launcher reserves that execution property.
     """
     build(report.uri, title, examples, transform_graph, model, model_run, evaluation, blessing,
-          pushed_model, samples, gate_decision)  # fmt: skip
+          pushed_model, samples, gate_decision, infra_blessing)  # fmt: skip
     if publish_dir:
         publish(report.uri, publish_dir)

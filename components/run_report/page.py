@@ -105,6 +105,30 @@ def _gate_section(gate) -> str:
     return f"<h2>Data gate</h2><p id='drift-note'>Drift: {note}</p>{table}"
 
 
+def _reason(reason) -> str:
+    return f": {html.escape(reason)}" if reason else ""
+
+
+def _serving_section(validation) -> str:
+    """What loading the candidate as TF Serving does showed: load time, latency per image, peak
+    memory and how many pixels matched the Evaluator's; or why it was refused."""
+    if validation is None:
+        return ""
+    if not validation["validated"]:
+        reason = html.escape(validation.get("reason") or "TFX's InfraValidator refused it (see its log)")
+        return f"<h2>Serving validation</h2><p id='serving-validation'>Not validated: {reason}</p>"
+    if "load_seconds" not in validation:
+        return "<h2>Serving validation</h2><p id='serving-validation'>Loaded and answered by TF Serving.</p>"
+    same = validation["pixels"] - validation["differing_pixels"]
+    return (
+        "<h2>Serving validation</h2><p id='serving-validation'>Loaded by TF's SavedModel bundle loader in "
+        f"<b>{validation['load_seconds']:.2f} s</b>; one image per request after the warm-up: "
+        f"<b>{validation['latency_p50_ms']:.1f} ms</b> p50, <b>{validation['latency_p99_ms']:.1f} ms</b> "
+        f"p99; peak memory <b>{validation['peak_memory_mb']:.0f} MB</b>; {same} of "
+        f"{validation['pixels']} pixels as the Evaluator scored them.</p>"
+    )
+
+
 def _percent(fraction) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
 
@@ -168,7 +192,7 @@ def render(report: dict) -> str:
         verdict = (
             "<div class='verdict blessed' id='decision'>Blessed"
             + (f"; pushed as version <b id='pushed-version'>{pushed}</b> to <code>{where}</code>"
-               if pushed else "; not pushed")
+               if pushed else f"; not pushed{_reason(decision.get(artifacts.NOT_PUSHED_REASON))}")
             + "</div>"
         )  # fmt: skip
     else:
@@ -197,6 +221,7 @@ def render(report: dict) -> str:
 <b id="dataset">{html.escape(report['dataset'])}</b> ({len(class_names)} classes)<br>
 Evaluated on {overall['examples']} eval images at their original resolution, void (255) ignored.</p>
 {verdict}
+{_serving_section(report.get('serving_validation'))}
 <div class="scores">
 <span>mean IoU <b id="mean-iou">{_fmt(overall[metrics.MEAN_IOU])}</b></span>
 <span>pixel accuracy <b id="pixel-accuracy">{_fmt(overall[metrics.PIXEL_ACCURACY])}</b></span>

@@ -10,14 +10,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import zlib
 
 import numpy as np
-import scipy.io
 import tensorflow as tf
 from PIL import Image
-from scipy.io.matlab import MatReadError
 
+from components.segmentation_example_gen import matfile
 from components.segmentation_example_gen.sources import WorkItem
 from core import dataset_spec, decoding, features
 from core.dataset_spec import VOC_SPEC, DatasetSpec
@@ -40,23 +38,6 @@ VOC_IMAGE_FORMATS = ("JPEG",)
 
 # What a damaged image makes Pillow raise (measured): only these become rejections.
 _IMAGE_DATA_ERRORS = decoding.IMAGE_DATA_ERRORS
-# scipy 1.12's loadmat on compressed and uncompressed MATLAB 5 files: zlib.error, ValueError
-# (UnicodeDecodeError among them), OSError, TypeError, IndexError, KeyError, OverflowError,
-# ZeroDivisionError, UnboundLocalError; MatReadError on empty files. It also kills the process
-# (SIGSEGV) on 4% of the damaged compressed files and 9% of the uncompressed ones, which no
-# except clause can turn into a rejection.
-_MAT_DATA_ERRORS = (
-    MatReadError,
-    zlib.error,
-    ValueError,
-    OSError,
-    TypeError,
-    IndexError,
-    KeyError,
-    OverflowError,
-    ZeroDivisionError,
-    UnboundLocalError,
-)
 
 
 # A record that cannot be ingested, and reading a file of it: core/decoding.py, shared with batch
@@ -259,35 +240,28 @@ def decode_voc_mask(path: str, data: bytes) -> tuple:
     return decode_mask(path, data, VOC_SPEC)
 
 
-def _mat_field(struct, name: str, path: str):
-    value = getattr(struct, name, None)
-    if value is None and isinstance(struct, dict):
-        value = struct.get(name)
-    if value is None:
-        raise Rejected(CORRUPT_MASK, f"{path}: GTcls has no {name} field")
-    return value
-
-
 def decode_sbd_mask(path: str, data: bytes) -> tuple:
-    """Reads ``GTcls.Segmentation`` from an SBD ``.mat`` (MATLAB v5, as SBD ships).
+    """Reads ``GTcls.Segmentation`` from an SBD ``.mat`` (MATLAB 5, as SBD ships).
 
-    Returns ``(ids [H, W] uint8, histogram)``. SBD has no void band, so its ids are 0-20.
+    Returns ``(ids [H, W] uint8, histogram)``. SBD has no void band, so its ids are 0-20. The
+    file is read by ``matfile``, not scipy's ``loadmat``, which crashes the process on some
+    damaged files: whatever the bytes, this returns or raises ``Rejected``.
     """
     try:
-        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
-    except NotImplementedError:
+        variables = matfile.read_variables(data)
+        if "GTcls" not in variables:
+            raise Rejected(CORRUPT_MASK, f"{path}: no GTcls struct (variables: {sorted(variables)})")
+        seg = matfile.numeric_array(matfile.struct_field(variables["GTcls"], "Segmentation"))
+    except matfile.HDF5MatError:
         raise Rejected(
             CORRUPT_MASK, f"{path}: MATLAB v7.3 (HDF5) files are not SBD's format; " "re-save with -v7"
         ) from None
-    except _MAT_DATA_ERRORS as e:
-        raise Rejected(CORRUPT_MASK, f"{path}: cannot read MATLAB file: {type(e).__name__}: {e}") from None
-    if "GTcls" not in mat:
-        names = sorted(k for k in mat if not k.startswith("__"))
-        raise Rejected(CORRUPT_MASK, f"{path}: no GTcls struct (variables: {names})")
-    seg = np.asarray(_mat_field(mat["GTcls"], "Segmentation", path))
+    except matfile.MatError as e:
+        raise Rejected(CORRUPT_MASK, f"{path}: cannot read MATLAB file: {e}") from None
+    seg = np.squeeze(seg)  # as loadmat(squeeze_me=True) read it: [1, H, W] is [H, W]
     if seg.ndim != 2 or seg.size == 0:
         raise Rejected(CORRUPT_MASK, f"{path}: GTcls.Segmentation has shape {seg.shape}, not [H, W]")
-    if not np.issubdtype(seg.dtype, np.number) or np.any(seg != np.round(seg)):
+    if np.any(seg != np.round(seg)):
         raise Rejected(INVALID_LABEL, f"{path}: GTcls.Segmentation is not integral ({seg.dtype})")
     if seg.min() < 0 or seg.max() > 255:
         raise Rejected(

@@ -59,3 +59,8 @@ def inputs(db, execution, key: str) -> list:
 
 def outputs(db, execution, key: str) -> list:
     return artifacts(db, execution, metadata_store_pb2.Event.OUTPUT, key)
+
+
+def custom_properties(artifact) -> dict:
+    """``{name: value}`` of an artifact's custom properties, each in its own type."""
+    return {k: getattr(v, v.WhichOneof("value")) for k, v in artifact.custom_properties.items()}

@@ -1,0 +1,1 @@
+"""ServingValidator: the candidate loaded and run as TF Serving would, before the push."""
