@@ -47,7 +47,16 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def _peak_rss_mb() -> float:
-    """The process's peak resident set, in MB (``ru_maxrss`` is in KB on Linux)."""
+    """The process's peak resident set in MB: ``VmHWM``, which starts afresh at exec. Not
+    ``ru_maxrss``, which Linux carries over fork and exec: it would read the parent's peak (the
+    pipeline's process, gigabytes) in a child that never held it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -352,9 +352,14 @@ def _remove_abandoned_versions(base_dir: str, incomplete: list, now: float) -> N
     for version in incomplete:
         version_dir = os.path.join(base_dir, str(version))
         try:
+            seen = set(tf.io.gfile.listdir(version_dir))
             last = _last_sign_of_life(version_dir, now)
-            # Complete meanwhile: a push that lost its lease and finished anyway; it stays.
+            # Complete meanwhile: a push that lost its lease and finished anyway; it stays. Other
+            # objects than those judged: another sweep removed it and a new push claimed the
+            # number since (a narrow window remains: gfile has no conditional delete).
             if last is None or now - last <= STALE_SECONDS or is_complete(version_dir):
+                continue
+            if set(tf.io.gfile.listdir(version_dir)) != seen:
                 continue
             logging.warning(
                 "ServingPusher: removing %s, left without %s by a push gone %.0f s ago",

@@ -224,6 +224,12 @@ def test_an_image_declaring_30000x30000_is_refused_before_decoding(exported):
             )
             assert errors.tolist() == [b"", reason]
             np.testing.assert_array_equal(ids[:1], alone[signatures.CLASS_IDS])
+        # A body cut short passes the header check and fails to decode: tf.data's ignore_errors
+        # catches that per row in a session too.
+        cut = good[: len(good) // 2]
+        ids, errors = session.run([class_ids, error], feed_dict={images: np.array([good, cut], dtype=object)})
+        assert errors[0] == b"" and errors[1]
+        np.testing.assert_array_equal(ids[:1], alone[signatures.CLASS_IDS])
 
 
 def test_transform_features_refuses_an_example_declaring_12000x12000(exported):

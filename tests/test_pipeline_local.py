@@ -266,7 +266,12 @@ def test_report_renders_and_shows_the_evaluators_numbers(run_config, first_run, 
     # Before the push, TF's bundle loader loaded it in a child process, replayed the warm-up
     # records and answered the eval examples with the masks the Evaluator scored.
     validation = report["serving_validation"]
-    assert validation["validated"] and validation["differing_pixels"] == 0 and validation["pixels"] > 0
+    assert validation["validated"] and validation["pixels"] > 0
+    # The Evaluator's batches of 8 and the server's requests of 1 may break a tie otherwise.
+    assert (
+        validation["differing_pixels"]
+        <= run_config.infra_validator.max_mask_disagreement * validation["pixels"]
+    )
     requests = run_config.pusher.warmup_requests + run_config.infra_validator.num_examples
     assert validation["num_requests"] == requests
     assert (

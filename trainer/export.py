@@ -217,7 +217,7 @@ def _where_it_works(fn, encoded: tf.Tensor) -> tuple:
         .enumerate()
         .map(lambda i, data: (i, fn(data)))
         .ignore_errors()
-        .batch(tf.int64.max)
+        .batch(tf.size(with_sentinel, out_type=tf.int64))
         .get_single_element()
     )
     count = tf.shape(with_sentinel, tf.int64)

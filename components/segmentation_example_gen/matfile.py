@@ -45,6 +45,9 @@ from typing import Optional
 import numpy as np
 
 HEADER_BYTES = 128
+# The most one compressed variable may inflate to: an SBD mask of the largest VOC image (500x500)
+# is 250 KB as uint8 and 2 MB as doubles, its boundaries a few times that.
+MAX_INFLATED_BYTES = 256 << 20
 _TAG_BYTES = 8
 _MAX_DEPTH = 16  # cells and structs nest; SBD's go 2 deep (GTcls.Boundaries{k})
 
@@ -324,6 +327,13 @@ def _inflate(compressed: memoryview, order: str, where: str) -> memoryview:
         kind, size = struct.unpack(order + "II", tag)
         if kind != _MI_MATRIX:
             raise MatError(f"{where}: compressed element holds an element of type {kind}, not a matrix")
+        if size > MAX_INFLATED_BYTES:
+            # A few MB of zlib can inflate a thousandfold: a crafted size must not take a worker's
+            # memory (the OOM killer would end it without naming the file).
+            raise MatError(
+                f"{where}: compressed matrix declares {size} bytes, above the {MAX_INFLATED_BYTES} "
+                "this reader inflates"
+            )
         data = inflater.decompress(inflater.unconsumed_tail, size + 1)
         if len(data) == size and not inflater.eof:
             data += inflater.decompress(inflater.unconsumed_tail, 1)

@@ -77,7 +77,7 @@ def eval_batches(spec_path: str) -> None:
     strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     global_batch = config.batch_size_per_replica * strategy.num_replicas_in_sync
     tft_output = tft.TFTransformOutput(job.transform_output)
-    _, eval_ds, eval_steps = training._datasets(config, job, tft_output, strategy, global_batch)
+    _, eval_ds, eval_steps = training._datasets(config, job, tft_output, strategy, global_batch, start_step=0)
     batches = [[] for _ in range(strategy.num_replicas_in_sync)]
     for _, labels in eval_ds:  # every step the distributed dataset gives, to its end
         for replica, local in enumerate(strategy.experimental_local_results(labels)):
