@@ -37,7 +37,9 @@ def tta_size(scale: float, image_size: int) -> int:
 # What loads a candidate before it is pushed (``infra_validator.runtime``): TF's SavedModel
 # loader in a child process, on every orchestrator (``serving/validation.py``); or TFX's own
 # InfraValidator starting a ``tensorflow/serving`` container with Docker, where the pipeline's
-# machine has Docker (LocalDagRunner, Airflow; not Kubeflow V2 / Vertex AI Pipelines).
+# machine has Docker (LocalDagRunner, Airflow; not Kubeflow V2 / Vertex AI Pipelines); or none,
+# the pusher pushing what the Evaluator blessed.
 BUNDLE_RUNTIME = "bundle"
 TF_SERVING_RUNTIME = "tf_serving"
-INFRA_RUNTIMES = (BUNDLE_RUNTIME, TF_SERVING_RUNTIME)
+NO_RUNTIME = "none"
+INFRA_RUNTIMES = (BUNDLE_RUNTIME, TF_SERVING_RUNTIME, NO_RUNTIME)

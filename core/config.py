@@ -327,7 +327,9 @@ class InfraValidatorConfig(Checked):
     # "bundle": TF's SavedModel loader in a child process (every orchestrator, Vertex AI
     # included); "tf_serving": TFX's InfraValidator starting the tensorflow/serving image with
     # Docker (LocalDagRunner or Airflow on a machine with Docker; TFX's KubernetesRunner runs
-    # only inside Kubeflow Pipelines v1, and Kubeflow V2 does not compile the component).
+    # only inside Kubeflow Pipelines v1, and Kubeflow V2 does not compile the component); "none":
+    # no serving validation, the pusher pushes what the Evaluator blessed (a model too large to
+    # load twice on the pipeline's machines; tests of other things).
     runtime: str = BUNDLE_RUNTIME
     # The serving process's limits, as a serving pod's: past either it is refused. "bundle": its
     # memory while it loads and serves (Python and TensorFlow included, ~0.6 GB before a model)

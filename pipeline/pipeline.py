@@ -55,7 +55,7 @@ from components.segmentation_inferrer.component import SegmentationInferrer
 from components.serving_pusher.component import ServingPusher
 from components.serving_validator.component import ServingValidator
 from core import features, signatures
-from core.choices import BUNDLE_RUNTIME
+from core.choices import BUNDLE_RUNTIME, NO_RUNTIME
 from core.config import PipelineConfig
 from evaluation import eval_config
 from pipeline import resolvers
@@ -167,7 +167,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         base_model=warm_start.outputs["model"] if warm_start else None,
     )
     baseline = resolvers.baseline_model(trainer.outputs["model"], kfp_resolvers)
-    evaluator, validator, pusher = validation_and_push(
+    evaluator, *validator, pusher = validation_and_push(
         config,
         example_gen.outputs["examples"],
         schema_gen.outputs["schema"],
@@ -187,7 +187,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
         title=config.pipeline_name,
         samples=config.report.samples,
         gate_decision=data_gate.outputs["decision"],
-        infra_blessing=validator.outputs["blessing"],
+        infra_blessing=validator[0].outputs["blessing"] if validator else None,
     )
     # Batch inference (TFX's BulkInferrer place): the pushed model's masks for this run's span of
     # the unlabelled images, with lineage to the model and its push.
@@ -208,7 +208,7 @@ def create_components(config: PipelineConfig, kfp_resolvers: bool = False) -> li
     return [
         example_gen, statistics_gen, schema_gen, example_validator,
         *([previous_span] if previous_span else []), data_gate, *([window] if window else []), transform,
-        *([warm_start] if warm_start else []), trainer, baseline, evaluator, validator, pusher, report,
+        *([warm_start] if warm_start else []), trainer, baseline, evaluator, *validator, pusher, report,
         *([inferrer] if inferrer else []),
     ]  # fmt: skip
 
@@ -273,19 +273,22 @@ def validation_and_push(
         model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
         examples=examples,
-        infra_blessing=validator.outputs["blessing"],
+        infra_blessing=validator.outputs["blessing"] if validator else None,
         model_base_path=config.serving_model_dir(),
         model_name=config.pusher.model_name,
         warmup_requests=config.pusher.warmup_requests,
     )
-    return [evaluator, validator, pusher]
+    return [evaluator, *([validator] if validator else []), pusher]
 
 
 def infra_validator(config: PipelineConfig, model, model_blessing, examples):
     """What loads the candidate before the push (``infra_validator.runtime``): our ServingValidator
     (TF's SavedModel loader in a child process, every orchestrator), or TFX's InfraValidator
-    starting the ``tensorflow/serving`` image with Docker. Both output an InfraBlessing."""
+    starting the ``tensorflow/serving`` image with Docker. Both output an InfraBlessing. None
+    with runtime "none"."""
     settings = config.infra_validator
+    if settings.runtime == NO_RUNTIME:
+        return None
     if settings.runtime == BUNDLE_RUNTIME:
         return ServingValidator(
             model=model,

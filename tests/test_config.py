@@ -316,3 +316,14 @@ def test_paths_are_resolved_by_the_runner_against_the_bases_it_gives(tmp_path):
     assert (
         nodes["DatasetSchemaGen"].exec_properties["schema_file"] == image.validation.schema_path
     ), "create_pipeline takes the paths as they come"
+
+
+def test_without_serving_validation_the_pusher_takes_the_evaluators_blessing_alone():
+    cfg = config_lib.load_config("tiny", ["infra_validator.runtime=none"])
+    nodes = {c.id: c for c in create_pipeline(cfg).components}
+    assert "ServingValidator" not in nodes and "InfraValidator" not in nodes
+    assert "infra_blessing" not in nodes["ServingPusher"].inputs
+    assert nodes["ServingPusher"].upstream_nodes == {
+        nodes["Trainer"], nodes["Evaluator"], nodes["SegmentationExampleGen"]
+    }  # fmt: skip
+    assert "infra_blessing" not in nodes["RunReportGen"].inputs

@@ -298,9 +298,11 @@ def test_the_confusion_matrix_is_a_plot_that_tfmas_viewer_shows(tmp_path):
 # Evaluator -> ServingPusher on LocalDagRunner, judging given models through Importers
 
 
-def _judge(root, examples_uri, model_dir, tag, **evaluator):
-    """One run of Resolver -> Evaluator -> ServingPusher on ``model_dir``; returns its config."""
+def _judge(root, examples_uri, model_dir, tag, validate_serving=True, **evaluator):
+    """One run of Resolver -> Evaluator -> (ServingValidator ->) ServingPusher on ``model_dir``;
+    returns its config."""
     overrides = [f"pipeline_root={root}", "beam.direct_running_mode=in_memory", "evaluator.batch_size=1"]
+    overrides += [] if validate_serving else ["infra_validator.runtime=none"]
     overrides += [f"evaluator.{k}={v}" for k, v in evaluator.items()]
     cfg = config_lib.load_config("tiny", overrides)
     examples = tfx.dsl.Importer(
@@ -331,7 +333,7 @@ def _judge(root, examples_uri, model_dir, tag, **evaluator):
     tfx.orchestration.LocalDagRunner().run(pipeline)
     store = metadata_store.MetadataStore(metadata)
     latest = {
-        kind: max(store.get_artifacts_by_type(kind), key=lambda a: a.id)
+        kind: max(store.get_artifacts_by_type(kind), key=lambda a: a.id, default=None)
         for kind in ("ModelEvaluation", "ModelBlessing", "InfraBlessing", "PushedModel")
     }
     return cfg, latest
@@ -681,14 +683,16 @@ def test_the_evaluator_scores_a_test_time_augmented_export_as_it_is_served(
     assert changed > 0, "test-time augmentation changes the masks"
 
     root = str(tmp_path / "run")
-    _, out = _judge(
-        root, examples_uri, _as_model_artifact(plain_dir, tmp_path / "plain"), "plain", min_mean_iou=0.0
+    # The Evaluator under test, not the serving validation (test_blessing_pushing_and_scores').
+    plain, tta_model = (
+        _as_model_artifact(plain_dir, tmp_path / "plain"),
+        _as_model_artifact(tta_dir, tmp_path / "t"),
     )
+    _, out = _judge(root, examples_uri, plain, "plain", validate_serving=False, min_mean_iou=0.0)
     assert _props(out["ModelBlessing"])["blessed"] == 1
     _, out = _judge(
-        root, examples_uri, _as_model_artifact(tta_dir, tmp_path / "tta_model"), "tta",
-        min_mean_iou=0.0, max_mean_iou_drop=0.0,
-    )  # fmt: skip
+        root, examples_uri, tta_model, "tta", validate_serving=False, min_mean_iou=0.0, max_mean_iou_drop=0.0
+    )
     evaluation = out["ModelEvaluation"].uri
 
     def mean_iou(model_name):

@@ -8,7 +8,8 @@ are never loaded half-written, on local disk or object stores, and concurrent pu
 collide (``serving/layout.py`` says what holds where), carry warm-up requests built from eval
 images (``serving/warmup.py``), and a model that was not blessed is not pushed, with the Evaluator's
 reasons recorded on the output in plain words; nor is one the serving validation refused
-(``infra_blessing``: our ServingValidator's or TFX's InfraValidator's), with its reason. Every
+(``infra_blessing``: our ServingValidator's or TFX's InfraValidator's; none with
+``infra_validator.runtime: none``), with its reason. Every
 file goes through ``tf.io.gfile``, so ``model_base_path`` may be ``gs://`` as well as a local
 directory.
 """
@@ -32,18 +33,18 @@ def ServingPusher(  # noqa: N802 - TFX component names are classes.
     model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
     evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
     examples: InputArtifact[standard_artifacts.Examples],
-    infra_blessing: InputArtifact[standard_artifacts.InfraBlessing],
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     model_base_path: Parameter[str],
     model_name: Parameter[str],
     warmup_requests: Parameter[int] = PusherConfig.warmup_requests,
+    infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None,
 ):
     """Pushes a blessed, serving-validated model to ``model_base_path/<next version>``; records
     why not otherwise."""
     why = ""
     if not model_blessing.get_int_custom_property(artifacts.BLESSED):
         why = "; ".join(verdict.reasons(evaluation.uri))
-    elif not infra_blessing.get_int_custom_property(artifacts.BLESSED):
+    elif infra_blessing is not None and not infra_blessing.get_int_custom_property(artifacts.BLESSED):
         # TFX's InfraValidator gives no reason: its logs have it.
         reason = infra_blessing.get_string_custom_property(artifacts.NOT_VALIDATED_REASON)
         why = f"refused by the serving validation: {reason or 'see the InfraValidator log'}"
