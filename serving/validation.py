@@ -17,7 +17,7 @@ random (dropout left on, an unseeded random op in the graph) differs on most pix
 of one graph may still break a tie of two logits differently (Grappler rewrites a session's
 graph and a function's separately; batches of 1 and of 8 may take different kernels), so
 ``max_mask_disagreement`` allows a fraction of the pixels (0.1% by default); on this project's
-models on an AMD EPYC the two differed on 0 or 1 pixel of the 4 eval images compared.
+models on an AMD EPYC the two differed on 0 or 1 pixel of the eval images compared.
 
 Recorded: load time, the warm-up's time, the p50 and p99 latency of one image per request after
 the warm-up (of a few requests: p99 is their slowest), and the child's peak resident memory

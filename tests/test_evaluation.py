@@ -493,7 +493,8 @@ def test_blessing_pushing_and_scores(learning_data, trained_model, serving_copie
     assert _props(out["InfraBlessing"])[artifacts.BLESSED] == 1 and validated["validated"]
     assert validated["differing_pixels"] <= cfg.infra_validator.max_mask_disagreement * validated["pixels"]
     assert (
-        validated["num_requests"] == 4 + 4 and validated["peak_memory_mb"] < cfg.infra_validator.max_memory_mb
+        validated["num_requests"] == cfg.pusher.warmup_requests + cfg.infra_validator.num_examples
+        and validated["peak_memory_mb"] < cfg.infra_validator.max_memory_mb
     )
     # The same judgement, pushed and reported by the components on an object store.
     local = {

@@ -280,6 +280,7 @@ def test_airflow_runs_on_a_schedule_ingesting_each_new_span(dataset_dir, tmp_pat
         "trainer.train_steps=4", "trainer.steps_per_epoch=2", "evaluator.min_mean_iou=0.0",
         # Orchestration is under test, not the model: small images, one warm-up request, two samples.
         "transform.image_size=64", "pusher.warmup_requests=1", "report.samples=2",
+        "infra_validator.num_examples=1",
         # Blessing is tested in test_evaluation.py; here the third run's model must be pushed.
         "evaluator.max_mean_iou_drop=1.0", "evaluator.max_class_iou_drop=1.0",
         "airflow.schedule=@daily",
